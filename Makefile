@@ -1,0 +1,39 @@
+# gridface — the two commands a fresh machine needs are `make train` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gridface-installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[dev,export,prune]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install gridface with what it needs (once)
+
+train: $(STAMP) ## train on the built-in synthetic faces (ARGS="key=value ..." to override)
+	$(PY) -m gridface.train $(ARGS)
+
+test: $(STAMP) ## run the whole test suite (fast and slow)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## run only the fast unit tests
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check src tests scripts
+
+bench: $(STAMP) ## speed benchmarks, results in bench_results/
+	$(PY) scripts/bench_train.py $(ARGS)
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun .cache bench_results .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: label parsers (WIDER FACE, KITTI, COCO), synthetic faces, letterbox + augmentation, datamodule."""

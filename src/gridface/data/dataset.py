@@ -1,0 +1,104 @@
+"""DetectionDataset: read an image, letterbox, augment, encode GridBox targets.
+
+A missing or unreadable image is logged with its path and skipped (``__getitem__`` returns ``None``
+and :func:`collate` drops it and counts it), so one bad file never ends a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gridface.data.sample import Sample
+from gridface.data.transforms import letterbox, to_tensor_layout
+from gridface.targets import GridBoxTargetEncoder
+
+log = logging.getLogger(__name__)
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray | None:
+    """RGB uint8 HWC, grayscale replicated to 3 channels; ``None`` if missing or not decodable."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class DetectionDataset(Dataset):
+    def __init__(
+        self,
+        samples: list[Sample],
+        input_hw: tuple[int, int],
+        encoder: GridBoxTargetEncoder,
+        augment: A.Compose | None = None,
+        name: str = "dataset",
+    ) -> None:
+        if not samples:
+            raise ValueError(f"{name}: no samples; check the dataset paths")
+        self.samples = samples
+        self.input_hw = tuple(input_hw)
+        self.encoder = encoder
+        self.augment = augment
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        s = self.samples[index]
+        image = read_image_rgb(s.image)
+        if image is None:
+            state = "missing" if not Path(s.image).exists() else "unreadable (corrupt or not an image)"
+            log.warning("%s: skipping image %s: %s", self.name, s.image, state)
+            return None
+        h, w = image.shape[:2]
+        boxes = s.boxes.copy()
+        clipped = np.clip(boxes, 0, [w, h, w, h])
+        n_clipped = int((np.abs(clipped - boxes) > 0.5).any(1).sum())
+        if n_clipped:
+            log.debug("%s: %s: %d boxes outside the %dx%d image were clipped", self.name, s.image, n_clipped, w, h)
+        valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        boxes, labels, ignore = clipped[valid], s.labels[valid], s.ignore[valid]
+
+        net_img, lb = letterbox(image, self.input_hw)
+        net_boxes = lb.to_input(boxes)
+        if self.augment is not None:
+            out = self.augment(image=net_img, bboxes=net_boxes, labels=labels, ignore=ignore)
+            net_img = out["image"]
+            net_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            labels = np.asarray(out["labels"], np.int64)
+            ignore = np.asarray(out["ignore"], bool)
+        train = ~ignore
+        targets = self.encoder(net_boxes[train], labels[train], self.input_hw)
+        return {
+            "image": torch.from_numpy(to_tensor_layout(net_img)),
+            **{k: torch.from_numpy(v) for k, v in targets.items()},
+            # Evaluation works in original image coordinates:
+            "gt_boxes": s.boxes if self.augment is None else net_boxes,
+            "gt_labels": s.labels if self.augment is None else labels,
+            "gt_ignore": s.ignore if self.augment is None else ignore,
+            "letterbox": lb,
+            "path": str(s.image),
+            "clipped": n_clipped,
+        }
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack tensors, keep per-image metadata as lists, drop and count skipped images."""
+    kept = [it for it in items if it is not None]
+    batch: dict[str, Any] = {"skipped": len(items) - len(kept)}
+    if not kept:
+        return batch
+    for key in ("image", "cov", "cov_norm", "bbox"):
+        batch[key] = torch.stack([it[key] for it in kept])
+    for key in ("gt_boxes", "gt_labels", "gt_ignore", "letterbox", "path"):
+        batch[key] = [it[key] for it in kept]
+    batch["clipped"] = sum(it["clipped"] for it in kept)
+    return batch

@@ -1,0 +1,69 @@
+"""Letterbox resize (the same in training, validation and inference) and the albumentations pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+PAD_VALUE = 0
+
+
+@dataclass
+class Letterbox:
+    """How an original image maps into the network input: ``input = original * scale + pad``."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    width: int  # original size
+    height: int
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        return boxes * self.scale + np.array([self.pad_x, self.pad_y] * 2, np.float32)
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        b = (boxes - np.array([self.pad_x, self.pad_y] * 2, np.float32)) / self.scale
+        return np.clip(b, 0, np.array([self.width, self.height] * 2, np.float32))
+
+
+def letterbox(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so the image fits ``input_hw`` and pad the rest (centred)."""
+    h, w = image.shape[:2]
+    th, tw = input_hw
+    scale = min(tw / w, th / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if (nw, nh) != (w, h):
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(image, (nw, nh), interpolation=interp)
+    px, py = (tw - nw) // 2, (th - nh) // 2
+    if (nw, nh) != (tw, th):
+        image = cv2.copyMakeBorder(image, py, th - nh - py, px, tw - nw - px, cv2.BORDER_CONSTANT,
+                                   value=(PAD_VALUE,) * 3)
+    return image, Letterbox(scale, float(px), float(py), w, h)
+
+
+def build_augment(
+    transforms: Mapping[str, A.BasicTransform | None] | Sequence[A.BasicTransform] | None,
+    min_box_size: float = 2.0,
+) -> A.Compose | None:
+    """Compose albumentations transforms (instantiated from config; a mapping's ``None`` entries are
+    disabled ones) with box handling: boxes are clipped to the image and those smaller than
+    ``min_box_size`` px after augmentation are dropped."""
+    if isinstance(transforms, Mapping):
+        transforms = [t for t in transforms.values() if t is not None]
+    if not transforms:
+        return None
+    return A.Compose(
+        list(transforms),
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"], clip=True,
+                                 min_width=min_box_size, min_height=min_box_size),
+    )
+
+
+def to_tensor_layout(image: np.ndarray) -> np.ndarray:
+    """HWC uint8 RGB -> CHW float32 in [0, 1] (scale 1/255, no mean subtraction: DeepStream's contract)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0

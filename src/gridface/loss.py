@@ -1,0 +1,72 @@
+"""GridBox loss (TAO DetectNet_v2): weighted BCE on coverage + cov_norm-weighted L1 on bbox."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GridBoxLoss(nn.Module):
+    """Total = w_cov * L_cov + w_bbox * L_bbox, optionally auto-weighted between epochs.
+
+    ``fg_weight`` weighs the BCE where the coverage target > 0.5 and ``1 - fg_weight`` elsewhere (TAO's
+    ``coverage_foreground_weight``). Auto-weighting moves each objective's share of the total toward
+    its target share at epoch end (``update_auto_weights``), clamped to [min_weight, max_weight].
+    """
+
+    def __init__(
+        self,
+        fg_weight: float = 0.05,
+        cov_weight: float = 1.0,
+        bbox_weight: float = 10.0,
+        auto_weight: bool = False,
+        target_cov_share: float = 1.0 / 11.0,
+        min_weight: float = 1e-4,
+        max_weight: float = 0.9999,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < fg_weight < 1.0:
+            raise ValueError(f"loss.fg_weight must be in (0, 1), got {fg_weight}")
+        total = cov_weight + bbox_weight
+        if cov_weight < 0 or bbox_weight < 0 or total <= 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got {cov_weight}, {bbox_weight}")
+        self.fg_weight = fg_weight
+        self.auto_weight = auto_weight
+        self.target_cov_share = target_cov_share
+        self.min_weight, self.max_weight, self.eps = min_weight, max_weight, eps
+        self.register_buffer("weights", torch.tensor([cov_weight / total, bbox_weight / total]))
+        self.register_buffer("_sums", torch.zeros(2), persistent=False)
+
+    def forward(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cov = pred["cov"].float().clamp(self.eps, 1 - self.eps)
+        t_cov = target["cov"]
+        w = torch.where(t_cov > 0.5, self.fg_weight, 1.0 - self.fg_weight)
+        bce = -(t_cov * torch.log(cov) + (1 - t_cov) * torch.log(1 - cov))
+        loss_cov = (w * bce).mean()
+        c = t_cov.shape[1]
+        norm = target["cov_norm"].repeat_interleave(4, dim=1) if c > 1 else target["cov_norm"]
+        l1 = (pred["bbox"].float() - target["bbox"]).abs()
+        loss_bbox = (norm * l1).mean()
+        if self.training and self.auto_weight:
+            self._sums += torch.stack([loss_cov.detach(), loss_bbox.detach()])
+        total = self.weights[0] * loss_cov + self.weights[1] * loss_bbox
+        return {"loss": total, "loss_cov": loss_cov, "loss_bbox": loss_bbox}
+
+    @torch.no_grad()
+    def update_auto_weights(self) -> None:
+        """Re-balance so the weighted coverage share of the epoch's loss moves to its target share."""
+        if not self.auto_weight or self._sums.sum() <= 0:
+            return
+        cov_sum, bbox_sum = self._sums.clamp_min(self.eps)
+        share = torch.tensor([self.target_cov_share, 1 - self.target_cov_share], device=self._sums.device)
+        new = share / torch.stack([cov_sum, bbox_sum])
+        new = (new / new.sum()).clamp(self.min_weight, self.max_weight)
+        self.weights.copy_(new / new.sum())
+        self._sums.zero_()
+
+
+def l1_weight_penalty(model: nn.Module, strength: float) -> torch.Tensor:
+    """TAO's L1 regulariser on conv/linear kernels: pushes whole filters toward zero so pruning finds them."""
+    terms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return strength * torch.stack(terms).sum()

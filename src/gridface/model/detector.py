@@ -1,0 +1,28 @@
+"""GridBoxNet: backbone + head, built from plain arguments so a checkpoint can rebuild it alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gridface.model.backbone import ResNet18Stride16
+from gridface.model.head import GridBoxHead
+
+
+class GridBoxNet(nn.Module):
+    """Input RGB NCHW float in [0, 1]; output ``{"cov": [N,C,H/16,W/16], "bbox": [N,4C,H/16,W/16]}``."""
+
+    def __init__(self, num_classes: int = 1, pretrained: str | None = None, cov_prior: float = 0.01) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = ResNet18Stride16(pretrained=pretrained)
+        self.head = GridBoxHead(self.backbone.out_channels, num_classes, cov_prior)
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.shape[1] == 1:  # grayscale: replicate to the 3 channels the network expects
+            images = images.expand(-1, 3, -1, -1)
+        return self.head(self.backbone(images))

@@ -1,0 +1,174 @@
+"""GridBoxModule: the LightningModule tying network, loss, post-processing and metrics together.
+
+Its hyper-parameters are plain values (class names, input size, model/loss/postprocess/optimizer
+settings), saved in every checkpoint, so ``GridBoxModule.from_checkpoint(path)`` rebuilds the model in
+a fresh process without the training config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_info
+
+from gridface.evaluation.ap import per_class_ap
+from gridface.evaluation.coco import coco_metrics
+from gridface.loss import GridBoxLoss, l1_weight_penalty
+from gridface.model import GridBoxNet
+from gridface.postprocess import GridBoxDecoder
+from gridface.schedule import soft_start_annealing
+from gridface.utils.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class GridBoxModule(pl.LightningModule):
+    def __init__(
+        self,
+        class_names: Sequence[str] = ("face",),
+        input_size: Sequence[int] = (160, 256),
+        model: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        postprocess: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+    ) -> None:
+        """``model`` holds GridBoxNet's arguments plus ``init_from``; ``loss`` GridBoxLoss's plus
+        ``l1_regularization``."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.input_hw = (int(input_size[0]), int(input_size[1]))
+        model, loss = dict(model or {}), dict(loss or {})
+        init_from = model.pop("init_from", None)
+        l1_regularization = float(loss.pop("l1_regularization", 0.0))
+        self.net = GridBoxNet(num_classes=len(self.class_names), **model)
+        if self.input_hw[0] % self.net.stride or self.input_hw[1] % self.net.stride:
+            raise ValueError(f"input size {self.input_hw} must be a multiple of {self.net.stride}")
+        self.criterion = GridBoxLoss(**loss)
+        self.decoder = GridBoxDecoder(stride=self.net.stride, **(postprocess or {}))
+        self.optim_cfg = {"min_lr": 5e-7, "max_lr": 5e-5, "soft_start": 0.1, "annealing": 0.7,
+                          "weight_decay": 0.0, **(optimizer or {})}
+        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "min_height": 4.0, "coco": True, **(evaluation or {})}
+        self.l1_regularization = l1_regularization
+        if l1_regularization < 0:
+            raise ValueError(f"l1_regularization must be >= 0, got {l1_regularization}")
+        self._val_dets: list = []
+        self._val_gts: list = []
+        if init_from:
+            self.init_weights_from(init_from)
+
+    # ----------------------------------------------------------------------------------- building
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides: Any) -> GridBoxModule:
+        """Rebuild from a checkpoint alone (no ImageNet file, no init_from needed)."""
+        ckpt = load_checkpoint(path)
+        hp = dict(ckpt.get("hyper_parameters", {}))
+        if "class_names" not in hp:
+            raise ValueError(f"{path}: not a gridface checkpoint (no hyper_parameters.class_names)")
+        hp["model"] = {**(hp.get("model") or {}), "pretrained": None, "init_from": None}
+        hp.update(overrides)
+        module = cls(**hp)
+        module.load_state_dict(ckpt["state_dict"])
+        return module
+
+    def init_weights_from(self, path: str | Path) -> None:
+        """Start from another run's weights (fine-tuning, retraining); optimizer state is not taken."""
+        state = load_checkpoint(path).get("state_dict")
+        if state is None:
+            raise ValueError(f"{path}: no state_dict in checkpoint")
+        net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        self.net.load_state_dict(net_state)
+        rank_zero_info(f"initialised weights from {path}")
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(images)
+
+    # ----------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "image" not in batch:  # every image of the batch was unreadable
+            self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False)
+            return None
+        out = self.net(batch["image"])
+        losses = self.criterion(out, batch)
+        total = losses["loss"]
+        if self.l1_regularization > 0:
+            reg = l1_weight_penalty(self.net, self.l1_regularization)
+            total = total + reg
+            self.log("train/loss_l1", reg, on_step=True, on_epoch=True)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log("train/clipped_boxes", float(batch["clipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        self.criterion.update_auto_weights()
+        self.log("train/weight_cov", self.criterion.weights[0])
+        self.log("train/weight_bbox", self.criterion.weights[1])
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        opt = torch.optim.Adam(self.parameters(), lr=cfg["max_lr"], weight_decay=cfg["weight_decay"])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def factor(step: int) -> float:
+            return soft_start_annealing(step / total, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
+                                        cfg["annealing"]) / cfg["max_lr"]
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_dets, self._val_gts = [], []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "image" not in batch:
+            return
+        out = self.net(batch["image"])
+        losses = self.criterion(out, batch)
+        bs = batch["image"].shape[0]
+        self.log("val/loss", losses["loss"], prog_bar=False, batch_size=bs, sync_dist=True)
+        dets = self.decoder(out["cov"].cpu(), out["bbox"].cpu(), self.input_hw)
+        for det, lb, gb, gl, gi in zip(dets, batch["letterbox"], batch["gt_boxes"], batch["gt_labels"],
+                                       batch["gt_ignore"], strict=True):
+            self._val_dets.append((lb.to_original(det.boxes), det.scores, det.labels))
+            self._val_gts.append((gb, gl, gi))
+
+    def on_validation_epoch_end(self) -> None:
+        dets, gts = self._val_dets, self._val_gts
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (dets, gts))
+            dets = [d for part in gathered for d in part[0]]
+            gts = [g for part in gathered for g in part[1]]
+        if not gts:
+            return
+        metrics = self.compute_metrics(dets, gts)
+        for k, v in metrics.items():
+            self.log(f"val/{k}", v, prog_bar=k in ("AP50", "mAP"), rank_zero_only=True)
+        if not self.trainer.sanity_checking:
+            rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()))
+
+    def compute_metrics(self, dets: list, gts: list) -> dict[str, float]:
+        cfg = self.eval_cfg
+        curves = per_class_ap(dets, gts, len(self.class_names), cfg["iou"], cfg["interpolation"], cfg["min_height"])
+        aps = [c.ap for c in curves.values() if not np.isnan(c.ap)]
+        metrics = {"AP50": float(np.mean(aps)) if aps else 0.0}
+        if len(self.class_names) > 1:
+            metrics.update({f"AP50_{self.class_names[c]}": curve.ap for c, curve in curves.items()})
+        if cfg["coco"]:
+            coco = coco_metrics(dets, gts, self.class_names)
+            metrics["mAP"] = coco["mAP"]
+            metrics["AR"] = coco["AR"]
+        return metrics

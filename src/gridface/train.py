@@ -1,0 +1,78 @@
+"""``python -m gridface.train``: train (or retrain) a GridBox detector. ``run(cfg)`` is the pure part."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_info
+
+from gridface.utils.checkpoint import AtomicCheckpointIO
+from gridface.utils.hydra import config_dir
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
+    """Instantiate the module, the datamodule and the trainer from a composed config."""
+    module = instantiate(cfg.module, _convert_="all")
+    datamodule = instantiate(cfg.datamodule, _convert_="all")
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=[AtomicCheckpointIO()])
+    return module, datamodule, trainer
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, validate, and return the final metrics (floats) plus the best/last checkpoint paths."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    module, datamodule, trainer = build(cfg)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    elapsed = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    ckpt_cb = trainer.checkpoint_callback
+    result = {
+        "metrics": metrics,
+        "train_seconds": elapsed,
+        "best_checkpoint": getattr(ckpt_cb, "best_model_path", None),
+        "last_checkpoint": getattr(ckpt_cb, "last_model_path", None),
+        "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
+    }
+    rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; best checkpoint {result['best_checkpoint']}")
+    return result
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.get("print_config", True):
+        rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
+    result = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    if trainer_is_rank_zero():
+        from gridface.utils.io import write_json
+
+        write_json(out / "result.json", result)
+    metric = cfg.get("optimized_metric")
+    return result["metrics"].get(metric) if metric else None
+
+
+def trainer_is_rank_zero() -> bool:
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+if __name__ == "__main__":
+    main()
