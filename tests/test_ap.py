@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from gridface.evaluation.ap import average_precision, per_class_ap
+from gridface.evaluation.coco import coco_metrics
+
+
+def random_set(rng, n_images=40):
+    dets, gts = [], []
+    for _ in range(n_images):
+        g = int(rng.integers(0, 8))
+        xy = rng.uniform(0, 400, (g, 2))
+        wh = rng.uniform(8, 80, (g, 2))
+        gb = np.concatenate([xy, xy + wh], 1)
+        d_true = gb + rng.normal(0, rng.uniform(0.5, 8), gb.shape)  # some hits, some misses
+        d_true = np.concatenate([np.minimum(d_true[:, :2], d_true[:, 2:] - 1), d_true[:, 2:]], 1)
+        k = int(rng.integers(0, 6))
+        xy2 = rng.uniform(0, 400, (k, 2))
+        d_false = np.concatenate([xy2, xy2 + rng.uniform(8, 80, (k, 2))], 1)
+        db = np.concatenate([d_true[rng.random(g) < 0.8], d_false])
+        ds = rng.uniform(0, 1, len(db))
+        dets.append((db, ds, np.zeros(len(db), int)))
+        gts.append((gb, np.zeros(g, int), np.zeros(g, bool)))
+    return dets, gts
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ap50_equals_coco_evaluator_with_same_interpolation(seed):
+    rng = np.random.default_rng(seed)
+    dets, gts = random_set(rng)
+    ours = per_class_ap(dets, gts, 1, iou=0.5, interpolation="101", min_height=0.0)[0].ap
+    coco = coco_metrics(dets, gts, ["face"])["AP50"]
+    assert ours == pytest.approx(coco, abs=1e-9)
+
+
+def test_perfect_and_empty_detections():
+    rng = np.random.default_rng(1)
+    _, gts = random_set(rng)
+    perfect = [(gb, np.linspace(1, 0.5, len(gb)), gl) for gb, gl, _ in gts]
+    assert per_class_ap(perfect, gts, 1)[0].ap == pytest.approx(1.0)
+    nothing = [(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)) for _ in gts]
+    assert per_class_ap(nothing, gts, 1)[0].ap == 0.0
+
+
+def test_voc_all_point_by_hand():
+    # 2 gts; detections: hit (0.9), miss (0.8), hit (0.7) -> P/R: (1, .5), (.5, .5), (.667, 1)
+    recall = np.array([0.5, 0.5, 1.0])
+    precision = np.array([1.0, 0.5, 2 / 3])
+    assert average_precision(recall, precision, "all") == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+    # 11-point: recall 0..0.5 -> 1.0 (6 points), 0.6..1.0 -> 2/3 (5 points)
+    assert average_precision(recall, precision, "11") == pytest.approx((6 + 5 * 2 / 3) / 11)
+
+
+def test_ignored_and_small_boxes_neither_hit_nor_false_positive():
+    gb = np.array([[0, 0, 50, 50], [100, 100, 150, 150], [200, 200, 202, 202.5]], float)
+    gts = [(gb, np.zeros(3, int), np.array([False, True, False]))]
+    det = (gb.copy(), np.array([0.9, 0.95, 0.5]), np.zeros(3, int))
+    curve = per_class_ap([det], gts, 1)[0]
+    assert curve.num_gt == 1 and curve.ap == pytest.approx(1.0)
+
+
+def test_mismatched_lengths_are_an_error():
+    with pytest.raises(ValueError, match="detection lists"):
+        per_class_ap([], [(np.zeros((0, 4)), np.zeros(0), np.zeros(0, bool))], 1)

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from gridface.utils.hydra import config_dir
+
+from .helpers import compose_train
+
+GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in Path(config_dir()).iterdir() if p.is_dir()}
+CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment") for o in opts]
+
+
+@pytest.mark.parametrize(("group", "option"), CHOICES)
+def test_every_group_option_composes(tmp_path, group, option):
+    extra = ["dataset.root=/data/x"] if group == "dataset" and option in ("kitti", "coco") else []
+    cfg = compose_train(tmp_path, [f"{group}={option}", *extra])
+    OmegaConf.to_container(cfg.module, resolve=True)
+    OmegaConf.to_container(cfg.datamodule, resolve=True)
+
+
+@pytest.mark.parametrize("experiment", GROUPS["experiment"])
+def test_every_experiment_composes(tmp_path, experiment):
+    cfg = compose_train(tmp_path, [f"experiment={experiment}"])
+    OmegaConf.to_container(cfg.module, resolve=True)
+
+
+def test_facenet_experiment_holds_tao_settings(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=facenet_widerface", "dataset.root=/nowhere"])
+    assert (cfg.dataset.input_width, cfg.dataset.input_height, cfg.dataset.batch_size) == (736, 416, 32)
+    assert (cfg.optimizer.min_lr, cfg.optimizer.max_lr) == (5e-7, 5e-5)
+    assert cfg.loss.l1_regularization == 3e-9
+    assert cfg.augment.flip.p == 0.5 and list(cfg.augment.zoom_translate.scale) == [0.7, 1.8]
+
+
+def test_widerface_without_root_says_what_to_download(tmp_path):
+    cfg = compose_train(tmp_path, ["dataset=widerface", "dataset.root=" + str(tmp_path / "wider")])
+    dm = instantiate(cfg.datamodule, _convert_="all")
+    with pytest.raises(FileNotFoundError, match="WIDER_train/images"):
+        dm.prepare_data()
+
+
+def test_bad_config_value_is_named(tmp_path):
+    cfg = compose_train(tmp_path, ["postprocess.clustering=kmeans"])
+    with pytest.raises(Exception, match="postprocess.clustering"):
+        instantiate(cfg.module, _convert_="all")
+
+
+def test_configs_are_packaged_with_the_wheel_layout():
+    pyproject = (Path(config_dir()).parent / "pyproject.toml").read_text()
+    assert '"gridface.configs" = "configs"' in pyproject

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import DBSCAN
+from torchvision.ops import box_iou
+
+from gridface.postprocess import GridBoxDecoder, dbscan_labels
+from gridface.targets import GridBoxTargetEncoder
+
+
+def random_boxes(rng, n):
+    centres = rng.uniform(20, 200, (max(1, n // 6), 2))
+    pick = centres[rng.integers(len(centres), size=n)]
+    wh = rng.uniform(10, 40, (n, 2))
+    jitter = rng.normal(0, 2.0, (n, 4))
+    return np.concatenate([pick - wh / 2, pick + wh / 2], 1) + jitter
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dbscan_equals_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    boxes = random_boxes(rng, n)
+    w = rng.uniform(0.004, 1.0, n)
+    eps, min_samples = float(rng.choice([0.1, 0.15, 0.3])), float(rng.choice([0.05, 0.5, 1.0, 2.0]))
+    dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    # scikit-learn takes an integer min_samples: a fractional one is the same test on weights / min_samples.
+    ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=w / min_samples).labels_
+    ours = dbscan_labels(dist <= eps, w, min_samples)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def perfect_maps(boxes, hw):
+    enc = GridBoxTargetEncoder()
+    t = enc(np.asarray(boxes, float), np.zeros(len(boxes)), hw)
+    return torch.from_numpy(t["cov"])[None], torch.from_numpy(t["bbox"])[None]
+
+
+@pytest.mark.parametrize("clustering", ["dbscan", "nms", "hybrid"])
+def test_decoder_recovers_boxes_from_perfect_maps(clustering):
+    boxes = [[30.0, 40.0, 90.0, 120.0], [150.0, 60.0, 230.0, 150.0]]
+    cov, bbox = perfect_maps(boxes, (192, 256))
+    det = GridBoxDecoder(clustering=clustering)(cov, bbox, (192, 256))[0]
+    assert len(det) == 2
+    order = np.argsort(det.boxes[:, 0])
+    np.testing.assert_allclose(det.boxes[order], boxes, atol=1e-3)
+
+
+def test_aggregate_and_mean_confidence():
+    cov, bbox = perfect_maps([[30.0, 40.0, 130.0, 160.0]], (192, 256))
+    agg = GridBoxDecoder(confidence_model="aggregate_cov")(cov, bbox, (192, 256))[0]
+    mean = GridBoxDecoder(confidence_model="mean_cov")(cov, bbox, (192, 256))[0]
+    kept = cov[cov > 0.004]
+    assert agg.scores[0] == pytest.approx(kept.sum().item(), rel=1e-5)
+    assert mean.scores[0] == pytest.approx(kept.mean().item(), rel=1e-5)
+    assert agg.scores[0] > 1.0  # can exceed 1, as in TAO
+
+
+def test_minimum_height_and_confidence_threshold_filter():
+    cov, bbox = perfect_maps([[30.0, 40.0, 90.0, 120.0]], (192, 256))
+    assert len(GridBoxDecoder(minimum_bounding_box_height=100)(cov, bbox, (192, 256))[0]) == 0
+    assert len(GridBoxDecoder(confidence_threshold=1e6)(cov, bbox, (192, 256))[0]) == 0
+
+
+def test_batched_empty_and_nan_inputs():
+    dec = GridBoxDecoder()
+    cov = torch.zeros(3, 1, 12, 16)
+    bbox = torch.zeros(3, 4, 12, 16)
+    cov[1, 0, 3, 3] = float("nan")
+    bbox[2] = float("nan")
+    cov[2] = 0.9
+    out = dec(cov, bbox, (192, 256))
+    assert len(out) == 3 and all(len(d) == 0 for d in out)
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="clustering"):
+        GridBoxDecoder(clustering="kmeans")
+    with pytest.raises(ValueError, match="confidence_model"):
+        GridBoxDecoder(confidence_model="max")
