@@ -54,7 +54,8 @@ def test_missing_and_corrupt_images_are_reported_and_skipped(tmp_path, caplog):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     box = np.array([[10, 10, 50, 60]])
-    ds = make_dataset(tmp_path, [Sample(good, box, [0]), Sample(bad, box, [0]), Sample(tmp_path / "gone.jpg", box, [0])])
+    samples = [Sample(good, box, [0]), Sample(bad, box, [0]), Sample(tmp_path / "gone.jpg", box, [0])]
+    ds = make_dataset(tmp_path, samples)
     with caplog.at_level(logging.WARNING):
         batch = collate([ds[i] for i in range(3)])
     assert batch["skipped"] == 2 and batch["image"].shape == (1, 3, 160, 256)
@@ -82,7 +83,8 @@ def test_augmentation_keeps_boxes_inside_and_drops_tiny(tmp_path):
     cv2.imwrite(str(img), np.full((160, 256, 3), 90, np.uint8))
     aug = build_augment({"zoom": A.Affine(scale=(0.7, 1.8), translate_px=(-12, 12), p=1.0), "off": None},
                         min_box_size=2.0)
-    ds = make_dataset(tmp_path, [Sample(img, [[0, 0, 60, 60], [240, 150, 256, 160], [100, 50, 101, 51]], [0, 0, 0])], aug)
+    boxes = [[0, 0, 60, 60], [240, 150, 256, 160], [100, 50, 101, 51]]
+    ds = make_dataset(tmp_path, [Sample(img, boxes, [0, 0, 0])], aug)
     for _ in range(10):
         b = ds[0]["gt_boxes"]
         assert (b[:, :2] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 3] <= 160).all()

@@ -46,7 +46,8 @@ def test_terms_and_weights():
     out = GridBoxLoss()(pred, batch)
     norm_mean = batch["cov_norm"].mean().item()
     assert out["loss_bbox"].item() == pytest.approx(norm_mean, rel=1e-5)
-    assert out["loss"].item() == pytest.approx(out["loss_cov"].item() / 11 + 10 * out["loss_bbox"].item() / 11, rel=1e-5)
+    expected = out["loss_cov"].item() / 11 + 10 * out["loss_bbox"].item() / 11
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_foreground_weight_applies_above_half():

@@ -11,7 +11,7 @@ def test_output_stride_16_and_head_shapes():
     with torch.no_grad():
         out = net(torch.rand(1, 3, 416, 736))
     assert out["cov"].shape == (1, 2, 26, 46) and out["bbox"].shape == (1, 8, 26, 46)
-    assert 0 <= out["cov"].min() and out["cov"].max() <= 1
+    assert out["cov"].min() >= 0 and out["cov"].max() <= 1
 
 
 def test_low_coverage_prior_at_init():

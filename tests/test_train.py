@@ -52,7 +52,8 @@ def test_checkpoint_rebuilds_model_in_fresh_process(tmp_path):
     module = GridBoxModule.from_checkpoint(ckpt).eval()
     with torch.no_grad():
         ref = module(x)["bbox"].sum().item()
-    code = (f"import torch; from gridface.module import GridBoxModule; m = GridBoxModule.from_checkpoint({ckpt!r}).eval();"
+    code = ("import torch; from gridface.module import GridBoxModule;"
+            f"m = GridBoxModule.from_checkpoint({ckpt!r}).eval();"
             f"x = torch.load({str(tmp_path / 'x.pt')!r}); print(m(x)['bbox'].sum().item())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(ref, rel=1e-6)

@@ -56,12 +56,15 @@ class GridBoxModule(pl.LightningModule):
         self.decoder = GridBoxDecoder(stride=self.net.stride, **(postprocess or {}))
         self.optim_cfg = {"min_lr": 5e-7, "max_lr": 5e-5, "soft_start": 0.1, "annealing": 0.7,
                           "weight_decay": 0.0, **(optimizer or {})}
-        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "min_height": 4.0, "coco": True, **(evaluation or {})}
+        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "min_height": 4.0, "coco": True, "wider_gt": None,
+                         **(evaluation or {})}
+        self._wider_gt = None
         self.l1_regularization = l1_regularization
         if l1_regularization < 0:
             raise ValueError(f"l1_regularization must be >= 0, got {l1_regularization}")
         self._val_dets: list = []
         self._val_gts: list = []
+        self._val_paths: list[str] = []
         if init_from:
             self.init_weights_from(init_from)
 
@@ -130,7 +133,7 @@ class GridBoxModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val_dets, self._val_gts = [], []
+        self._val_dets, self._val_gts, self._val_paths = [], [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "image" not in batch:
@@ -144,23 +147,25 @@ class GridBoxModule(pl.LightningModule):
                                        batch["gt_ignore"], strict=True):
             self._val_dets.append((lb.to_original(det.boxes), det.scores, det.labels))
             self._val_gts.append((gb, gl, gi))
+        self._val_paths.extend(batch["path"])
 
     def on_validation_epoch_end(self) -> None:
-        dets, gts = self._val_dets, self._val_gts
+        dets, gts, paths = self._val_dets, self._val_gts, self._val_paths
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (dets, gts))
+            dist.all_gather_object(gathered, (dets, gts, paths))
             dets = [d for part in gathered for d in part[0]]
             gts = [g for part in gathered for g in part[1]]
+            paths = [p for part in gathered for p in part[2]]
         if not gts:
             return
-        metrics = self.compute_metrics(dets, gts)
+        metrics = self.compute_metrics(dets, gts, paths)
         for k, v in metrics.items():
             self.log(f"val/{k}", v, prog_bar=k in ("AP50", "mAP"), rank_zero_only=True)
         if not self.trainer.sanity_checking:
             rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()))
 
-    def compute_metrics(self, dets: list, gts: list) -> dict[str, float]:
+    def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
         cfg = self.eval_cfg
         curves = per_class_ap(dets, gts, len(self.class_names), cfg["iou"], cfg["interpolation"], cfg["min_height"])
         aps = [c.ap for c in curves.values() if not np.isnan(c.ap)]
@@ -171,4 +176,11 @@ class GridBoxModule(pl.LightningModule):
             coco = coco_metrics(dets, gts, self.class_names)
             metrics["mAP"] = coco["mAP"]
             metrics["AR"] = coco["AR"]
+        if cfg["wider_gt"] and paths:
+            from gridface.evaluation.widerface import detections_to_wider, evaluate_predictions, load_ground_truth
+
+            if self._wider_gt is None:
+                self._wider_gt = load_ground_truth(cfg["wider_gt"])
+            results = evaluate_predictions(detections_to_wider(dets, paths), self._wider_gt)
+            metrics.update({f"wider_{s}": r.ap for s, r in results.items()})
         return metrics

@@ -26,6 +26,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger; logger=none must still train
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                           plugins=[AtomicCheckpointIO()])
     return module, datamodule, trainer
@@ -50,7 +52,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "last_checkpoint": getattr(ckpt_cb, "last_model_path", None),
         "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
     }
-    rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; best checkpoint {result['best_checkpoint']}")
+    rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; "
+                   f"best checkpoint {result['best_checkpoint']}")
     return result
 
 

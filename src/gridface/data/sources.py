@@ -23,15 +23,17 @@ def synthetic(root: str, num_images: int, seed: int, width: int, height: int, **
     return read_kitti(folder / "images", folder / "labels", class_names=("face",))
 
 
-def widerface(root: str | None, split: str = "train", min_size: float = 0.0, keep_invalid: bool = False) -> list[Sample]:
-    """WIDER FACE in its official layout under ``root``."""
+def widerface(root: str | None, split: str = "train", min_size: float = 0.0, keep_invalid: bool = False,
+              gt_file: str | None = None, image_dir: str | None = None) -> list[Sample]:
+    """WIDER FACE in its official layout under ``root``; ``gt_file``/``image_dir`` point elsewhere
+    (a subset in the same text layout)."""
     if split not in ("train", "val"):
         raise ValueError(f"dataset split must be 'train' or 'val', got '{split}'")
-    if not root:
+    if not root and not (gt_file and image_dir):
         raise FileNotFoundError(f"dataset.root is not set. {WIDER_HINT}")
-    base = Path(root).expanduser()
-    gt = base / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
-    images = base / f"WIDER_{split}" / "images"
+    base = Path(root or ".").expanduser()
+    gt = Path(gt_file) if gt_file else base / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+    images = Path(image_dir) if image_dir else base / f"WIDER_{split}" / "images"
     for p in (gt, images):
         if not p.exists():
             raise FileNotFoundError(f"WIDER FACE: '{p}' not found. {WIDER_HINT}")

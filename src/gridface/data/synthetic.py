@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -217,15 +218,16 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def generate(root: str | Path, spec: SyntheticSpec) -> Path:
     """Write ``spec`` into ``root/<key>/{images,labels}`` (KITTI) once; later calls reuse it.
 
-    The set is built in a temporary folder and renamed into place, so an interrupted run never leaves a
-    half-written cache that a later run would trust.
+    The set is built in a private temporary folder and renamed into place, so an interrupted run never
+    leaves a half-written cache that a later run would trust, and concurrent jobs (a sweep, DDP ranks)
+    generating the same set do not collide: the first to finish wins, the others discard their copy.
     """
     out = Path(root) / f"synthetic_{spec.width}x{spec.height}_s{spec.seed}_n{spec.num_images}_{spec.key()}"
     if (out / "spec.json").is_file():
         return out
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    (tmp / "images").mkdir()
     (tmp / "labels").mkdir()
     rng = np.random.default_rng(spec.seed)
     for i in tqdm(range(spec.num_images), desc=f"synthetic faces (seed {spec.seed})", leave=False):
@@ -234,7 +236,13 @@ def generate(root: str | Path, spec: SyntheticSpec) -> Path:
         lines = [f"face 0.00 0 0.00 {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f} 0 0 0 0 0 0 0" for b in boxes]
         (tmp / "labels" / f"{i:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same set first (or a stale incomplete folder)
+        if not (out / "spec.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+            return out
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("generated %d synthetic images in %s", spec.num_images, out)
     return out

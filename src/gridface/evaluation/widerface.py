@@ -170,8 +170,9 @@ def normalise_scores(preds: dict[tuple[str, str], np.ndarray]) -> dict[tuple[str
 
 def iou_plus_one(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndarray:
     """The official ``bbox_overlaps``: areas and intersections counted with +1 pixel."""
-    iw = np.minimum(pred_xyxy[:, None, 2], gt_xyxy[None, :, 2]) - np.maximum(pred_xyxy[:, None, 0], gt_xyxy[None, :, 0]) + 1
-    ih = np.minimum(pred_xyxy[:, None, 3], gt_xyxy[None, :, 3]) - np.maximum(pred_xyxy[:, None, 1], gt_xyxy[None, :, 1]) + 1
+    p, g = pred_xyxy[:, None, :], gt_xyxy[None, :, :]
+    iw = np.minimum(p[..., 2], g[..., 2]) - np.maximum(p[..., 0], g[..., 0]) + 1
+    ih = np.minimum(p[..., 3], g[..., 3]) - np.maximum(p[..., 1], g[..., 1]) + 1
     area_p = (pred_xyxy[:, 2] - pred_xyxy[:, 0] + 1) * (pred_xyxy[:, 3] - pred_xyxy[:, 1] + 1)
     area_g = (gt_xyxy[:, 2] - gt_xyxy[:, 0] + 1) * (gt_xyxy[:, 3] - gt_xyxy[:, 1] + 1)
     inter = iw * ih
@@ -254,6 +255,12 @@ def evaluate_predictions(
             by_size[label] = (int((in_b & np.isfinite(first)).sum()), int(in_b.sum()))
         results[setting] = SettingResult(voc_ap(recall, precision), precision, recall, count_face, by_size)
     return results
+
+
+def detections_to_wider(dets: list, paths: list[str]) -> dict[tuple[str, str], np.ndarray]:
+    """``[(boxes xyxy, scores, labels)]`` + image paths ``.../<event>/<name>.jpg`` -> ``{(event, name): [k, 5]}``."""
+    return {(Path(p).parent.name, Path(p).stem): np.concatenate(
+        [b[:, :2], b[:, 2:] - b[:, :2], np.asarray(s)[:, None]], 1) for (b, s, _), p in zip(dets, paths, strict=True)}
 
 
 def write_submission(folder: str | Path, event: str, name: str, boxes_xyxy: np.ndarray, scores: np.ndarray) -> Path:

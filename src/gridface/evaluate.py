@@ -1,0 +1,115 @@
+"""``python -m gridface.evaluate``: AP50, COCO mAP and WIDER FACE easy/medium/hard for any model format,
+or for existing predictions in the WIDER submission layout.
+
+    python -m gridface.evaluate model=<.ckpt | .onnx | .engine> dataset=<synthetic | widerface | kitti | coco>
+    python -m gridface.evaluate predictions=<submission folder> gt=<folder with the .mat files | bbx_gt.txt>
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gridface.data.dataset import DetectionDataset, collate
+from gridface.evaluation.ap import per_class_ap
+from gridface.evaluation.coco import coco_metrics
+from gridface.evaluation.report import plot_pr_curves, write_report
+from gridface.evaluation.widerface import (
+    detections_to_wider,
+    evaluate_predictions,
+    load_ground_truth,
+    load_predictions,
+    write_submission,
+)
+from gridface.inference.backends import ModelBackend, load_backend
+from gridface.postprocess import GridBoxDecoder
+from gridface.targets import GridBoxTargetEncoder
+from gridface.utils.hydra import config_dir
+
+log = logging.getLogger(__name__)
+
+
+def predict_dataset(backend: ModelBackend, samples: list, decoder: GridBoxDecoder, batch_size: int = 8,
+                    num_workers: int = 1) -> tuple[list, list, list[str]]:
+    """Run the model over samples; detections and ground truth in original image coordinates."""
+    ds = DetectionDataset(samples, backend.input_hw, GridBoxTargetEncoder(len(backend.class_names)), None, "eval")
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    dets, gts, paths, skipped = [], [], [], 0
+    for batch in tqdm(loader, desc=f"evaluating {backend.path.name}", unit="batch"):
+        skipped += batch["skipped"]
+        if "image" not in batch:
+            continue
+        cov, bbox = backend.run(batch["image"].numpy())
+        for det, lb, gb, gl, gi, p in zip(decoder(cov, bbox, backend.input_hw), batch["letterbox"], batch["gt_boxes"],
+                                          batch["gt_labels"], batch["gt_ignore"], batch["path"], strict=True):
+            dets.append((lb.to_original(det.boxes), det.scores, det.labels))
+            gts.append((gb, gl, gi))
+            paths.append(p)
+    if skipped:
+        log.warning("%d unreadable images were skipped (see the warnings above for their paths)", skipped)
+    return dets, gts, paths
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    out_dir = Path(cfg.paths.output_dir)
+    start = time.perf_counter()
+    if cfg.get("predictions"):
+        if not cfg.get("gt"):
+            raise ValueError("predictions= needs gt=<folder with wider_face_val.mat and the setting files, "
+                             "or wider_face_val_bbx_gt.txt>")
+        results = evaluate_predictions(load_predictions(cfg.predictions), load_ground_truth(cfg.gt), cfg.evaluation.iou)
+        metrics = {f"wider_{s}": r.ap for s, r in results.items()}
+        title = f"WIDER FACE evaluation of {cfg.predictions}"
+        details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt)}
+    elif cfg.get("model"):
+        backend = load_backend(cfg.model, cfg.device, cfg.get("threads"))
+        post = {**backend.postprocess, **OmegaConf.to_container(cfg.postprocess, resolve=True)}
+        decoder = GridBoxDecoder(stride=backend.stride, **post)
+        samples = instantiate(cfg.dataset[cfg.split])()
+        dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers)
+        ev = cfg.evaluation
+        curves = per_class_ap(dets, gts, len(backend.class_names), ev.iou, ev.interpolation, ev.min_height)
+        metrics = {f"AP50_{backend.class_names[c]}": cv.ap for c, cv in curves.items()}
+        if ev.coco:
+            metrics.update({f"coco_{k}": v for k, v in coco_metrics(dets, gts, backend.class_names).items()})
+        results = {}
+        if cfg.get("gt") or cfg.get("wider_gt"):
+            gt = load_ground_truth(cfg.get("gt") or cfg.wider_gt)
+            results = evaluate_predictions(detections_to_wider(dets, paths), gt)
+            metrics.update({f"wider_{s}": r.ap for s, r in results.items()})
+        if cfg.get("write_predictions"):
+            for (b, s, _), p in zip(dets, paths, strict=True):
+                write_submission(out_dir / "predictions", Path(p).parent.name, Path(p).stem, b, s)
+        if cfg.plots:
+            plot_pr_curves(out_dir / "pr_ap50.png", {backend.class_names[c]: (cv.recall, cv.precision, cv.ap)
+                                                     for c, cv in curves.items()}, f"PR at IoU {ev.iou}")
+        title = f"Evaluation of {cfg.model} on {cfg.dataset.name}/{cfg.split}"
+        details = {"model": str(cfg.model), "format": backend.format, "images": len(dets),
+                   "input_hw": list(backend.input_hw), "postprocess": post}
+    else:
+        raise ValueError("give model=<checkpoint | .onnx | engine> or predictions=<folder> gt=<ground truth>")
+    by_size = {s: r.recall_by_size for s, r in results.items()} or None
+    if results and cfg.plots:
+        plot_pr_curves(out_dir / "pr_wider.png", {s: (r.recall, r.precision, r.ap) for s, r in results.items()},
+                       "WIDER FACE")
+    details["seconds"] = time.perf_counter() - start
+    write_report(out_dir, title, metrics, details, by_size)
+    print((out_dir / "metrics.md").read_text())
+    return {"metrics": metrics, **details}
+
+
+@hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""One interface over every model format, so evaluation and inference preprocess and post-process
+the same way whatever runs the network.
+
+A backend takes a float32 batch ``[N, 3, H, W]`` in [0, 1] (letterboxed RGB) and returns the raw
+``cov`` and ``bbox`` maps as numpy arrays; it also carries what post-processing needs (input size,
+class names, stride, clustering settings), read from the checkpoint or from the metadata JSON written
+beside an exported model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ONNX_INPUT = "input_1"
+ONNX_OUTPUTS = ("output_cov/Sigmoid", "output_bbox/BiasAdd")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    p = Path(model_path)
+    return p.with_name(p.stem + ".json")
+
+
+@dataclass
+class ModelBackend:
+    """Base: subclasses implement ``run``. ``input_hw`` is the network input (H, W)."""
+
+    path: Path
+    input_hw: tuple[int, int]
+    class_names: list[str]
+    stride: int = 16
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    format: str = "checkpoint"
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class TorchBackend(ModelBackend):
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        from gridface.module import GridBoxModule
+
+        module = GridBoxModule.from_checkpoint(path).eval().to(device)
+        hp = module.hparams
+        super().__init__(Path(path), module.input_hw, list(module.class_names), module.net.stride,
+                         dict(hp.get("postprocess") or {}), "checkpoint")
+        self.net = module.net
+        self.device = device
+
+    @torch.no_grad()
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.net(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        return out["cov"].float().cpu().numpy(), out["bbox"].float().cpu().numpy()
+
+
+class OnnxBackend(ModelBackend):
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("ONNX models need onnxruntime (CPU) or onnxruntime-gpu: pip install onnxruntime") from e
+        path = Path(path)
+        meta = read_metadata(path)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=providers or ort.get_available_providers())
+        names = [o.name for o in self.session.get_outputs()]
+        missing = [n for n in ONNX_OUTPUTS if n not in names]
+        if missing:
+            raise ValueError(f"{path}: outputs {names} lack {missing}; export with gridface.export")
+        super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
+                         dict(meta.get("postprocess") or {}), "onnx")
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images, np.float32)})
+        return cov, bbox
+
+
+def read_metadata(model_path: str | Path) -> dict[str, Any]:
+    meta_file = metadata_path(model_path)
+    if not meta_file.is_file():
+        raise FileNotFoundError(
+            f"{meta_file} not found: gridface.export writes it beside every exported model (input size, "
+            "class names, post-processing); keep the two together")
+    try:
+        return json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None) -> ModelBackend:
+    """Pick the backend by file type: ``.ckpt`` (PyTorch), ``.onnx`` (ONNX Runtime), ``.engine``/``.plan``
+    (TensorRT)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth"):
+        return TorchBackend(path, device)
+    if suffix == ".onnx":
+        return OnnxBackend(path, threads=threads)
+    if suffix in ENGINE_SUFFIXES:
+        from gridface.inference.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path)
+    raise ValueError(f"{path}: unsupported model type '{suffix}' (expected .ckpt, .onnx, .engine or .plan)")

@@ -1,0 +1,82 @@
+"""gridface.evaluate through its Hydra config: predictions mode and model mode."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from gridface.evaluate import run
+from gridface.evaluation.widerface import evaluate_predictions, load_ground_truth, load_predictions
+from gridface.train import run as train_run
+from gridface.utils.hydra import config_dir
+
+from .helpers import TINY, compose_train
+
+
+def compose_eval(tmp_path, overrides):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+def test_predictions_mode_reproduces_official_mini_val(tmp_path, shared_data):
+    w = shared_data / "widerface"
+    cfg = compose_eval(tmp_path, [f"predictions={w / 'preds_yolov7face'}", f"gt={w / 'mini_val' / 'ground_truth'}"])
+    result = run(cfg)
+    assert result["metrics"]["wider_easy"] == pytest.approx(0.9225273450313023, abs=1e-6)
+    assert result["metrics"]["wider_hard"] == pytest.approx(0.9008606815237921, abs=1e-6)
+    out = tmp_path / "eval"
+    assert (out / "pr_wider.png").stat().st_size > 1000
+    md = (out / "metrics.md").read_text()
+    assert "wider_medium" in md and "Recall by face height" in md
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["wider_medium"] == pytest.approx(0.9075044520819315)
+
+
+def test_predictions_mode_needs_gt(tmp_path):
+    with pytest.raises(ValueError, match="gt="):
+        run(compose_eval(tmp_path, [f"predictions={tmp_path}"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                              "+trainer.limit_val_batches=1", "logger=none"])
+    return Path(train_run(cfg)["last_checkpoint"]), tmp
+
+
+@pytest.mark.slow
+def test_model_mode_on_synthetic(tmp_path, tiny_checkpoint):
+    ckpt, tmp = tiny_checkpoint
+    cfg = compose_eval(tmp_path, [f"model={ckpt}", "dataset.val.num_images=8", "num_workers=0",
+                                  "postprocess.clustering=nms"])
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(tmp / "cache")
+    result = run(cfg)
+    assert result["images"] == 8 and result["postprocess"]["clustering"] == "nms"
+    assert {"AP50_face", "coco_mAP", "coco_AR"} <= set(result["metrics"])
+    assert (tmp_path / "eval" / "pr_ap50.png").is_file()
+
+
+@pytest.mark.slow
+def test_model_mode_on_wider_mini_val_writes_submission(tmp_path, tiny_checkpoint, shared_data):
+    ckpt, _ = tiny_checkpoint
+    mini = shared_data / "widerface" / "mini_val"
+    cfg = compose_eval(tmp_path, [f"model={ckpt}", "dataset=widerface", "num_workers=0",
+                                  f"dataset.val.gt_file={mini / 'wider_face_val_bbx_gt.txt'}",
+                                  f"dataset.val.image_dir={mini / 'images'}",
+                                  f"gt={mini / 'ground_truth'}", "write_predictions=true",
+                                  "postprocess.clustering=nms"])
+    result = run(cfg)
+    assert result["images"] == 19
+    assert {"wider_easy", "wider_medium", "wider_hard"} <= set(result["metrics"])
+    # The written submission evaluates to the same AP as the run itself.
+    preds = load_predictions(tmp_path / "eval" / "predictions")
+    assert len(preds) == 19
+    again = evaluate_predictions(preds, load_ground_truth(mini / "ground_truth"))
+    assert again["hard"].ap == pytest.approx(result["metrics"]["wider_hard"], abs=1e-3)
