@@ -1,0 +1,129 @@
+"""Deployment speed (issue 4), side by side in one run: latency (median, p90) and images/s at batch 1 and 8,
+at 736x416, for PyTorch eager FP32, ONNX Runtime FP32 and ONNX Runtime INT8, for a model and (when given)
+its pruned version; peak memory per backend (each runs in its own process). Ratios are against PyTorch
+eager FP32 of the unpruned model. Results: bench_results/deploy.{json,md}.
+
+    python scripts/bench_deploy.py [--checkpoint A.ckpt] [--pruned B.ckpt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def measure(backend: str, model: str, hw: tuple[int, int], batch: int, iters: int, threads: int) -> dict:
+    """Runs in a child process: load, warm up, time ``iters`` calls."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
+    if backend == "torch":
+        from gridface.module import GridBoxModule
+
+        net = GridBoxModule.from_checkpoint(model).net.eval() if model.endswith(".ckpt") else None
+        if net is None:
+            from gridface.model import GridBoxNet
+
+            net = GridBoxNet().eval()
+        xt = torch.from_numpy(x)
+
+        def call() -> None:
+            with torch.inference_mode():
+                net(xt)
+    else:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+        def call() -> None:
+            sess.run(None, {"input_1": x})
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return {"median_ms": statistics.median(times) * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
+            "images_per_s": batch / statistics.median(times),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: str) -> dict[str, str]:
+    """FP32 ONNX and INT8 QDQ ONNX of the checkpoint (or of an untrained net) at the bench size."""
+    from gridface.data.sources import synthetic
+    from gridface.export.onnx_export import export_onnx
+    from gridface.export.quantize import quantize_int8
+    from gridface.model import GridBoxNet
+    from gridface.module import GridBoxModule
+
+    net = GridBoxModule.from_checkpoint(checkpoint).net.eval() if checkpoint else GridBoxNet().eval()
+    fp32 = export_onnx(net, out / f"{name}.onnx", hw)
+    calib = [s.image for s in synthetic(str(out / "calib"), num_images=32, seed=7, width=hw[1], height=hw[0])]
+    int8 = quantize_int8(fp32, out / f"{name}_int8.onnx", calib, hw)
+    return {"torch": checkpoint or "", "onnx_fp32": str(fp32), "onnx_int8": str(int8)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--pruned")
+    ap.add_argument("--width", type=int, default=736)
+    ap.add_argument("--height", type=int, default=416)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench_results")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    hw = (args.height, args.width)
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(measure(spec["backend"], spec["model"], hw, spec["batch"], args.iters, args.threads)))
+        return
+
+    from gridface.utils.io import write_json, write_text
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"unpruned": export_models(args.checkpoint, hw, Path(tmp), "unpruned")}
+        if args.pruned:
+            models["pruned"] = export_models(args.pruned, hw, Path(tmp), "pruned")
+        for variant, paths in models.items():
+            for backend, key in (("torch", "torch"), ("onnx", "onnx_fp32"), ("onnx", "onnx_int8")):
+                model = paths["torch"] if backend == "torch" else paths[key]
+                for batch in (1, 8):
+                    child = json.dumps({"backend": backend, "model": model, "batch": batch})
+                    proc = subprocess.run([sys.executable, __file__, "--child", child, "--iters", str(args.iters),
+                                           "--threads", str(args.threads), "--width", str(args.width),
+                                           "--height", str(args.height)], capture_output=True, text=True, check=True)
+                    r = json.loads(proc.stdout.strip().splitlines()[-1])
+                    rows.append({"model": variant, "backend": {"torch": "pytorch_fp32", "onnx_fp32": "ort_fp32",
+                                                               "onnx_int8": "ort_int8"}[key], "batch": batch, **r})
+                    print(rows[-1], flush=True)
+    base = {r["batch"]: r["images_per_s"] for r in rows if r["model"] == "unpruned" and r["backend"] == "pytorch_fp32"}
+    for r in rows:
+        r["speedup_vs_pytorch_fp32"] = r["images_per_s"] / base[r["batch"]]
+    out = Path(args.out)
+    write_json(out / "deploy.json", {"input": f"{args.width}x{args.height}", "threads": args.threads, "rows": rows})
+    lines = ["| model | backend | batch | median ms | p90 ms | images/s | peak RSS MB | x PyTorch FP32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+              f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['speedup_vs_pytorch_fp32']:.2f} |" for r in rows]
+    write_text(out / "deploy.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""``python -m gridface.export checkpoint=<.ckpt> export=<format>``
+
+Formats: onnx, onnx_int8, tensorrt_fp32, tensorrt_fp16, tensorrt_int8.
+
+Always writes the FP32 ONNX first (checked in ONNX Runtime against PyTorch on real images), then the
+INT8 QDQ model and/or the TensorRT engine, each with a metadata JSON beside it, plus a DeepStream
+nvinfer config and label file.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from gridface.data.dataset import read_image_rgb
+from gridface.data.transforms import letterbox, to_tensor_layout
+from gridface.export.deepstream import write_deepstream_config
+from gridface.export.onnx_export import export_onnx, verify_onnx
+from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, metadata_path
+from gridface.module import GridBoxModule
+from gridface.utils.hydra import config_dir
+from gridface.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def load_images(paths: list, input_hw: tuple[int, int], limit: int) -> np.ndarray:
+    out = []
+    for p in paths:
+        img = read_image_rgb(p)
+        if img is None:
+            log.warning("skipping unreadable image %s", p)
+            continue
+        out.append(to_tensor_layout(letterbox(img, input_hw)[0]))
+        if len(out) == limit:
+            break
+    if not out:
+        raise ValueError("no readable images to verify the export with; check the dataset paths")
+    return np.stack(out)
+
+
+def model_metadata(module: GridBoxModule, checkpoint: str | Path, fmt: str, **extra: Any) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    import gridface
+
+    return {"format": fmt, "input_name": ONNX_INPUT, "output_names": list(ONNX_OUTPUTS),
+            "input_hw": list(module.input_hw), "input_scale": 1 / 255, "color": "RGB", "letterbox": "centred",
+            "class_names": list(module.class_names), "stride": module.net.stride,
+            "postprocess": dict(module.hparams.get("postprocess") or {}), "source_checkpoint": str(checkpoint),
+            "versions": {"gridface": gridface.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+            **extra}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    ex = cfg.export
+    if not cfg.get("checkpoint"):
+        raise ValueError("give checkpoint=<path to a gridface .ckpt>")
+    module = GridBoxModule.from_checkpoint(cfg.checkpoint).eval()
+    net = module.net
+    out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
+    stem = Path(cfg.checkpoint).stem
+    onnx_path = out_dir / f"{stem}.onnx"
+    hw = module.input_hw
+    export_onnx(net, onnx_path, hw, opset=ex.opset, exporter=ex.exporter, simplify=ex.simplify)
+    val_paths = [s.image for s in instantiate(cfg.dataset.val)()]
+    images = load_images(val_paths, hw, ex.verify_images)
+    diffs = verify_onnx(onnx_path, net, images, ex.atol)
+    print(f"ONNX FP32 {onnx_path}: max |ORT - PyTorch| cov {diffs['cov']:.2e}, bbox {diffs['bbox']:.2e} "
+          f"on {len(images)} images (tolerance {ex.atol})")
+    meta = model_metadata(module, cfg.checkpoint, "onnx_fp32", exporter=ex.exporter, opset=ex.opset,
+                          verify_max_abs_diff=diffs)
+    write_json(metadata_path(onnx_path), meta)
+    result: dict[str, Any] = {"onnx": str(onnx_path), "onnx_max_abs_diff": diffs}
+    deploy_path, precision = onnx_path, "fp32"
+
+    if ex.format in ("onnx_int8", "tensorrt") and (ex.format == "onnx_int8" or ex.precision == "int8"):
+        from gridface.export.quantize import quantize_int8
+
+        calib = [s.image for s in instantiate(cfg.dataset.train)()][: ex.calibration.images]
+        int8_path = out_dir / f"{stem}_int8.onnx"
+        quantize_int8(onnx_path, int8_path, calib, hw, ex.calibration.method, ex.calibration.per_channel,
+                      ex.calibration.batch_size, ex.activation_type)
+        corr = int8_agreement(int8_path, onnx_path, images)
+        print(f"ONNX INT8 {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, bbox {corr['bbox']:.4f}")
+        write_json(metadata_path(int8_path), {**meta, "format": "onnx_int8", "calibration": {
+            "images": len(calib), "method": ex.calibration.method, "activation_type": ex.activation_type},
+            "int8_vs_fp32_correlation": corr})
+        result.update(onnx_int8=str(int8_path), int8_correlation=corr)
+        deploy_path, precision = int8_path, "int8"
+
+    engine_path = None
+    if ex.format == "tensorrt":
+        from gridface.export.tensorrt_build import build_engine, convert_fp16, tensorrt_major
+        from gridface.inference.tensorrt_backend import require_tensorrt
+
+        trt = require_tensorrt()
+        source = deploy_path
+        if ex.precision == "fp16" and tensorrt_major(trt) >= 11:
+            source = convert_fp16(onnx_path, out_dir / f"{stem}_fp16.onnx")
+        engine_path = out_dir / f"{stem}_{ex.precision}.engine"
+        batches = list(np.array_split(images, max(1, len(images) // 8)))
+        trt_meta = build_engine(source, engine_path, hw, ex.precision, tuple(ex.batch_profile), ex.workspace_gb,
+                                ex.timing_cache or out_dir / "timing.cache", batches)
+        write_json(metadata_path(engine_path), {**meta, "format": "tensorrt", **trt_meta})
+        result["engine"] = str(engine_path)
+        precision = ex.precision
+    if ex.deepstream:
+        ds_cfg, labels = write_deepstream_config(deploy_path, meta, precision, engine_path)
+        result.update(deepstream_config=str(ds_cfg), labels=str(labels))
+    write_json(out_dir / "export.json", result)
+    return result
+
+
+def int8_agreement(int8_path: Path, fp32_path: Path, images: np.ndarray) -> dict[str, float]:
+    import onnxruntime as ort
+
+    a = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, {ONNX_INPUT: images})
+    b = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]).run(None, {ONNX_INPUT: images})
+    pairs = zip(("cov", "bbox"), a, b, strict=True)
+    return {name: float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for name, x, y in pairs}
+
+
+@hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Export a GridBox network to ONNX with the names DeepStream's DetectNet_v2 parser looks for, then check
+it in ONNX Runtime against PyTorch.
+
+Input ``input_1`` [N, 3, H, W] (dynamic N), outputs ``output_cov/Sigmoid`` [N, C, H/16, W/16] and
+``output_bbox/BiasAdd`` [N, 4C, H/16, W/16]; one self-contained file (no external weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS
+from gridface.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+EXPORTERS = ("torchscript", "dynamo")
+
+
+class _Outputs(nn.Module):
+    """The network as a tuple-returning module (ONNX wants positional outputs)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(images)
+        return out["cov"], out["bbox"]
+
+
+def export_onnx(net: nn.Module, path: str | Path, input_hw: tuple[int, int], opset: int = 17,
+                exporter: str = "torchscript", simplify: bool = False) -> Path:
+    """Write ``path`` atomically. ``exporter``: ``torchscript`` (torch.onnx's classic tracer) or ``dynamo``."""
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"export.exporter must be one of {EXPORTERS}, got '{exporter}'")
+    model = _Outputs(net).eval()
+    dummy = torch.rand(1, 3, *input_hw)
+    with atomic_path(path) as tmp, torch.no_grad():
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            program = torch.onnx.export(model, (dummy,), None, dynamo=True, opset_version=opset,
+                                        input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
+                                        dynamic_shapes={"images": {0: batch}}, external_data=False)
+            program.save(str(tmp), external_data=False)
+        else:
+            torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
+                              dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUTS[0]: {0: "batch"},
+                                            ONNX_OUTPUTS[1]: {0: "batch"}})
+        proto = onnx.load(str(tmp))
+        if simplify:
+            proto = simplify_graph(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    return Path(path)
+
+
+def simplify_graph(proto: Any) -> Any:
+    """Constant folding and graph clean-up with onnxslim when it is installed (optional)."""
+    try:
+        import onnxslim
+    except ImportError:
+        log.warning("export.simplify=true needs onnxslim (pip install onnxslim); exporting unsimplified")
+        return proto
+    return onnxslim.slim(proto)
+
+
+def verify_onnx(path: str | Path, net: nn.Module, images: np.ndarray, atol: float = 1e-3) -> dict[str, float]:
+    """Run ONNX Runtime and PyTorch on the same images; raise if outputs differ by more than ``atol``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images.astype(np.float32)})
+    with torch.no_grad():
+        ref = net.eval()(torch.from_numpy(images))
+    diffs = {"cov": float(np.abs(got[0] - ref["cov"].numpy()).max()),
+             "bbox": float(np.abs(got[1] - ref["bbox"].numpy()).max())}
+    if max(diffs.values()) > atol:
+        raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {diffs} (tolerance {atol})")
+    return diffs
