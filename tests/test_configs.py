@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -9,7 +10,22 @@ from gridface.utils.hydra import config_dir
 from .helpers import compose_train
 
 GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in Path(config_dir()).iterdir() if p.is_dir()}
-CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment") for o in opts]
+CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export") for o in opts]
+PRIMARY = sorted(p.stem for p in Path(config_dir()).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_every_entry_point_config_composes(name):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(name, return_hydra_config=True)
+    assert cfg.task_name == name
+
+
+@pytest.mark.parametrize("option", GROUPS["export"])
+def test_every_export_option_composes(option):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("export", overrides=[f"export={option}"])
+    assert cfg.export.format in ("onnx", "onnx_int8", "tensorrt")
 
 
 @pytest.mark.parametrize(("group", "option"), CHOICES)

@@ -151,11 +151,17 @@ def test_tensorrt_export_stops_with_clear_message_without_tensorrt(tmp_path, tra
     assert (tmp_path / "export" / "last.onnx").is_file()  # the ONNX TensorRT would consume is still written
 
 
+def _tensorrt_missing() -> str:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (it comes only from NVIDIA's index)"
+    return "" if torch.cuda.is_available() else "no CUDA GPU"
+
+
 @pytest.mark.tensorrt
+@pytest.mark.skipif(bool(_tensorrt_missing()), reason=_tensorrt_missing() or "n/a")
 def test_tensorrt_engine_matches_onnx(tmp_path, trained_ckpt):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's index only)")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
     ckpt, tmp = trained_ckpt
     cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp32",
                                                    "dataset.val.num_images=8"])

@@ -6,3 +6,12 @@ import os as _os
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``from gridface import Detector`` without importing torch for every ``import gridface``."""
+    if name == "Detector":
+        from gridface.inference.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'gridface' has no attribute '{name}'")

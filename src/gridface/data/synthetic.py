@@ -32,7 +32,9 @@ CANVAS = 96  # face canvas width in px before shrinking
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate. ``max_face_frac`` bounds the face height by this fraction of the image height."""
+    """What to generate. Face heights: with probability ``small_fraction`` log-uniform in
+    [``min_face``, ``small_face``) px (smaller than one stride-16 cell), otherwise log-uniform in
+    [``small_face``, ``max_face_frac`` x image height]."""
 
     num_images: int = 1500
     width: int = 256
@@ -41,6 +43,8 @@ class SyntheticSpec:
     min_faces: int = 1
     max_faces: int = 6
     min_face: float = 8.0
+    small_face: float = 16.0
+    small_fraction: float = 0.25
     max_face_frac: float = 1.0 / 3.0
     distractors: tuple[int, int] = (2, 8)
 
@@ -185,7 +189,9 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndar
     boxes: list[np.ndarray] = []
     for _ in range(rng.integers(spec.min_faces, spec.max_faces + 1)):
         for _attempt in range(10):
-            size = float(np.exp(rng.uniform(np.log(spec.min_face), np.log(max_face))))
+            lo, hi = ((spec.min_face, spec.small_face) if rng.random() < spec.small_fraction
+                      else (spec.small_face, max_face))
+            size = float(np.exp(rng.uniform(np.log(lo), np.log(max(lo, hi)))))
             aspect = rng.uniform(1.1, 1.45)
             x, y = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
             est = np.array([x - size / aspect / 2, y - size / 2, x + size / aspect / 2, y + size / 2])

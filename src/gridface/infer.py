@@ -1,0 +1,80 @@
+"""``python -m gridface.infer model=<.ckpt | .onnx | engine> source=<image | folder | glob | video | camera>``
+
+Writes annotated images (or an annotated video, same frame rate and size), KITTI labels, detections as
+COCO-results JSON and, with ``save_wider=true``, the WIDER submission layout; prints a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from gridface.inference.detector import Detector
+from gridface.inference.sources import Source
+from gridface.inference.writers import OutputWriter
+from gridface.utils.hydra import config_dir
+from gridface.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("model") is None or cfg.get("source") is None:
+        raise ValueError("give model=<.ckpt | .onnx | engine> and source=<image | folder | glob | video | camera>")
+    detector = Detector.load(cfg.model, cfg.device, cfg.get("threads"),
+                             **OmegaConf.to_container(cfg.postprocess, resolve=True))
+    source = Source(cfg.source, cfg.frame_stride, cfg.prefetch, cfg.read_workers)
+    out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
+    writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
+    frames = faces = skipped = 0
+    start = time.perf_counter()
+    batch: list = []
+
+    def flush() -> None:
+        nonlocal faces
+        if not batch:
+            return
+        for frame, det in zip(batch, detector.detect_rgb([f.image for f in batch]), strict=True):
+            writer.add(frame.image, det, frame.name, frame.index, frame.path)
+            faces += len(det)
+        batch.clear()
+
+    bar = tqdm(source, total=len(source) or None, desc="inference", unit="frame" if source.kind != "images" else "img")
+    for frame in bar:
+        if writer.video is None and source.kind != "images":
+            name = Path(str(cfg.source)).stem if source.kind == "video" else f"camera{cfg.source}"
+            writer.open_video(name, source.fps / source.frame_stride, source.size)
+        if frame.image is None:
+            skipped += 1
+            continue
+        frames += 1
+        batch.append(frame)
+        if len(batch) == cfg.batch_size:
+            flush()
+        if cfg.get("max_frames") and frames >= cfg.max_frames:
+            break
+    flush()
+    writer.close()
+    seconds = time.perf_counter() - start
+    summary = {"source": str(cfg.source), "kind": source.kind, "frames": frames, "skipped": skipped, "faces": faces,
+               "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0, "output_dir": str(out),
+               "video": str(writer.video_path) if writer.video_path else None}
+    write_json(out / "summary.json", summary)
+    print(f"{frames} {'images' if source.kind == 'images' else 'frames'} ({skipped} skipped), {faces} faces, "
+          f"{summary['images_per_s']:.1f} images/s -> {out}")
+    return summary
+
+
+@hydra.main(config_path=config_dir(), config_name="infer", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Where frames come from: an image, a folder, a glob, a video file or a camera index.
+
+Reading and decoding run in a background thread pool ahead of the model (``prefetch`` items), so the
+model, not I/O, sets the pace. Unreadable files in a folder are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gridface.data.dataset import read_image_rgb
+from gridface.data.parsers import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass
+class Frame:
+    image: np.ndarray | None  # RGB uint8; None when unreadable
+    name: str                 # file stem or frame_<index>
+    path: Path | None         # source file for images
+    index: int
+
+
+class Source:
+    """Iterates frames. ``kind`` is ``images``, ``video`` or ``camera``; ``fps``/``size`` for video."""
+
+    def __init__(self, spec: str | int, frame_stride: int = 1, prefetch: int = 8, workers: int = 2) -> None:
+        self.spec = spec
+        self.frame_stride = max(1, int(frame_stride))
+        self.prefetch, self.workers = prefetch, workers
+        self.fps: float | None = None
+        self.size: tuple[int, int] | None = None
+        self.files: list[Path] = []
+        if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+            self.kind = "camera"
+            self.camera = int(spec)
+            return
+        p = Path(str(spec)).expanduser()
+        if any(ch in str(spec) for ch in "*?["):
+            self.kind = "images"
+            self.files = sorted(Path(f) for f in globlib.glob(str(p), recursive=True)
+                                if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            if not self.files:
+                raise FileNotFoundError(f"no images match '{spec}'")
+        elif p.is_dir():
+            self.kind = "images"
+            self.files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.files:
+                raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif not p.exists():
+            raise FileNotFoundError(f"source not found: {p}")
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            self.kind = "images"
+            self.files = [p]
+        elif p.suffix.lower() in VIDEO_SUFFIXES:
+            self.kind = "video"
+            cap = cv2.VideoCapture(str(p))
+            if not cap.isOpened():
+                raise ValueError(f"cannot open video {p} (unsupported codec or corrupt file)")
+            self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            cap.release()
+        else:
+            raise ValueError(f"unsupported source type '{p.suffix}' for {p}: expected an image "
+                             f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(VIDEO_SUFFIXES)}), "
+                             "a folder, a glob or a camera index")
+
+    def __len__(self) -> int:
+        if self.kind == "images":
+            return len(self.files)
+        if self.kind == "video":
+            return (max(self.frame_count, 0) + self.frame_stride - 1) // self.frame_stride
+        return 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.kind == "images":
+            yield from self._images()
+        else:
+            yield from self._video()
+
+    def _images(self) -> Iterator[Frame]:
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = []
+            for i, f in enumerate(self.files):
+                pending.append((i, f, pool.submit(read_image_rgb, f)))
+                if len(pending) >= self.prefetch:
+                    yield self._frame(*pending.pop(0))
+            for item in pending:
+                yield self._frame(*item)
+
+    @staticmethod
+    def _frame(i: int, f: Path, future) -> Frame:  # noqa: ANN001
+        img = future.result()
+        if img is None:
+            log.warning("skipping unreadable image %s", f)
+        return Frame(img, f.stem, f, i)
+
+    def _video(self) -> Iterator[Frame]:
+        cap = cv2.VideoCapture(self.camera if self.kind == "camera" else str(self.spec))
+        if not cap.isOpened():
+            raise ValueError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.spec}")
+        if self.kind == "camera":
+            self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        i = 0
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if i % self.frame_stride == 0:
+                    yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"frame_{i:06d}", None, i)
+                i += 1
+        finally:
+            cap.release()

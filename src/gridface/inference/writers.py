@@ -1,0 +1,75 @@
+"""What inference writes: annotated images or video, KITTI labels, COCO-results JSON, WIDER layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gridface.evaluation.widerface import write_submission
+from gridface.postprocess import Detections
+from gridface.utils.io import atomic_path, write_text
+
+
+def draw(image_rgb: np.ndarray, det: Detections, class_names: list[str]) -> np.ndarray:
+    """BGR copy with boxes and scores drawn (line width and font scale follow the image size)."""
+    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    t = max(1, round(min(out.shape[:2]) / 400))
+    for (x1, y1, x2, y2), s, c in zip(det.boxes, det.scores, det.labels, strict=True):
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(out, p1, p2, (0, 255, 0), t)
+        label = f"{class_names[int(c)] if len(class_names) > 1 else ''}{s:.2f}"
+        cv2.putText(out, label, (p1[0], max(10, p1[1] - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, (0, 255, 0), t)
+    return out
+
+
+def kitti_lines(det: Detections, class_names: list[str]) -> str:
+    """TAO's KITTI layout: class, truncation, occlusion, alpha, x1 y1 x2 y2, 3D fields zero, score."""
+    return "".join(f"{class_names[int(c)]} 0.00 0 0.00 {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f} "
+                   f"0.00 0.00 0.00 0.00 0.00 0.00 0.00 {s:.5f}\n"
+                   for b, s, c in zip(det.boxes, det.scores, det.labels, strict=True))
+
+
+class OutputWriter:
+    def __init__(self, out_dir: Path, class_names: list[str], save_images: bool = True, save_kitti: bool = True,
+                 save_json: bool = True, save_wider: bool = False) -> None:
+        self.out = Path(out_dir)
+        self.class_names = class_names
+        self.save_images, self.save_kitti, self.save_json, self.save_wider = save_images, save_kitti, save_json, save_wider
+        self.coco: list[dict] = []
+        self.video: cv2.VideoWriter | None = None
+        self.video_path: Path | None = None
+
+    def open_video(self, name: str, fps: float, size: tuple[int, int]) -> None:
+        self.video_path = self.out / f"{name}_annotated.mp4"
+        self.video_path.parent.mkdir(parents=True, exist_ok=True)
+        self.video = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.video.isOpened():
+            raise RuntimeError(f"cannot write video {self.video_path} (no mp4v encoder in this OpenCV build?)")
+
+    def add(self, image_rgb: np.ndarray, det: Detections, name: str, index: int, path: Path | None) -> None:
+        if self.video is not None:
+            self.video.write(draw(image_rgb, det, self.class_names))
+        elif self.save_images:
+            with atomic_path(self.out / "images" / f"{name}.jpg") as tmp:
+                cv2.imwrite(str(tmp) + ".jpg", draw(image_rgb, det, self.class_names))
+                Path(str(tmp) + ".jpg").replace(tmp)
+        if self.save_kitti:
+            write_text(self.out / "labels" / f"{name}.txt", kitti_lines(det, self.class_names))
+        if self.save_wider and path is not None:
+            write_submission(self.out / "wider", path.parent.name, path.stem, det.boxes, det.scores)
+        if self.save_json:
+            for b, s, c in zip(det.boxes, det.scores, det.labels, strict=True):
+                self.coco.append({"image_id": index, "file_name": str(path) if path else name,
+                                  "category_id": int(c) + 1, "category": self.class_names[int(c)],
+                                  "bbox": [round(float(b[0]), 2), round(float(b[1]), 2),
+                                           round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2)],
+                                  "score": round(float(s), 5)})
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.release()
+        if self.save_json:
+            write_text(self.out / "detections.json", json.dumps(self.coco))

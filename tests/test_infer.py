@@ -1,0 +1,137 @@
+"""Inference: Detector API on path/array/PIL, each source type, each output format parsed back."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from gridface import Detector
+from gridface.evaluation.widerface import load_predictions
+from gridface.infer import run as infer_run
+from gridface.inference.sources import Source
+from gridface.train import run as train_run
+
+from .helpers import TINY, compose_train
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("m")
+    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                              "+trainer.limit_val_batches=1", "logger=none"])
+    ckpt = train_run(cfg)["last_checkpoint"]
+    # A permissive threshold so an untrained model still returns boxes to compare.
+    return Detector.load(ckpt, clustering="nms", coverage_threshold=0.0), ckpt, tmp
+
+
+def test_path_array_and_pil_give_the_same_boxes(tmp_path, model):
+    det, _, _ = model
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 500, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    a = det(tmp_path / "a.png")
+    b = det(rgb)
+    c = det(Image.fromarray(rgb))
+    d = det(rgb[..., ::-1], color="BGR")
+    for other in (b, c, d):
+        np.testing.assert_allclose(a.boxes, other.boxes, atol=1e-4)
+        np.testing.assert_allclose(a.scores, other.scores, atol=1e-5)
+    assert len(a) > 0
+
+
+def test_boxes_are_in_original_coordinates(model):
+    det, _, _ = model
+    rgb = np.random.default_rng(1).integers(0, 255, (700, 1024, 3), np.uint8)
+    out = det(rgb)
+    assert len(out) and out.boxes[:, [0, 2]].max() <= 1024 and out.boxes[:, [1, 3]].max() <= 700
+    assert out.boxes[:, [0, 2]].max() > 256  # beyond the 256x160 network input: mapped back
+
+
+def test_batch_call_equals_single_calls(model):
+    det, _, _ = model
+    imgs = [np.random.default_rng(i).integers(0, 255, (200 + 40 * i, 300, 3), np.uint8) for i in range(3)]
+    batch = det(imgs)
+    for img, res in zip(imgs, batch, strict=True):
+        np.testing.assert_allclose(det(img).boxes, res.boxes, atol=1e-4)
+
+
+def test_bad_inputs_are_clear(tmp_path, model):
+    det, _, _ = model
+    with pytest.raises(ValueError, match="cannot read image"):
+        det(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match="HxWx3"):
+        det(np.zeros((4, 4, 4, 4), np.uint8))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        Source(str(empty))
+    with pytest.raises(FileNotFoundError, match="source not found"):
+        Source(str(tmp_path / "nope"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="unsupported source type"):
+        Source(str(tmp_path / "x.txt"))
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="cannot open video"):
+        Source(str(tmp_path / "broken.mp4"))
+
+
+def infer_cfg(tmp_path, model, source, extra=()):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from gridface.utils.hydra import config_dir
+
+    _, ckpt, _ = model
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("infer", overrides=[f"model={ckpt}", f"source={source}", "postprocess.clustering=nms",
+                                          "+postprocess.coverage_threshold=0.0", *extra])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "out")
+    return cfg
+
+
+@pytest.mark.slow
+def test_folder_outputs_parse_back_and_bad_file_is_skipped(tmp_path, model):
+    src = tmp_path / "imgs" / "0--Parade"
+    src.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(src / f"img_{i}.jpg"), np.random.default_rng(i).integers(0, 255, (240, 320, 3), np.uint8))
+    (src / "bad.jpg").write_bytes(b"garbage")
+    summary = infer_run(infer_cfg(tmp_path, model, tmp_path / "imgs", ["save_wider=true"]))
+    out = tmp_path / "out"
+    assert summary["frames"] == 3 and summary["skipped"] == 1
+    assert len(list((out / "images").glob("*.jpg"))) == 3
+    coco = json.loads((out / "detections.json").read_text())
+    labels = {p.stem: p.read_text().splitlines() for p in (out / "labels").glob("*.txt")}
+    assert set(labels) == {"img_0", "img_1", "img_2"}
+    n_kitti = sum(len(v) for v in labels.values())
+    assert n_kitti == len(coco) == summary["faces"] > 0
+    first = labels["img_0"][0].split()
+    assert first[0] == "face" and len(first) == 16
+    wider = load_predictions(out / "wider")
+    assert sum(len(v) for v in wider.values()) == len(coco)
+
+
+@pytest.mark.slow
+def test_video_round_trip_keeps_frames_fps_and_size(tmp_path, model):
+    path = tmp_path / "clip.mp4"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (320, 240))
+    for i in range(10):
+        frame = np.full((240, 320, 3), 40 * (i % 5), np.uint8)
+        cv2.circle(frame, (100 + 10 * i, 120), 40, (180, 200, 230), -1)
+        vw.write(frame)
+    vw.release()
+    summary = infer_run(infer_cfg(tmp_path, model, path))
+    assert summary["frames"] == 10
+    cap = cv2.VideoCapture(summary["video"])
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (320, 240)
+    ok, first = cap.read()
+    cap.release()
+    assert ok
+    # boxes were drawn in pure green where the model found faces
+    green = (first[..., 1] > 200) & (first[..., 0] < 80) & (first[..., 2] < 80)
+    assert green.any() == (summary["faces"] > 0)
+    assert Path(summary["output_dir"]).is_dir()
