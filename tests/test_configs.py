@@ -31,7 +31,8 @@ def test_every_export_option_composes(option):
 @pytest.mark.parametrize(("group", "option"), CHOICES)
 def test_every_group_option_composes(tmp_path, group, option):
     extra = ["dataset.root=/data/x"] if group == "dataset" and option in ("kitti", "coco") else []
-    cfg = compose_train(tmp_path, [f"{group}={option}", *extra])
+    key = "network@model" if group == "network" else group
+    cfg = compose_train(tmp_path, [f"{key}={option}", *extra])
     OmegaConf.to_container(cfg.module, resolve=True)
     OmegaConf.to_container(cfg.datamodule, resolve=True)
 

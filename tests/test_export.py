@@ -118,18 +118,18 @@ def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt
     result = export_run(cfg)
     assert result["onnx_max_abs_diff"]["bbox"] < 1e-3 and result["int8_correlation"]["cov"] > 0.8
     meta = json.loads((tmp_path / "export" / "last.json").read_text())
-    assert meta["input_hw"] == [160, 256] and meta["class_names"] == ["face"] and meta["stride"] == 16
+    assert meta["input_hw"] == [128, 192] and meta["class_names"] == ["face"] and meta["stride"] == 16
     assert meta["output_names"] == list(ONNX_OUTPUTS) and meta["source_checkpoint"] == str(ckpt)
     assert {"torch", "onnx", "onnxruntime"} <= set(meta["versions"])
     ds = (tmp_path / "export" / "last_int8_nvinfer.txt").read_text()
     assert "output-blob-names=output_bbox/BiasAdd;output_cov/Sigmoid" in ds and "network-mode=1" in ds
-    assert "infer-dims=3;160;256" in ds and "net-scale-factor=0.0039215686" in ds
+    assert "infer-dims=3;128;192" in ds and "net-scale-factor=0.0039215686" in ds
     # The evaluator's backends load both exports with the checkpoint's settings.
     ref = load_backend(ckpt)
     for name in ("last.onnx", "last_int8.onnx"):
         b = load_backend(tmp_path / "export" / name)
         assert b.input_hw == ref.input_hw and b.postprocess == ref.postprocess
-    x = np.random.default_rng(0).random((2, 3, 160, 256), dtype=np.float32)
+    x = np.random.default_rng(0).random((2, 3, 128, 192), dtype=np.float32)
     np.testing.assert_allclose(load_backend(tmp_path / "export" / "last.onnx").run(x)[1], ref.run(x)[1], atol=1e-4)
 
 
@@ -168,7 +168,7 @@ def test_tensorrt_engine_matches_onnx(tmp_path, trained_ckpt):
     result = export_run(cfg)
     meta = json.loads((tmp_path / "export" / "last_fp32.json").read_text())
     assert meta["precision"] == "fp32" and meta["tensorrt_version"] and meta["gpu"]
-    x = np.random.default_rng(0).random((2, 3, 160, 256), dtype=np.float32)
+    x = np.random.default_rng(0).random((2, 3, 128, 192), dtype=np.float32)
     trt_out = load_backend(result["engine"]).run(x)
     ort_out = load_backend(result["onnx"]).run(x)
     np.testing.assert_allclose(trt_out[1], ort_out[1], atol=1e-2)

@@ -46,7 +46,7 @@ def test_boxes_are_in_original_coordinates(model):
     rgb = np.random.default_rng(1).integers(0, 255, (700, 1024, 3), np.uint8)
     out = det(rgb)
     assert len(out) and out.boxes[:, [0, 2]].max() <= 1024 and out.boxes[:, [1, 3]].max() <= 700
-    assert out.boxes[:, [0, 2]].max() > 256  # beyond the 256x160 network input: mapped back
+    assert out.boxes[:, [0, 2]].max() > 256  # beyond the 192x128 network input: mapped back
 
 
 def test_batch_call_equals_single_calls(model):
@@ -86,7 +86,7 @@ def infer_cfg(tmp_path, model, source, extra=()):
     _, ckpt, _ = model
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("infer", overrides=[f"model={ckpt}", f"source={source}", "postprocess.clustering=nms",
-                                          "+postprocess.coverage_threshold=0.0", *extra])
+                                          "postprocess.coverage_threshold=0.0", *extra])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "out")
     return cfg

@@ -14,7 +14,7 @@ from typing import Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -32,7 +32,7 @@ from gridface.evaluation.widerface import (
 from gridface.inference.backends import ModelBackend, load_backend
 from gridface.postprocess import GridBoxDecoder
 from gridface.targets import GridBoxTargetEncoder
-from gridface.utils.hydra import config_dir
+from gridface.utils.hydra import config_dir, overrides
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt)}
     elif cfg.get("model"):
         backend = load_backend(cfg.model, cfg.device, cfg.get("threads"))
-        post = {**backend.postprocess, **OmegaConf.to_container(cfg.postprocess, resolve=True)}
+        post = {**backend.postprocess, **overrides(cfg.postprocess)}
         decoder = GridBoxDecoder(stride=backend.stride, **post)
         samples = instantiate(cfg.dataset[cfg.split])()
         dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers)

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from gridface.inference.detector import Detector
 from gridface.inference.sources import Source
 from gridface.inference.writers import OutputWriter
-from gridface.utils.hydra import config_dir
+from gridface.utils.hydra import config_dir, overrides
 from gridface.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("model") is None or cfg.get("source") is None:
         raise ValueError("give model=<.ckpt | .onnx | engine> and source=<image | folder | glob | video | camera>")
     detector = Detector.load(cfg.model, cfg.device, cfg.get("threads"),
-                             **OmegaConf.to_container(cfg.postprocess, resolve=True))
+                             **overrides(cfg.postprocess))
     source = Source(cfg.source, cfg.frame_stride, cfg.prefetch, cfg.read_workers)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)

@@ -37,7 +37,8 @@ class OutputWriter:
                  save_json: bool = True, save_wider: bool = False) -> None:
         self.out = Path(out_dir)
         self.class_names = class_names
-        self.save_images, self.save_kitti, self.save_json, self.save_wider = save_images, save_kitti, save_json, save_wider
+        self.save_images, self.save_kitti = save_images, save_kitti
+        self.save_json, self.save_wider = save_json, save_wider
         self.coco: list[dict] = []
         self.video: cv2.VideoWriter | None = None
         self.video_path: Path | None = None

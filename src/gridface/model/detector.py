@@ -23,6 +23,7 @@ class GridBoxNet(nn.Module):
         return self.backbone.stride
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not torch.onnx.is_in_onnx_export() and images.shape[1] == 1:  # grayscale: replicate to the 3 channels the network expects
+        # Grayscale: replicate to the 3 channels the network expects (exports are traced with 3).
+        if not torch.onnx.is_in_onnx_export() and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.head(self.backbone(images))

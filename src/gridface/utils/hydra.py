@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -16,3 +17,8 @@ def config_dir() -> str:
         if (candidate / "train.yaml").is_file():
             return str(candidate)
     raise FileNotFoundError(f"gridface configs not found next to {_PACKAGE}; reinstall the package")
+
+
+def overrides(node: Any) -> dict[str, Any]:
+    """A config node of optional overrides as a dict, the unset (null) keys dropped."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
