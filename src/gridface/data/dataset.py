@@ -7,6 +7,7 @@ and :func:`collate` drops it and counts it), so one bad file never ends a long r
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from gridface.data.sample import Sample
 from gridface.data.transforms import letterbox, to_tensor_layout
@@ -29,6 +31,17 @@ def read_image_rgb(path: str | Path) -> np.ndarray | None:
     if img is None:
         return None
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def iter_network_inputs(paths: Sequence[str | Path], input_hw: tuple[int, int], desc: str | None = None
+                        ) -> Iterator[np.ndarray]:
+    """CHW float inputs, letterboxed exactly as in training; unreadable files are reported and skipped."""
+    for p in tqdm(paths, desc=desc, unit="img") if desc else paths:
+        img = read_image_rgb(p)
+        if img is None:
+            log.warning("skipping unreadable image %s", p)
+            continue
+        yield to_tensor_layout(letterbox(img, input_hw)[0])
 
 
 class DetectionDataset(Dataset):

@@ -9,6 +9,7 @@ nvinfer config and label file.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import platform
 from pathlib import Path
@@ -20,8 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gridface.data.dataset import read_image_rgb
-from gridface.data.transforms import letterbox, to_tensor_layout
+from gridface.data.dataset import iter_network_inputs
 from gridface.export.deepstream import write_deepstream_config
 from gridface.export.onnx_export import export_onnx, verify_onnx
 from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, metadata_path
@@ -33,15 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def load_images(paths: list, input_hw: tuple[int, int], limit: int) -> np.ndarray:
-    out = []
-    for p in paths:
-        img = read_image_rgb(p)
-        if img is None:
-            log.warning("skipping unreadable image %s", p)
-            continue
-        out.append(to_tensor_layout(letterbox(img, input_hw)[0]))
-        if len(out) == limit:
-            break
+    out = list(itertools.islice(iter_network_inputs(paths, input_hw), limit))
     if not out:
         raise ValueError("no readable images to verify the export with; check the dataset paths")
     return np.stack(out)
@@ -71,7 +63,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     stem = Path(cfg.checkpoint).stem
     onnx_path = out_dir / f"{stem}.onnx"
-    hw = module.input_hw
+    hw = tuple(ex.input_size) if ex.get("input_size") else module.input_hw
+    if hw[0] % module.net.stride or hw[1] % module.net.stride:
+        raise ValueError(f"export.input_size {list(hw)} must be multiples of {module.net.stride}")
+    module.input_hw = hw  # fully convolutional: deploy at another size than training
     export_onnx(net, onnx_path, hw, opset=ex.opset, exporter=ex.exporter, simplify=ex.simplify)
     val_paths = [s.image for s in instantiate(cfg.dataset.val)()]
     images = load_images(val_paths, hw, ex.verify_images)
@@ -90,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         calib = [s.image for s in instantiate(cfg.dataset.train)()][: ex.calibration.images]
         int8_path = out_dir / f"{stem}_int8.onnx"
         quantize_int8(onnx_path, int8_path, calib, hw, ex.calibration.method, ex.calibration.per_channel,
-                      ex.calibration.batch_size, ex.activation_type)
+                      ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float)
         corr = int8_agreement(int8_path, onnx_path, images)
         print(f"ONNX INT8 {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, bbox {corr['bbox']:.4f}")
         write_json(metadata_path(int8_path), {**meta, "format": "onnx_int8", "calibration": {
