@@ -135,3 +135,26 @@ def test_video_round_trip_keeps_frames_fps_and_size(tmp_path, model):
     green = (first[..., 1] > 200) & (first[..., 0] < 80) & (first[..., 2] < 80)
     assert green.any() == (summary["faces"] > 0)
     assert Path(summary["output_dir"]).is_dir()
+
+
+def test_single_image_and_glob_sources(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.jpg"), np.full((50, 60, 3), 30 * i, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    one = Source(str(tmp_path / "f1.jpg"))
+    assert one.kind == "images" and [f.name for f in one] == ["f1"]
+    frames = list(Source(str(tmp_path / "f*.jpg")))
+    assert [f.name for f in frames] == ["f0", "f1", "f2"] and all(f.image.shape == (50, 60, 3) for f in frames)
+    with pytest.raises(FileNotFoundError, match="no images match"):
+        Source(str(tmp_path / "*.png"))
+
+
+def test_video_frame_stride(tmp_path):
+    path = tmp_path / "c.mp4"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for i in range(9):
+        vw.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    vw.release()
+    src = Source(str(path), frame_stride=3)
+    assert src.kind == "video" and src.size == (64, 48)
+    assert [f.index for f in src] == [0, 3, 6]
