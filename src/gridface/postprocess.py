@@ -38,12 +38,6 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def scaled(self, scale: float, pad_x: float, pad_y: float, width: int, height: int) -> Detections:
-        """Map boxes from the letterboxed network input back to the original image."""
-        b = (self.boxes - np.array([pad_x, pad_y, pad_x, pad_y], np.float32)) / scale
-        b = np.clip(b, 0, np.array([width, height, width, height], np.float32))
-        return Detections(b.astype(np.float32), self.scores, self.labels)
-
 
 def dbscan_labels(dist_ok: np.ndarray, weights: np.ndarray, min_samples: float) -> np.ndarray:
     """DBSCAN on a precomputed neighbourhood matrix (``dist_ok[i, j]``: j within eps of i).

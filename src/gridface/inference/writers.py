@@ -54,9 +54,11 @@ class OutputWriter:
         if self.video is not None:
             self.video.write(draw(image_rgb, det, self.class_names))
         elif self.save_images:
+            ok, jpg = cv2.imencode(".jpg", draw(image_rgb, det, self.class_names))
+            if not ok:
+                raise RuntimeError(f"could not encode the annotated image for {name}")
             with atomic_path(self.out / "images" / f"{name}.jpg") as tmp:
-                cv2.imwrite(str(tmp) + ".jpg", draw(image_rgb, det, self.class_names))
-                Path(str(tmp) + ".jpg").replace(tmp)
+                tmp.write_bytes(jpg.tobytes())
         if self.save_kitti:
             write_text(self.out / "labels" / f"{name}.txt", kitti_lines(det, self.class_names))
         if self.save_wider and path is not None:
