@@ -31,7 +31,6 @@ from gridface.evaluation.widerface import (
 )
 from gridface.inference.backends import ModelBackend, load_backend
 from gridface.postprocess import GridBoxDecoder
-from gridface.targets import GridBoxTargetEncoder
 from gridface.utils.hydra import config_dir, overrides
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 def predict_dataset(backend: ModelBackend, samples: list, decoder: GridBoxDecoder, batch_size: int = 8,
                     num_workers: int = 1) -> tuple[list, list, list[str]]:
     """Run the model over samples; detections and ground truth in original image coordinates."""
-    ds = DetectionDataset(samples, backend.input_hw, GridBoxTargetEncoder(len(backend.class_names)), None, "eval")
+    ds = DetectionDataset(samples, backend.input_hw, None, None, "eval")
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     dets, gts, paths, skipped = [], [], [], 0
     for batch in tqdm(loader, desc=f"evaluating {backend.path.name}", unit="batch"):

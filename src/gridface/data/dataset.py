@@ -49,7 +49,7 @@ class DetectionDataset(Dataset):
         self,
         samples: list[Sample],
         input_hw: tuple[int, int],
-        encoder: GridBoxTargetEncoder,
+        encoder: GridBoxTargetEncoder | None,
         augment: A.Compose | None = None,
         name: str = "dataset",
     ) -> None:
@@ -88,8 +88,8 @@ class DetectionDataset(Dataset):
             net_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], np.int64)
             ignore = np.asarray(out["ignore"], bool)
-        train = ~ignore
-        targets = self.encoder(net_boxes[train], labels[train], self.input_hw)
+        # Evaluation and export pass no encoder: they need images and ground truth, not training targets.
+        targets = {} if self.encoder is None else self.encoder(net_boxes[~ignore], labels[~ignore], self.input_hw)
         return {
             "image": torch.from_numpy(to_tensor_layout(net_img)),
             **{k: torch.from_numpy(v) for k, v in targets.items()},
@@ -110,7 +110,8 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     if not kept:
         return batch
     for key in ("image", "cov", "cov_norm", "bbox"):
-        batch[key] = torch.stack([it[key] for it in kept])
+        if key in kept[0]:
+            batch[key] = torch.stack([it[key] for it in kept])
     for key in ("gt_boxes", "gt_labels", "gt_ignore", "letterbox", "path"):
         batch[key] = [it[key] for it in kept]
     batch["clipped"] = sum(it["clipped"] for it in kept)

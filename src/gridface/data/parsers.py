@@ -99,12 +99,13 @@ def read_kitti(
             if x2 < x1 or y2 < y1:
                 raise LabelError(f"{label_file}:{n}: box has x2 < x1 or y2 < y1: '{line}'")
             name = class_map.get(parts[0].lower())
-            if parts[0].lower() == "dontcare" or name == "dontcare":
-                boxes.append((x1, y1, x2, y2)), labels.append(0), ignore.append(True)
-            elif name is None or name not in index:
+            dontcare = parts[0].lower() == "dontcare" or name == "dontcare"
+            if not dontcare and name not in index:
                 unmapped += 1
-            else:
-                boxes.append((x1, y1, x2, y2)), labels.append(index[name]), ignore.append(False)
+                continue
+            boxes.append((x1, y1, x2, y2))
+            labels.append(0 if dontcare else index[name])
+            ignore.append(dontcare)
         image = images.get(label_file.stem)
         if image is None:
             image = image_dir / f"{label_file.stem}.jpg"  # reported as missing when read
