@@ -22,6 +22,7 @@ from gridface.evaluation.ap import per_class_ap
 from gridface.evaluation.coco import coco_metrics
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
+from gridface.model.widths import apply_widths
 from gridface.postprocess import GridBoxDecoder
 from gridface.schedule import soft_start_annealing
 from gridface.utils.checkpoint import load_checkpoint
@@ -84,12 +85,21 @@ class GridBoxModule(pl.LightningModule):
 
     def init_weights_from(self, path: str | Path) -> None:
         """Start from another run's weights (fine-tuning, retraining); optimizer state is not taken."""
-        state = load_checkpoint(path).get("state_dict")
+        ckpt = load_checkpoint(path)
+        state = ckpt.get("state_dict")
         if state is None:
             raise ValueError(f"{path}: no state_dict in checkpoint")
+        widths = ((ckpt.get("hyper_parameters") or {}).get("model") or {}).get("widths")
+        if widths:  # a pruned network: take its shape, and record it so this run's checkpoints rebuild it
+            self.set_widths(widths)
         net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
         self.net.load_state_dict(net_state)
-        rank_zero_info(f"initialised weights from {path}")
+        rank_zero_info(f"initialised weights from {path}" + (" (pruned network)" if widths else ""))
+
+    def set_widths(self, widths: dict[str, list[int]]) -> None:
+        """Reshape the network to pruned ``widths`` and store them in the hyper-parameters (checkpoints)."""
+        apply_widths(self.net, widths)
+        self.hparams["model"] = {**(self.hparams.get("model") or {}), "widths": widths}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(images)

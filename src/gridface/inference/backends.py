@@ -43,10 +43,11 @@ class ModelBackend:
 
 
 class TorchBackend(ModelBackend):
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", module: Any = None) -> None:
+        """``module``: an in-memory GridBoxModule (e.g. just pruned) instead of loading ``path``."""
         from gridface.module import GridBoxModule
 
-        module = GridBoxModule.from_checkpoint(path).eval().to(device)
+        module = (module or GridBoxModule.from_checkpoint(path)).eval().to(device)
         hp = module.hparams
         super().__init__(Path(path), module.input_hw, list(module.class_names), module.net.stride,
                          dict(hp.get("postprocess") or {}), "checkpoint")

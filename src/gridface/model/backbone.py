@@ -26,7 +26,7 @@ class ResNet18Stride16(nn.Module):
 
     stride = 16
 
-    def __init__(self, pretrained: str | None = None, widths: dict[str, int] | None = None) -> None:
+    def __init__(self, pretrained: str | None = None) -> None:
         super().__init__()
         net = torchvision.models.resnet18(weights=None)
         net.maxpool = nn.Identity()

@@ -7,16 +7,21 @@ from torch import nn
 
 from gridface.model.backbone import ResNet18Stride16
 from gridface.model.head import GridBoxHead
+from gridface.model.widths import apply_widths
 
 
 class GridBoxNet(nn.Module):
     """Input RGB NCHW float in [0, 1]; output ``{"cov": [N,C,H/16,W/16], "bbox": [N,4C,H/16,W/16]}``."""
 
-    def __init__(self, num_classes: int = 1, pretrained: str | None = None, cov_prior: float = 0.01) -> None:
+    def __init__(self, num_classes: int = 1, pretrained: str | None = None, cov_prior: float = 0.01,
+                 widths: dict[str, list[int]] | None = None) -> None:
+        """``widths``: per-layer channel widths of a pruned network (see ``model.widths``); None is ResNet18."""
         super().__init__()
         self.num_classes = num_classes
         self.backbone = ResNet18Stride16(pretrained=pretrained)
         self.head = GridBoxHead(self.backbone.out_channels, num_classes, cov_prior)
+        if widths:
+            apply_widths(self, widths)
 
     @property
     def stride(self) -> int:

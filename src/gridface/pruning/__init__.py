@@ -1,0 +1,1 @@
+"""Structured pruning: TAO-style importance on torch-pruning, reports and sweep charts."""

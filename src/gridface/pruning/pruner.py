@@ -1,0 +1,193 @@
+"""Structured channel pruning of a GridBoxNet on torch-pruning's dependency graph.
+
+torch-pruning finds which channels are coupled (a residual add ties the outputs of every block in a
+stage to the stage's shortcut) and removes them from every layer at once; this module decides how many
+and which. Two modes, as in TAO and torch-pruning:
+
+- ``threshold`` (TAO ``-pth``): keep the channels whose normalised importance is above ``threshold``,
+  at least ``min_num_filters``, the kept count rounded up to a multiple of ``granularity``;
+- ``ratio``: remove a fraction of channels (``ratio``, per layer or global, with per-layer overrides in
+  ``layer_ratios``), or the smallest uniform fraction that meets ``target_macs`` (a fraction of the
+  network's MACs).
+
+The head's output convolutions are never roots of a pruning group (their channels mean coverage and
+box coordinates); their input channels shrink with the backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from gridface.pruning.importance import TaoImportance
+
+log = logging.getLogger(__name__)
+
+MODES = ("threshold", "ratio")
+
+
+@dataclass
+class PruneSpec:
+    """What to prune; the fields are the keys of ``configs/prune/*.yaml``."""
+
+    mode: str = "threshold"
+    criterion: str = "l2"              # l1 | l2 | bn_scale | taylor
+    normalizer: str | None = "max"     # max | l2 | None (TAO: max)
+    equalization: str = "union"        # union | intersection | mean | geomean (TAO: union)
+    threshold: float = 0.1             # threshold mode (TAO -pth)
+    min_num_filters: int = 16          # threshold mode: never fewer channels in a layer
+    granularity: int = 8               # kept counts are multiples of this (both modes)
+    ratio: float = 0.5                 # ratio mode: fraction of channels removed
+    global_pruning: bool = False       # ratio mode: rank channels across layers, not per layer
+    layer_ratios: dict[str, float] = field(default_factory=dict)  # ratio mode: per-layer overrides
+    target_macs: float | None = None   # ratio mode: fraction of the MACs to keep (overrides ratio)
+    max_ratio: float = 0.9             # ratio mode: no layer loses more than this fraction
+    exclude: list[str] = field(default_factory=list)  # layer names whose output channels stay
+    taylor_batches: int = 4            # batches of gradients for criterion=taylor
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PruneSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known - {"_target_", "name"})
+        if unknown:
+            raise ValueError(f"prune config: unknown keys {unknown}; known keys are {sorted(known)}")
+        spec = cls(**{k: v for k, v in cfg.items() if k in known})
+        spec.layer_ratios = dict(spec.layer_ratios or {})
+        spec.exclude = list(spec.exclude or [])
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"prune.mode={self.mode!r}; choose one of {MODES}")
+        if self.threshold < 0:
+            raise ValueError(f"prune.threshold must be >= 0, got {self.threshold}")
+        if self.min_num_filters < 1 or self.granularity < 1:
+            raise ValueError(f"prune.min_num_filters and prune.granularity must be >= 1, "
+                             f"got {self.min_num_filters} and {self.granularity}")
+        for key, value in [("ratio", self.ratio), ("max_ratio", self.max_ratio), *self.layer_ratios.items()]:
+            if not 0 <= value < 1:
+                raise ValueError(f"prune ratio '{key}' must be in [0, 1), got {value}")
+        if self.target_macs is not None and not 0 < self.target_macs <= 1:
+            raise ValueError(f"prune.target_macs is a fraction of the network's MACs in (0, 1], got {self.target_macs}")
+        TaoImportance(self.criterion, self.normalizer, self.equalization)  # validates those three
+
+
+def threshold_keep_count(scores: torch.Tensor, threshold: float, min_num_filters: int, granularity: int) -> int:
+    """TAO: channels above the threshold, at least ``min_num_filters``, rounded up to ``granularity``."""
+    n = int(scores.numel())
+    keep = max(int((scores > threshold).sum()), min(min_num_filters, n))
+    return min(n, math.ceil(keep / granularity) * granularity)
+
+
+def excluded_layers(net: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The head's output convolutions plus the layers named in ``names``."""
+    modules = dict(net.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+        raise ValueError(f"prune.exclude names layers this network does not have: {missing}; "
+                         f"its convolutions are {convs}")
+    return [net.head.cov, net.head.bbox, *(modules[n] for n in names)]
+
+
+def accumulate_taylor_gradients(net: nn.Module, losses: Iterable[torch.Tensor], batches: int) -> None:
+    net.zero_grad(set_to_none=True)
+    done = 0
+    for loss in losses:
+        loss.backward()
+        done += 1
+        if done >= batches:
+            break
+    if done == 0:
+        raise ValueError("criterion=taylor needs training batches, and none came")
+    log.info("taylor importance from %d batches", done)
+
+
+def example_input(net: nn.Module, input_hw: Sequence[int]) -> torch.Tensor:
+    device = next(net.parameters()).device
+    return torch.rand(1, 3, int(input_hw[0]), int(input_hw[1]), device=device)
+
+
+def prune_network(net: nn.Module, spec: PruneSpec, input_hw: Sequence[int],
+                  taylor_losses: Iterable[torch.Tensor] | None = None) -> nn.Module:
+    """Prune ``net`` in place (channels removed, not masked) and return it."""
+    spec.validate()
+    if spec.criterion == "taylor":
+        if taylor_losses is None:
+            raise ValueError("criterion=taylor needs training batches (give the dataset)")
+        accumulate_taylor_gradients(net, taylor_losses, spec.taylor_batches)
+    was_training = net.training
+    net.eval()
+    importance = TaoImportance(spec.criterion, spec.normalizer, spec.equalization)
+    if spec.mode == "threshold":
+        prune_by_threshold(net, spec, importance, input_hw)
+    elif spec.target_macs is not None:
+        prune_to_macs(net, spec, importance, input_hw)
+    else:
+        prune_by_ratio(net, spec, importance, input_hw, spec.ratio)
+    net.zero_grad(set_to_none=True)
+    net.train(was_training)
+    return net
+
+
+def prune_by_threshold(net: nn.Module, spec: PruneSpec, importance: TaoImportance, input_hw: Sequence[int]) -> None:
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=example_input(net, input_hw))
+    ignored = excluded_layers(net, spec.exclude)
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        scores = importance(group)
+        if scores is None:
+            continue
+        keep = threshold_keep_count(scores, spec.threshold, spec.min_num_filters, spec.granularity)
+        drop = torch.argsort(scores, stable=True)[: scores.numel() - keep].tolist()
+        if drop:
+            group.prune(idxs=sorted(drop))
+
+
+def prune_by_ratio(net: nn.Module, spec: PruneSpec, importance: TaoImportance, input_hw: Sequence[int],
+                   ratio: float) -> None:
+    modules = dict(net.named_modules())
+    unknown = [n for n in spec.layer_ratios if n not in modules]
+    if unknown:
+        raise ValueError(f"prune.layer_ratios names layers this network does not have: {unknown}")
+    pruner = tp.pruner.BasePruner(
+        net, example_input(net, input_hw), importance=importance, pruning_ratio=ratio,
+        pruning_ratio_dict={modules[n]: r for n, r in spec.layer_ratios.items()},
+        global_pruning=spec.global_pruning, max_pruning_ratio=spec.max_ratio,
+        ignored_layers=excluded_layers(net, spec.exclude), round_to=spec.granularity,
+        root_module_types=[nn.Conv2d])
+    pruner.step()
+
+
+def count_macs_params(net: nn.Module, input_hw: Sequence[int]) -> tuple[int, int]:
+    macs, params = tp.utils.count_ops_and_params(net, example_input(net, input_hw))
+    return int(macs), int(params)
+
+
+def prune_to_macs(net: nn.Module, spec: PruneSpec, importance: TaoImportance, input_hw: Sequence[int]) -> None:
+    """The smallest uniform ratio whose pruned network keeps at most ``target_macs`` of the MACs."""
+    base, _ = count_macs_params(net, input_hw)
+    lo, hi = 0.0, spec.max_ratio
+    trial = copy.deepcopy(net)
+    prune_by_ratio(trial, spec, importance, input_hw, hi)
+    if count_macs_params(trial, input_hw)[0] > spec.target_macs * base:
+        raise ValueError(f"prune.target_macs={spec.target_macs} is out of reach with max_ratio={spec.max_ratio} "
+                         f"(the most it prunes keeps {count_macs_params(trial, input_hw)[0] / base:.3f})")
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(net)
+        prune_by_ratio(trial, spec, importance, input_hw, mid)
+        if count_macs_params(trial, input_hw)[0] <= spec.target_macs * base:
+            hi = mid
+        else:
+            lo = mid
+    log.info("target_macs=%.3f: uniform ratio %.4f", spec.target_macs, hi)
+    prune_by_ratio(net, spec, importance, input_hw, hi)

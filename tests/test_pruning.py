@@ -1,0 +1,275 @@
+"""Pruning: TAO threshold semantics, group equalisation, head invariance, reload, export, prune -> retrain."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch_pruning as tp
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from torch import nn
+
+from gridface.model import GridBoxNet
+from gridface.model.widths import apply_widths, channel_widths
+from gridface.module import GridBoxModule
+from gridface.pruning.collect import collect
+from gridface.pruning.importance import TaoImportance
+from gridface.pruning.pruner import PruneSpec, count_macs_params, prune_network, threshold_keep_count
+from gridface.utils.hydra import config_dir
+
+HW = (64, 96)
+
+
+def test_threshold_keep_count_rounds_up_to_granularity_and_respects_minimum():
+    scores = torch.linspace(0.01, 1.0, 64)  # 64 channels, 0.01 ... 1.0
+    assert threshold_keep_count(scores, 0.5, 16, 8) == 32  # 32 above 0.5, already a multiple of 8
+    assert threshold_keep_count(scores, 0.45, 16, 8) == 40  # 36 above -> rounded up to 40
+    assert threshold_keep_count(scores, 0.99, 16, 8) == 16  # 1 above -> the minimum
+    assert threshold_keep_count(scores, 0.99, 10, 8) == 16  # minimum 10 -> rounded up to 16
+    assert threshold_keep_count(scores, 0.0, 16, 8) == 64
+    assert threshold_keep_count(torch.rand(12), 0.9, 16, 8) == 12  # never more than the layer has
+
+
+class Residual(nn.Module):
+    """Two convolutions whose outputs are added: torch-pruning couples their output channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1, bias=False)
+        self.b = nn.Conv2d(3, 4, 1, bias=False)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.a(x) + self.b(x))
+
+
+def residual_group():
+    net = Residual()
+    with torch.no_grad():  # filter L2 norms: a = [1, 2, 4, 8], b = [6, 3, 3, 1.5]
+        net.a.weight.zero_()
+        net.b.weight.zero_()
+        net.a.weight[:, 0, 0, 0] = torch.tensor([1.0, 2.0, 4.0, 8.0])
+        net.b.weight[:, 0, 0, 0] = torch.tensor([6.0, 3.0, 3.0, 1.5])
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.rand(1, 3, 4, 4))
+    groups = list(graph.get_all_groups(ignored_layers=[net.out], root_module_types=[nn.Conv2d]))
+    assert len(groups) == 1, "a and b must form one coupled group"
+    return net, groups[0]
+
+
+@pytest.mark.parametrize("reduction, expected", [
+    ("union", [1.0, 0.5, 0.5, 1.0]),
+    ("intersection", [0.125, 0.25, 0.5, 0.25]),
+    ("mean", [0.5625, 0.375, 0.5, 0.625]),
+    ("geomean", [math.sqrt(0.125), math.sqrt(0.125), 0.5, 0.5]),
+])
+def test_equalisation_rules_on_a_residual_block(reduction, expected):
+    # Normalised by each layer's max: a -> [1/8, 1/4, 1/2, 1], b -> [1, 1/2, 1/2, 1/4].
+    _, group = residual_group()
+    scores = TaoImportance("l2", "max", reduction)(group)
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6)
+
+
+def test_threshold_pruning_keeps_the_same_channels_in_coupled_layers():
+    net, group = residual_group()
+    keep = threshold_keep_count(TaoImportance("l2", "max", "intersection")(group), 0.2, 1, 1)
+    assert keep == 3  # channel 0 (min 0.125) is the only one below 0.2
+    scores = TaoImportance("l2", "max", "intersection")(group)
+    group.prune(idxs=torch.argsort(scores)[: 4 - keep].tolist())
+    assert net.a.out_channels == net.b.out_channels == net.out.in_channels == 3
+    assert net.a.weight[:, 0, 0, 0].tolist() == [2.0, 4.0, 8.0]  # channel 0 went from both
+    assert net.b.weight[:, 0, 0, 0].tolist() == [3.0, 3.0, 1.5]
+
+
+@pytest.mark.parametrize("spec", [
+    PruneSpec(mode="ratio", ratio=0.5),
+    PruneSpec(mode="ratio", ratio=0.5, global_pruning=True, criterion="bn_scale"),
+    PruneSpec(mode="threshold", threshold=0.99, equalization="mean"),
+    PruneSpec(mode="ratio", target_macs=0.3, max_ratio=0.8),
+])
+def test_head_outputs_unchanged_and_inputs_follow_backbone(spec):
+    net = GridBoxNet(num_classes=2).eval()
+    for m in net.modules():  # a trained network's BN scales differ; a fresh one's are all 1 (ties)
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+    before_macs, before_params = count_macs_params(net, HW)
+    prune_network(net, spec, HW)
+    macs, params = count_macs_params(net, HW)
+    assert params < before_params and macs < before_macs
+    assert net.head.cov.out_channels == 2 and net.head.bbox.out_channels == 8
+    assert net.head.cov.in_channels == net.head.bbox.in_channels == net.backbone.out_channels < 512
+    widths = channel_widths(net)
+    assert all(w[-1] % 8 == 0 for n, w in widths.items() if not n.startswith("head."))
+    if spec.target_macs:
+        assert macs <= spec.target_macs * before_macs
+    out = net(torch.rand(2, 3, *HW))
+    assert out["cov"].shape == (2, 2, 4, 6) and out["bbox"].shape == (2, 8, 4, 6)
+
+
+def test_threshold_minimum_and_granularity_on_the_network():
+    net = GridBoxNet()
+    prune_network(net, PruneSpec(mode="threshold", threshold=1.1, min_num_filters=20, granularity=8), HW)
+    widths = channel_widths(net)
+    # nothing scores above 1.1: every prunable layer keeps the minimum 20, rounded up to 24
+    assert {w[1] for n, w in widths.items() if len(w) == 2 and not n.startswith("head.")} == {24}
+
+
+def test_excluded_layers_keep_their_channels():
+    net = GridBoxNet()
+    prune_network(net, PruneSpec(mode="ratio", ratio=0.5, exclude=["backbone.layer4.0.conv1"]), HW)
+    assert net.backbone.layer4[0].conv1.out_channels == 512 and net.backbone.layer4[1].conv1.out_channels == 256
+
+
+def test_bad_prune_settings_name_the_key():
+    with pytest.raises(ValueError, match="prune.mode"):
+        PruneSpec.from_config({"mode": "magic"})
+    with pytest.raises(ValueError, match="unknown keys \\['treshold'\\]"):
+        PruneSpec.from_config({"mode": "threshold", "treshold": 0.1})
+    with pytest.raises(ValueError, match="equalization"):
+        PruneSpec.from_config({"equalization": "any"})
+    with pytest.raises(ValueError, match="ratio"):
+        PruneSpec.from_config({"mode": "ratio", "ratio": 1.5})
+    with pytest.raises(ValueError, match="does not have"):
+        prune_network(GridBoxNet(), PruneSpec(mode="ratio", exclude=["backbone.nope"]), HW)
+
+
+def test_taylor_needs_batches_and_uses_them():
+    net = GridBoxNet()
+    with pytest.raises(ValueError, match="taylor"):
+        prune_network(net, PruneSpec(mode="ratio", criterion="taylor"), HW)
+    losses = (net(torch.rand(2, 3, *HW))["bbox"].pow(2).mean() for _ in range(2))
+    prune_network(net, PruneSpec(mode="ratio", criterion="taylor", ratio=0.25), HW, losses)
+    assert net.backbone.layer1[0].conv1.out_channels == 48
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_widths_rebuild_a_pruned_network():
+    net = GridBoxNet().eval()
+    prune_network(net, PruneSpec(mode="ratio", ratio=0.5, global_pruning=True), HW)
+    fresh = apply_widths(GridBoxNet(), channel_widths(net)).eval()
+    fresh.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, *HW)
+    torch.testing.assert_close(fresh(x)["bbox"], net(x)["bbox"])
+    with pytest.raises(KeyError, match="backbone.nope"):
+        apply_widths(GridBoxNet(), {"backbone.nope": [3, 8]})
+
+
+def compose_prune(tmp_path, overrides):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("prune", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "prune")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def untrained_ckpt(tmp_path_factory):
+    """A checkpoint of an untrained module (shape and I/O tests do not need accuracy)."""
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    module = GridBoxModule(input_size=(64, 96), postprocess={"dbscan_eps": 0.3})
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_prune_cli_report_and_pruned_checkpoint_reloads_in_fresh_process(tmp_path, untrained_ckpt):
+    from gridface.prune import run
+
+    cfg = compose_prune(tmp_path, [f"checkpoint={untrained_ckpt}", "prune=ratio", "prune.ratio=0.5",
+                                   "dataset.val.num_images=4", "dataset.num_workers=0", "latency.reps=2",
+                                   "latency.warmup=0", "latency.input_hw=[64,96]"])
+    report = run(cfg)
+    out = tmp_path / "prune"
+    saved = json.loads((out / "prune_report.json").read_text())
+    assert saved["params_ratio"] == report["params_ratio"] < 0.3
+    assert saved["latency"]["before"]["median_ms"] > 0 and "pruned" in saved["ap50"]
+    assert {r["layer"]: r["kept"] for r in saved["layers"]}["backbone.layer1.0.conv1"] == 32
+    assert "| parameters |" in (out / "prune_report.md").read_text()
+    ckpt = out / "pruned.ckpt"
+    module = GridBoxModule.from_checkpoint(ckpt).eval()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        ref = module(x)["bbox"]
+    code = ("import torch; from gridface.module import GridBoxModule;"
+            f"m = GridBoxModule.from_checkpoint({str(ckpt)!r}).eval();"
+            f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r}))['bbox'].detach(), {str(tmp_path / 'y.pt')!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), ref, rtol=0, atol=0)
+    # A model initialised from the pruned checkpoint takes its widths (retraining).
+    retrain = GridBoxModule(input_size=(64, 96), model={"init_from": str(ckpt)})
+    assert retrain.hparams["model"]["widths"] == module.hparams["model"]["widths"]
+    torch.testing.assert_close(retrain.eval()(x)["bbox"], ref)
+
+
+def test_pruned_checkpoint_exports_to_onnx_matching_pytorch(tmp_path, untrained_ckpt):
+    pytest.importorskip("onnxruntime")
+    from gridface.export.onnx_export import export_onnx, verify_onnx
+
+    module = GridBoxModule.from_checkpoint(untrained_ckpt).eval()
+    prune_network(module.net, PruneSpec(mode="ratio", ratio=0.5), HW)
+    path = tmp_path / "pruned.onnx"
+    export_onnx(module.net, path, HW, opset=17, exporter="torchscript")
+    images = np.random.default_rng(0).random((3, 3, *HW), dtype=np.float32)
+    diffs = verify_onnx(path, module.net, images, 1e-3)
+    assert diffs["cov"] < 1e-4 and diffs["bbox"] < 1e-3
+
+
+def test_collect_names_fastest_model_within_budget_and_draws_chart(tmp_path):
+    def report(name, ratio, ap, retrained=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "prune_report.json").write_text(json.dumps({
+            "spec_summary": name, "params_ratio": ratio, "macs_ratio": ratio, "pruned_checkpoint": f"{name}.ckpt",
+            "latency": {"before": {"median_ms": 100.0}, "after": {"median_ms": 100 * ratio}, "ratio": ratio},
+            "ap50": {"before": 0.90, "pruned": ap, **({"retrained": retrained} if retrained else {})}}))
+
+    report("light", 0.7, 0.899)
+    report("medium", 0.4, 0.5, retrained=0.895)
+    report("heavy", 0.2, 0.3, retrained=0.85)
+    result = collect([tmp_path], 1.0, tmp_path / "sweep")
+    assert result["best"]["setting"] == "medium"
+    assert (tmp_path / "sweep" / "accuracy_vs_latency.png").stat().st_size > 10_000
+    assert "**medium**" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert collect([tmp_path / "heavy"], 1.0, tmp_path / "s2")["best"] is None
+
+
+@pytest.mark.slow
+def test_prune_then_retrain_recovers_ap_and_callbacks_prune_retrain_export_in_one_run(tmp_path):
+    """Train briefly, prune (CLI: AP collapses), retrain through the prune + export callbacks: AP recovers."""
+    from gridface.prune import run as prune_run
+    from gridface.train import run as train_run
+
+    from .helpers import compose_train
+
+    data = ["dataset.train.num_images=480", "dataset.val.num_images=48", "dataset.num_workers=0",
+            "print_config=false", "logger=none", "trainer.max_epochs=1"]
+    base = train_run(compose_train(tmp_path / "base", data))["best_checkpoint"]
+    cfg = compose_prune(tmp_path, [f"checkpoint={base}", "prune=ratio", "prune.ratio=0.5", "dataset.val.num_images=48",
+                                   "dataset.num_workers=0", "latency.reps=0"])
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(tmp_path / "base" / "cache")
+    report = prune_run(cfg)
+    ap = report["ap50"]
+    assert ap["before"] > 0.2, f"the briefly trained model should detect faces, AP50 {ap['before']}"
+    assert ap["pruned"] < ap["before"]
+
+    retrain = compose_train(tmp_path / "retrain", [*data, "experiment=synthetic_cpu_retrain", f"model.init_from={base}",
+                                                   "callbacks/prune=ratio", "callbacks.prune.spec.ratio=0.5",
+                                                   "callbacks/export=onnx", "callbacks.export.export.verify_images=4"])
+    with open_dict(retrain):
+        retrain.paths.cache_dir = str(tmp_path / "base" / "cache")
+    result = train_run(retrain)
+    print(f"AP50 base {ap['before']:.4f}, pruned {ap['pruned']:.4f}, retrained {result['metrics']['val/AP50']:.4f}")
+    assert result["metrics"]["val/AP50"] > ap["pruned"] + 0.1, (result["metrics"], ap)
+    # The callback pruned exactly as the CLI did, and the run's checkpoints carry the pruned widths.
+    pruned = GridBoxModule.from_checkpoint(report["pruned_checkpoint"])
+    retrained = GridBoxModule.from_checkpoint(result["best_checkpoint"])
+    assert channel_widths(retrained.net) == channel_widths(pruned.net)
+    export_dir = Path(result["best_checkpoint"]).parent.parent / "export"
+    export = json.loads((export_dir / "export.json").read_text())
+    assert export["onnx_max_abs_diff"]["bbox"] < 1e-3 and (export_dir / "best.onnx").is_file()
