@@ -3,7 +3,11 @@ at 736x416, for PyTorch eager FP32, ONNX Runtime FP32 and ONNX Runtime INT8, for
 its pruned version; peak memory per backend (each runs in its own process). Ratios are against PyTorch
 eager FP32 of the unpruned model. Results: bench_results/deploy.{json,md}.
 
-    python scripts/bench_deploy.py [--checkpoint A.ckpt] [--pruned B.ckpt]
+    python scripts/bench_deploy.py [--checkpoint A.ckpt] [--pruned B.ckpt | --prune-ratio 0.5]
+
+Without --pruned, the model is pruned here with prune=ratio at --prune-ratio (speed depends only on the
+shapes, so an un-retrained pruned copy times the same as its retrained version; accuracy comes from the
+prune report, not from here).
 """
 
 from __future__ import annotations
@@ -69,6 +73,22 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
+    """Prune the checkpoint (or an untrained module) with prune=ratio and save it as a checkpoint."""
+    from gridface.model.widths import channel_widths
+    from gridface.module import GridBoxModule
+    from gridface.prune import save_pruned_checkpoint
+    from gridface.pruning.pruner import PruneSpec, prune_network
+
+    module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else GridBoxModule()
+    spec = PruneSpec(mode="ratio", ratio=ratio)
+    prune_network(module.net, spec, module.input_hw)
+    module.set_widths(channel_widths(module.net))
+    path = out / "pruned.ckpt"
+    save_pruned_checkpoint(module, path, checkpoint or "untrained", spec)
+    return str(path)
+
+
 def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: str) -> dict[str, str]:
     """FP32 ONNX and INT8 QDQ ONNX of the checkpoint (or of an untrained net) at the bench size."""
     from gridface.data.sources import synthetic
@@ -87,7 +107,8 @@ def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint")
-    ap.add_argument("--pruned")
+    ap.add_argument("--pruned", help="a pruned checkpoint (default: prune --checkpoint at --prune-ratio)")
+    ap.add_argument("--prune-ratio", type=float, default=0.5, help="0 disables the pruned rows")
     ap.add_argument("--width", type=int, default=736)
     ap.add_argument("--height", type=int, default=416)
     ap.add_argument("--iters", type=int, default=10)
@@ -106,8 +127,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         models = {"unpruned": export_models(args.checkpoint, hw, Path(tmp), "unpruned")}
-        if args.pruned:
-            models["pruned"] = export_models(args.pruned, hw, Path(tmp), "pruned")
+        pruned = args.pruned
+        if not pruned and args.prune_ratio:
+            pruned = pruned_copy(args.checkpoint, args.prune_ratio, Path(tmp))
+        if pruned:
+            models["pruned"] = export_models(pruned, hw, Path(tmp), "pruned")
         for variant, paths in models.items():
             for backend, key in (("torch", "torch"), ("onnx", "onnx_fp32"), ("onnx", "onnx_int8")):
                 model = paths["torch"] if backend == "torch" else paths[key]
@@ -124,11 +148,20 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_pytorch_fp32"] = r["images_per_s"] / base[r["batch"]]
     out = Path(args.out)
-    write_json(out / "deploy.json", {"input": f"{args.width}x{args.height}", "threads": args.threads, "rows": rows})
+    speed = {(r["model"], r["backend"], r["batch"]): r["images_per_s"] for r in rows}
+    ratios = {f"int8_vs_ort_fp32_{m}_b{b}": speed[(m, "ort_int8", b)] / speed[(m, "ort_fp32", b)]
+              for m in models for b in (1, 8)}
+    if "pruned" in models:
+        ratios.update({f"pruned_int8_vs_unpruned_pytorch_b{b}": speed[("pruned", "ort_int8", b)]
+                       / speed[("unpruned", "pytorch_fp32", b)] for b in (1, 8)})
+    meta = {"input": f"{args.width}x{args.height}", "threads": args.threads, "checkpoint": args.checkpoint,
+            "pruned": args.pruned or (f"--prune-ratio {args.prune_ratio} of the checkpoint" if pruned else None)}
+    write_json(out / "deploy.json", {**meta, "ratios": ratios, "rows": rows})
     lines = ["| model | backend | batch | median ms | p90 ms | images/s | peak RSS MB | x PyTorch FP32 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
               f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['speedup_vs_pytorch_fp32']:.2f} |" for r in rows]
+    lines += ["", *[f"- {k}: **{v:.2f}x**" for k, v in ratios.items()]]
     write_text(out / "deploy.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

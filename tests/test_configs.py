@@ -10,7 +10,9 @@ from gridface.utils.hydra import config_dir
 from .helpers import compose_train
 
 GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in Path(config_dir()).iterdir() if p.is_dir()}
-CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export") for o in opts]
+CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export", "prune") for o in opts]
+STAGE_CALLBACKS = [(g, p.stem) for g in ("prune", "export")
+                   for p in sorted((Path(config_dir()) / "callbacks" / g).glob("*.yaml"))]
 PRIMARY = sorted(p.stem for p in Path(config_dir()).glob("*.yaml"))
 
 
@@ -26,6 +28,26 @@ def test_every_export_option_composes(option):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("export", overrides=[f"export={option}"])
     assert cfg.export.format in ("onnx", "onnx_int8", "tensorrt")
+
+
+@pytest.mark.parametrize("option", GROUPS["prune"])
+def test_every_prune_option_composes_and_validates(option):
+    from gridface.pruning.pruner import PruneSpec
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("prune", overrides=[f"prune={option}"])
+    assert PruneSpec.from_config(OmegaConf.to_container(cfg.prune)).mode == option
+
+
+@pytest.mark.parametrize(("group", "option"), STAGE_CALLBACKS)
+def test_stage_callbacks_compose_and_instantiate(tmp_path, group, option):
+    cfg = compose_train(tmp_path, [f"callbacks/{group}={option}"])
+    callback = instantiate(cfg.callbacks[group])
+    assert list(cfg.callbacks)[-1] == group  # after the checkpointing callbacks
+    if group == "export":
+        assert callback.export_cfg.format in ("onnx", "onnx_int8", "tensorrt") and "val" in callback.dataset_cfg
+    else:
+        assert callback.spec.mode == option
 
 
 @pytest.mark.parametrize(("group", "option"), CHOICES)

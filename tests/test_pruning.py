@@ -200,6 +200,14 @@ def test_prune_cli_report_and_pruned_checkpoint_reloads_in_fresh_process(tmp_pat
             f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r}))['bbox'].detach(), {str(tmp_path / 'y.pt')!r})")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), ref, rtol=0, atol=0)
+    # evaluate and infer load it through their backends / the Detector API.
+    from gridface import Detector
+    from gridface.inference.backends import load_backend
+
+    cov, bbox = load_backend(ckpt).run(x.numpy())
+    np.testing.assert_allclose(bbox, ref.numpy(), atol=1e-5)
+    faces = Detector.load(ckpt)(np.zeros((64, 96, 3), dtype=np.uint8))
+    assert faces.boxes.shape[1] == 4
     # A model initialised from the pruned checkpoint takes its widths (retraining).
     retrain = GridBoxModule(input_size=(64, 96), model={"init_from": str(ckpt)})
     assert retrain.hparams["model"]["widths"] == module.hparams["model"]["widths"]
