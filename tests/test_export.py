@@ -86,6 +86,22 @@ def test_int8_qdq_keeps_sigmoid_float_and_correlates(tmp_path, net, images):
     assert not list(tmp_path.glob("*.pre.onnx"))
 
 
+@pytest.mark.parametrize("keep_stem_float", [False, True])
+def test_int8_stem_and_head_float_options(tmp_path, net, images, keep_stem_float):
+    fp32 = export_onnx(net, tmp_path / "m.onnx", HW)
+    int8 = quantize_int8(fp32, tmp_path / "m_int8.onnx", images[1], HW, keep_stem_float=keep_stem_float)
+    graph = onnx.load(str(int8)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def weight_is_quantized(conv) -> bool:  # a QDQ conv reads its weight through a DequantizeLinear
+        return producers.get(conv.input[1]) is not None and producers[conv.input[1]].op_type == "DequantizeLinear"
+
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert weight_is_quantized(convs[0]) is not keep_stem_float
+    assert all(weight_is_quantized(c) for c in convs[1:-2])
+    assert not any(weight_is_quantized(c) for c in convs[-2:])  # the head stays float by default
+
+
 def test_int8_without_images_is_an_error(tmp_path, net):
     fp32 = export_onnx(net, tmp_path / "m.onnx", HW)
     with pytest.raises(ValueError, match="calibration needs images"):
