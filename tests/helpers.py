@@ -18,10 +18,15 @@ TINY = [
 ]
 
 
-def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
+def compose_config(name: str, output_dir: Path, cache_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """An entry point's real config (train, prune, export, evaluate, infer) writing under the test's folders."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides or []))
+        cfg = compose(name, overrides=list(overrides or []))
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(cache_dir)
     return cfg
+
+
+def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
+    return compose_config("train", tmp_path / "out", tmp_path / "cache", overrides)

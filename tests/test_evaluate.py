@@ -4,24 +4,17 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from gridface.evaluate import run
 from gridface.evaluation.widerface import evaluate_predictions, load_ground_truth, load_predictions
 from gridface.train import run as train_run
-from gridface.utils.hydra import config_dir
 
-from .helpers import TINY, compose_train
+from .helpers import TINY, compose_config, compose_train
 
 
 def compose_eval(tmp_path, overrides):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "eval")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
+    return compose_config("evaluate", tmp_path / "eval", tmp_path / "cache", overrides)
 
 
 def test_predictions_mode_reproduces_official_mini_val(tmp_path, shared_data):

@@ -7,8 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from gridface.data.sources import synthetic
 from gridface.export.cli import run as export_run
@@ -17,9 +15,8 @@ from gridface.export.quantize import quantize_int8
 from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, load_backend
 from gridface.model import GridBoxNet
 from gridface.train import run as train_run
-from gridface.utils.hydra import config_dir
 
-from .helpers import TINY, compose_train
+from .helpers import TINY, compose_config, compose_train
 
 HW = (96, 160)
 
@@ -117,12 +114,7 @@ def trained_ckpt(tmp_path_factory):
 
 
 def compose_export(tmp_path, cache, overrides):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("export", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "export")
-        cfg.paths.cache_dir = str(cache)
-    return cfg
+    return compose_config("export", tmp_path / "export", cache, overrides)
 
 
 @pytest.mark.slow

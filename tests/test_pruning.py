@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch_pruning as tp
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from torch import nn
 
@@ -20,7 +19,8 @@ from gridface.module import GridBoxModule
 from gridface.pruning.collect import collect
 from gridface.pruning.importance import TaoImportance
 from gridface.pruning.pruner import PruneSpec, count_macs_params, prune_network, threshold_keep_count
-from gridface.utils.hydra import config_dir
+
+from .helpers import compose_config, compose_train
 
 HW = (64, 96)
 
@@ -159,12 +159,7 @@ def test_widths_rebuild_a_pruned_network():
 
 
 def compose_prune(tmp_path, overrides):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("prune", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "prune")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
+    return compose_config("prune", tmp_path / "prune", tmp_path / "cache", overrides)
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +246,6 @@ def test_prune_then_retrain_recovers_ap_and_callbacks_prune_retrain_export_in_on
     """Train briefly, prune (CLI: AP collapses), retrain through the prune + export callbacks: AP recovers."""
     from gridface.prune import run as prune_run
     from gridface.train import run as train_run
-
-    from .helpers import compose_train
 
     data = ["dataset.train.num_images=480", "dataset.val.num_images=48", "dataset.num_workers=0",
             "print_config=false", "logger=none", "trainer.max_epochs=1"]

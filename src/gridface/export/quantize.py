@@ -51,7 +51,7 @@ class _Reader:
         pass
 
 
-def float_nodes(model_path: str | Path, keep_head_float: bool = True, keep_stem_float: bool = False) -> list[str]:
+def float_nodes(model_path: str | Path, keep_head_float: bool = True, keep_stem_float: bool = True) -> list[str]:
     """Nodes left in float: the coverage sigmoid; by default the two 1x1 head convolutions (the bbox
     output is multiplied by 35 when decoded, so int8 steps there become pixel errors; the head is a
     tiny share of the compute); optionally the stem convolution (the first Conv), the layer whose
@@ -72,7 +72,7 @@ def float_nodes(model_path: str | Path, keep_head_float: bool = True, keep_stem_
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Sequence[str | Path],
                   input_hw: tuple[int, int], method: str = "minmax", per_channel: bool = True,
                   batch_size: int = 8, activation_type: str = "uint8", keep_head_float: bool = True,
-                  keep_stem_float: bool = False) -> Path:
+                  keep_stem_float: bool = True) -> Path:
     """Write a QDQ INT8 model. ``activation_type`` uint8 (asymmetric: ONNX Runtime on CPUs; measured
     AP50 0.874 vs FP32 0.883 on the default model) or int8 (symmetric, TensorRT's requirement: 0.785
     there, the unsigned half of every post-ReLU tensor's range is wasted)."""
