@@ -79,7 +79,7 @@ def plot(rows: list[dict[str, Any]], best: dict[str, Any] | None, max_ap_drop: f
     ax.set_ylabel("AP50")
     ax.set_title("Pruning: accuracy versus latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
