@@ -24,5 +24,7 @@ def test_wheel_contains_configs_and_modules(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("gridface-*.whl"))).namelist()
     for required in ("gridface/configs/train.yaml", "gridface/configs/dataset/widerface.yaml",
                      "gridface/configs/experiment/synthetic_cpu.yaml", "gridface/export/__main__.py",
-                     "gridface/evaluation/widerface.py"):
+                     "gridface/evaluation/widerface.py", "gridface/configs/prune.yaml",
+                     "gridface/configs/callbacks/prune/ratio.yaml", "gridface/configs/callbacks/export/onnx.yaml",
+                     "gridface/configs/targets/gridbox.yaml", "gridface/pruning/pruner.py"):
         assert required in names
