@@ -60,7 +60,13 @@ class PruneCallback(pl.Callback):
             loader = trainer.datamodule.train_dataloader()
             losses = taylor_losses(pl_module, itertools.islice(loader, self.spec.taylor_batches))
         prune_network(net, self.spec, pl_module.input_hw, losses)
-        pl_module.set_widths(channel_widths(net))
+        widths = channel_widths(net)
+        if trainer.world_size > 1:  # every rank must hold the same network; stop all of them if not
+            differs = trainer.strategy.broadcast(widths, src=0) != widths
+            if trainer.strategy.reduce_boolean_decision(differs, all=False):
+                raise RuntimeError(f"ranks pruned to different widths (criterion={self.spec.criterion}): prune "
+                                   "once with gridface.prune and retrain from its checkpoint")
+        pl_module.set_widths(widths)
         after = count_macs_params(net, pl_module.input_hw)
         self.summary = {"params": [before[1], after[1]], "macs": [before[0], after[0]]}
         rank_zero_info(f"prune callback ({self.spec.mode}): parameters {before[1]:,} -> {after[1]:,} "
