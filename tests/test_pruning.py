@@ -274,3 +274,24 @@ def test_prune_then_retrain_recovers_ap_and_callbacks_prune_retrain_export_in_on
     export_dir = Path(result["best_checkpoint"]).parent.parent / "export"
     export = json.loads((export_dir / "export.json").read_text())
     assert export["onnx_max_abs_diff"]["bbox"] < 1e-3 and (export_dir / "best.onnx").is_file()
+
+
+def test_prune_callback_prunes_in_setup_and_takes_widths_when_resuming(tmp_path):
+    from types import SimpleNamespace
+
+    from gridface.pruning.callback import PruneCallback
+
+    trainer = SimpleNamespace(world_size=1)
+    module = GridBoxModule(input_size=(64, 96))
+    callback = PruneCallback({"mode": "ratio", "ratio": 0.5})
+    callback.setup(trainer, module, "fit")
+    widths = module.hparams["model"]["widths"]
+    assert widths == channel_widths(module.net) and module.net.backbone.out_channels == 256
+    callback.setup(trainer, module, "fit")  # a second setup (e.g. validate after fit) never prunes again
+    assert channel_widths(module.net) == widths
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    resumed = GridBoxModule(input_size=(64, 96))
+    PruneCallback({"mode": "ratio", "ratio": 0.7}, resume_from=str(ckpt)).setup(trainer, resumed, "fit")
+    assert channel_widths(resumed.net) == widths  # the checkpoint's widths, not a new pruning
+    resumed.load_state_dict(torch.load(ckpt, weights_only=False)["state_dict"])
