@@ -69,7 +69,8 @@ def plot(rows: list[dict[str, Any]], best: dict[str, Any] | None, max_ap_drop: f
             ax.scatter([r["latency_ratio"] for r in sel], [r["ap"] for r in sel], color=color, zorder=3,
                        label=f"{kind} (AP50 {'after retraining' if kind == 'retrained' else 'right after pruning'})")
     for r in rows:
-        ax.annotate(f"params {r['params_ratio']:.2f}", (r["latency_ratio"], r["ap"]), textcoords="offset points",
+        ax.annotate(f"{r['setting'].split()[0]}, params {r['params_ratio']:.2f}", (r["latency_ratio"], r["ap"]),
+                    textcoords="offset points",
                     xytext=(4, 4), fontsize=7)
     ax.axhline(base_ap - max_ap_drop / 100, ls="--", color="grey", lw=1, label=f"AP budget: -{max_ap_drop} point")
     if best:
