@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,8 @@ import numpy as np
 def measure(backend: str, model: str, hw: tuple[int, int], batch: int, iters: int, threads: int) -> dict:
     """Runs in a child process: load, warm up, time ``iters`` calls."""
     import torch
+
+    from gridface.utils.timing import interleaved_latency
 
     torch.set_num_threads(threads)
     x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
@@ -52,15 +52,8 @@ def measure(backend: str, model: str, hw: tuple[int, int], batch: int, iters: in
 
         def call() -> None:
             sess.run(None, {"input_1": x})
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return {"median_ms": statistics.median(times) * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
-            "images_per_s": batch / statistics.median(times),
+    lat = interleaved_latency({"model": call}, reps=iters, warmup=2)["model"]
+    return {"median_ms": lat["median_ms"], "p90_ms": lat["p90_ms"], "images_per_s": batch / lat["median_ms"] * 1e3,
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -75,15 +68,13 @@ def peak_rss_mb() -> float:
 
 def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
     """Prune the checkpoint (or an untrained module) with prune=ratio and save it as a checkpoint."""
-    from gridface.model.widths import channel_widths
     from gridface.module import GridBoxModule
     from gridface.prune import save_pruned_checkpoint
-    from gridface.pruning.pruner import PruneSpec, prune_network
+    from gridface.pruning.pruner import PruneSpec, prune_module
 
     module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else GridBoxModule()
     spec = PruneSpec(mode="ratio", ratio=ratio)
-    prune_network(module.net, spec, module.input_hw)
-    module.set_widths(channel_widths(module.net))
+    prune_module(module, spec)
     path = out / "pruned.ckpt"
     save_pruned_checkpoint(module, path, checkpoint or "untrained", spec)
     return str(path)

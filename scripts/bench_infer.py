@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from gridface.data.dataset import read_image_rgb
+from gridface.data.dataset import iter_network_inputs
 from gridface.data.synthetic import SyntheticSpec, generate
-from gridface.data.transforms import letterbox, to_tensor_layout
 from gridface.infer import run as infer_run
 from gridface.inference.backends import load_backend
 from gridface.utils.io import write_json, write_text
@@ -26,7 +25,7 @@ from gridface.utils.io import write_json, write_text
 def model_only(model: str, images: list[Path], batch: int, threads: int) -> float:
     """The network alone on pre-letterboxed batches: the ceiling the pipeline is compared with."""
     backend = load_backend(model, threads=threads)
-    x = np.stack([to_tensor_layout(letterbox(read_image_rgb(p), backend.input_hw)[0]) for p in images])
+    x = np.stack(list(iter_network_inputs(images, backend.input_hw)))
     backend.run(x[:batch])
     t = time.perf_counter()
     for i in range(0, len(x), batch):

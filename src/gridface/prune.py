@@ -10,7 +10,6 @@ pruning, right after, and after retraining when ``retrained=<ckpt>`` is given. R
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ from gridface.evaluate import predict_dataset
 from gridface.inference.backends import TorchBackend
 from gridface.model.widths import channel_widths
 from gridface.module import GridBoxModule
-from gridface.pruning.callback import taylor_losses
-from gridface.pruning.pruner import PruneSpec, prune_network
+from gridface.pruning.pruner import PruneSpec, prune_module, taylor_losses
 from gridface.pruning.report import layer_table, size_summary, torch_latency, write_prune_report
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import atomic_path
@@ -78,10 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         encoder = instantiate(cfg.targets)
         train = DetectionDataset(instantiate(cfg.dataset.train)(), module.input_hw, encoder, None, "train")
         loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-        losses = taylor_losses(pruned.train(), itertools.islice(loader, spec.taylor_batches))
-    prune_network(pruned.net, spec, module.input_hw, losses)
-    pruned.set_widths(channel_widths(pruned.net))
-    pruned.eval()
+        losses = taylor_losses(pruned.train(), loader)
+    prune_module(pruned, spec, losses).eval()
     ckpt_path = out_dir / "pruned.ckpt"
     save_pruned_checkpoint(pruned, ckpt_path, source, spec)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gridface.data.sample import LabelError
+from gridface.evaluation.ap import average_precision
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +191,6 @@ class SettingResult:
     recall_by_size: dict[str, tuple[int, int]]  # bucket -> (recalled, faces), at the lowest threshold
 
 
-def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    i = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-
-
 def evaluate_predictions(
     preds: dict[tuple[str, str], np.ndarray], gt: WiderGroundTruth, iou_threshold: float = 0.5,
     thresh_num: int = THRESHOLDS,
@@ -253,7 +246,8 @@ def evaluate_predictions(
             in_b = counted & (heights >= lo) & (heights < hi)
             label = f"{lo}-{hi}px" if np.isfinite(hi) else f">={lo}px"
             by_size[label] = (int((in_b & np.isfinite(first)).sum()), int(in_b.sum()))
-        results[setting] = SettingResult(voc_ap(recall, precision), precision, recall, count_face, by_size)
+        ap = average_precision(recall, precision, "all")
+        results[setting] = SettingResult(ap, precision, recall, count_face, by_size)
     return results
 
 

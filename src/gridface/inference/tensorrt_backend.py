@@ -50,15 +50,16 @@ class TensorRTBackend(ModelBackend):
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).cuda()
-        self.context.set_input_shape(ONNX_INPUT, tuple(x.shape))
-        self.context.set_tensor_address(ONNX_INPUT, x.data_ptr())
-        outs = {}
-        for name in ONNX_OUTPUTS:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
-            self.context.set_tensor_address(name, outs[name].data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+        with torch.cuda.stream(self.stream):  # the copy, the outputs and the engine share one stream
+            x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).cuda(non_blocking=True)
+            self.context.set_input_shape(ONNX_INPUT, tuple(x.shape))
+            self.context.set_tensor_address(ONNX_INPUT, x.data_ptr())
+            outs = {}
+            for name in ONNX_OUTPUTS:
+                shape = tuple(self.context.get_tensor_shape(name))
+                outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+                self.context.set_tensor_address(name, outs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"{self.path}: TensorRT execution failed")
         self.stream.synchronize()
         return outs[ONNX_OUTPUTS[0]].cpu().numpy(), outs[ONNX_OUTPUTS[1]].cpu().numpy()

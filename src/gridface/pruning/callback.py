@@ -9,26 +9,15 @@ checkpoint instead of pruning again.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
-from gridface.model.widths import channel_widths
-from gridface.pruning.pruner import PruneSpec, count_macs_params, prune_network
+from gridface.pruning.pruner import PruneSpec, count_macs_params, prune_module, taylor_losses
 from gridface.utils.checkpoint import load_checkpoint
-
-
-def taylor_losses(module: Any, batches: Any) -> Iterator[torch.Tensor]:
-    """Training losses of ``module`` on ``batches`` (skipping batches whose images were all unreadable)."""
-    for batch in batches:
-        if "image" in batch:
-            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            yield module.criterion(module.net(batch["image"]), batch)["loss"]
 
 
 class PruneCallback(pl.Callback):
@@ -55,18 +44,15 @@ class PruneCallback(pl.Callback):
                            "pruned; give model.init_from=<trained.ckpt> to prune a trained one")
         net = pl_module.net
         before = count_macs_params(net, pl_module.input_hw)
-        losses = None
-        if self.spec.criterion == "taylor":
-            loader = trainer.datamodule.train_dataloader()
-            losses = taylor_losses(pl_module, itertools.islice(loader, self.spec.taylor_batches))
-        prune_network(net, self.spec, pl_module.input_hw, losses)
-        widths = channel_widths(net)
+        losses = taylor_losses(pl_module, trainer.datamodule.train_dataloader()) if self.spec.criterion == "taylor" \
+            else None
+        prune_module(pl_module, self.spec, losses)
+        widths = pl_module.hparams["model"]["widths"]
         if trainer.world_size > 1:  # every rank must hold the same network; stop all of them if not
             differs = trainer.strategy.broadcast(widths, src=0) != widths
             if trainer.strategy.reduce_boolean_decision(differs, all=False):
                 raise RuntimeError(f"ranks pruned to different widths (criterion={self.spec.criterion}): prune "
                                    "once with gridface.prune and retrain from its checkpoint")
-        pl_module.set_widths(widths)
         after = count_macs_params(net, pl_module.input_hw)
         self.summary = {"params": [before[1], after[1]], "macs": [before[0], after[0]]}
         rank_zero_info(f"prune callback ({self.spec.mode}): parameters {before[1]:,} -> {after[1]:,} "

@@ -43,7 +43,7 @@ class TaoImportance(tp.importance.Importance):
             if layer.weight.grad is None:
                 raise RuntimeError("taylor importance needs gradients: run backward on a few batches first")
             return (w * layer.weight.grad[idxs].flatten(1)).sum(1).abs()
-        return w.abs().sum(1) if self.criterion == "l1" else w.pow(2).sum(1).sqrt()
+        return torch.linalg.vector_norm(w, ord=1 if self.criterion == "l1" else 2, dim=1)
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
         if self.normalizer is None:

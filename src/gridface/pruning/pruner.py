@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from gridface.model.widths import channel_widths
 from gridface.pruning.importance import TaoImportance
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class PruneSpec:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> PruneSpec:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known - {"_target_", "name"})
+        unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"prune config: unknown keys {unknown}; known keys are {sorted(known)}")
         spec = cls(**{k: v for k, v in cfg.items() if k in known})
@@ -99,6 +100,14 @@ def excluded_layers(net: nn.Module, names: Sequence[str]) -> list[nn.Module]:
     return [net.head.cov, net.head.bbox, *(modules[n] for n in names)]
 
 
+def taylor_losses(module: Any, batches: Iterable[dict[str, Any]]) -> Iterator[torch.Tensor]:
+    """Training losses of a GridBoxModule on ``batches`` (batches whose images were all unreadable skipped)."""
+    for batch in batches:
+        if "image" in batch:
+            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            yield module.criterion(module.net(batch["image"]), batch)["loss"]
+
+
 def accumulate_taylor_gradients(net: nn.Module, losses: Iterable[torch.Tensor], batches: int) -> None:
     net.zero_grad(set_to_none=True)
     done = 0
@@ -118,13 +127,13 @@ def example_input(net: nn.Module, input_hw: Sequence[int]) -> torch.Tensor:
 
 
 def prune_network(net: nn.Module, spec: PruneSpec, input_hw: Sequence[int],
-                  taylor_losses: Iterable[torch.Tensor] | None = None) -> nn.Module:
+                  losses: Iterable[torch.Tensor] | None = None) -> nn.Module:
     """Prune ``net`` in place (channels removed, not masked) and return it."""
     spec.validate()
     if spec.criterion == "taylor":
-        if taylor_losses is None:
+        if losses is None:
             raise ValueError("criterion=taylor needs training batches (give the dataset)")
-        accumulate_taylor_gradients(net, taylor_losses, spec.taylor_batches)
+        accumulate_taylor_gradients(net, losses, spec.taylor_batches)
     was_training = net.training
     net.eval()
     importance = TaoImportance(spec.criterion, spec.normalizer, spec.equalization)
@@ -137,6 +146,14 @@ def prune_network(net: nn.Module, spec: PruneSpec, input_hw: Sequence[int],
     net.zero_grad(set_to_none=True)
     net.train(was_training)
     return net
+
+
+def prune_module(module: Any, spec: PruneSpec, losses: Iterable[torch.Tensor] | None = None) -> Any:
+    """Prune a GridBoxModule's network at its training input size and record the widths in its
+    hyper-parameters, so its checkpoints rebuild the pruned network."""
+    prune_network(module.net, spec, module.input_hw, losses)
+    module.set_widths(channel_widths(module.net))
+    return module
 
 
 def prune_by_threshold(net: nn.Module, spec: PruneSpec, importance: TaoImportance, input_hw: Sequence[int]) -> None:

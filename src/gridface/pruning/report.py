@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,27 +11,13 @@ from torch import nn
 
 from gridface.pruning.pruner import count_macs_params
 from gridface.utils.io import write_json, write_text
+from gridface.utils.timing import interleaved_latency
 
 
 def layer_table(before: Mapping[str, list[int]], after: Mapping[str, list[int]]) -> list[dict[str, Any]]:
     """Kept / total output channels of every convolution."""
     return [{"layer": name, "kept": after[name][-1], "total": shape[-1]}
             for name, shape in before.items() if len(shape) == 2 and name in after]
-
-
-def interleaved_latency(fns: Mapping[str, Callable[[], Any]], reps: int = 10, warmup: int = 2) -> dict[str, dict]:
-    """Median and p90 milliseconds of each call, measured in alternation so machine noise hits all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: {"median_ms": statistics.median(t), "p90_ms": sorted(t)[min(len(t) - 1, int(0.9 * len(t)))],
-                   "reps": reps} for name, t in times.items()}
 
 
 def torch_latency(nets: Mapping[str, nn.Module], input_hw: Sequence[int], batch: int = 1, reps: int = 10,
@@ -55,7 +39,7 @@ def size_summary(net: nn.Module, input_hw: Sequence[int]) -> dict[str, int]:
     return {"params": params, "macs": macs}
 
 
-def write_prune_report(out_dir: Path, report: dict[str, Any], plot: bool = True) -> str:
+def write_prune_report(out_dir: Path, report: dict[str, Any]) -> str:
     """``prune_report.json`` and ``prune_report.md`` (atomically); returns the markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "prune_report.json", report)
