@@ -99,6 +99,19 @@ def test_int8_stem_and_head_float_options(tmp_path, net, images, keep_stem_float
     assert not any(weight_is_quantized(c) for c in convs[-2:])  # the head stays float by default
 
 
+def test_int8_extra_float_nodes(tmp_path, net, images):
+    fp32 = export_onnx(net, tmp_path / "m.onnx", HW)
+    graph = onnx.load(str(fp32)).graph
+    target = [n.name for n in graph.node if n.op_type == "Conv"][3]
+    int8 = quantize_int8(fp32, tmp_path / "m_int8.onnx", images[1], HW, extra_float_nodes=[target])
+    q = onnx.load(str(int8)).graph
+    producers = {o: n.op_type for n in q.node for o in n.output}
+    (conv,) = [n for n in q.node if n.name == target]
+    assert producers.get(conv.input[1]) != "DequantizeLinear"  # its weight stayed float
+    with pytest.raises(ValueError, match="float_nodes.*not nodes"):
+        quantize_int8(fp32, tmp_path / "bad.onnx", images[1], HW, extra_float_nodes=["/no/such/Conv"])
+
+
 def test_int8_without_images_is_an_error(tmp_path, net):
     fp32 = export_onnx(net, tmp_path / "m.onnx", HW)
     with pytest.raises(ValueError, match="calibration needs images"):

@@ -86,13 +86,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         int8_path = out_dir / f"{stem}_int8.onnx"
         quantize_int8(onnx_path, int8_path, calib, hw, ex.calibration.method, ex.calibration.per_channel,
                       ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float,
-                      ex.calibration.keep_stem_float)
+                      ex.calibration.keep_stem_float, list(ex.calibration.float_nodes))
         corr = int8_agreement(int8_path, onnx_path, images)
         print(f"ONNX INT8 {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, bbox {corr['bbox']:.4f}")
         write_json(metadata_path(int8_path), {**meta, "format": "onnx_int8", "calibration": {
             "images": len(calib), "method": ex.calibration.method, "activation_type": ex.activation_type,
             "per_channel": ex.calibration.per_channel, "keep_head_float": ex.calibration.keep_head_float,
-            "keep_stem_float": ex.calibration.keep_stem_float},
+            "keep_stem_float": ex.calibration.keep_stem_float, "float_nodes": list(ex.calibration.float_nodes)},
             "int8_vs_fp32_correlation": corr})
         result.update(onnx_int8=str(int8_path), int8_correlation=corr)
         deploy_path, precision = int8_path, "int8"

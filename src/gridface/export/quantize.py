@@ -72,10 +72,11 @@ def float_nodes(model_path: str | Path, keep_head_float: bool = True, keep_stem_
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Sequence[str | Path],
                   input_hw: tuple[int, int], method: str = "minmax", per_channel: bool = True,
                   batch_size: int = 8, activation_type: str = "uint8", keep_head_float: bool = True,
-                  keep_stem_float: bool = True) -> Path:
-    """Write a QDQ INT8 model. ``activation_type`` uint8 (asymmetric: ONNX Runtime on CPUs) or int8
-    (symmetric, TensorRT's requirement; it cost about 10 AP50 points in ONNX Runtime on an earlier model:
-    the unsigned half of every post-ReLU tensor's range is wasted)."""
+                  keep_stem_float: bool = True, extra_float_nodes: Sequence[str] = ()) -> Path:
+    """Write a QDQ INT8 model; ``extra_float_nodes`` names more ONNX nodes to leave in float
+    (``scripts/int8_sensitivity.py`` shows which layers cost accuracy). ``activation_type`` uint8
+    (asymmetric: ONNX Runtime on CPUs) or int8 (symmetric, TensorRT's requirement; it cost about 10 AP50
+    points in ONNX Runtime on an earlier model: the unsigned half of every post-ReLU range is wasted)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -91,11 +92,20 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as work, atomic_path(int8_path) as tmp:
         pre = Path(work) / "preprocessed.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        keep = float_nodes(pre, keep_head_float, keep_stem_float)
+        if extra_float_nodes:
+            import onnx
+
+            names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+            unknown = [n for n in extra_float_nodes if n not in names]
+            if unknown:
+                raise ValueError(f"export.calibration.float_nodes: {unknown} are not nodes of {fp32_path}")
+            keep += list(extra_float_nodes)
         quantize_static(
             str(pre), str(tmp), _Reader(calibration_batches(image_paths, input_hw, batch_size)),
             quant_format=QuantFormat.QDQ, per_channel=per_channel, calibrate_method=calib,
             activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes(pre, keep_head_float, keep_stem_float),
+            weight_type=QuantType.QInt8, nodes_to_exclude=keep,
             extra_options={"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True},
         )
     return int8_path

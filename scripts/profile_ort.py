@@ -1,0 +1,67 @@
+"""Where ONNX Runtime spends its time: per operator type, from its own profiler, for each model given.
+Shows, for instance, how much of an INT8 model is int8 convolution and how much is float or layout work.
+
+    python scripts/profile_ort.py model.onnx model_int8.onnx [--width 736 --height 416 --runs 8 --threads 2]
+
+Results: bench_results/profile_ort.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from gridface.inference.backends import ONNX_INPUT
+from gridface.utils.io import write_json, write_text
+
+
+def profile(model: str, x: np.ndarray, runs: int, threads: int, prefix: str) -> dict:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = prefix
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {ONNX_INPUT: x})  # warm-up, included in the trace: dropped below by taking the last runs
+    for _ in range(runs):
+        sess.run(None, {ONNX_INPUT: x})
+    events = [e for e in json.loads(Path(sess.end_profiling()).read_text())
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run = len(events) // (runs + 1)
+    totals: collections.Counter = collections.Counter()
+    for e in events[per_run:]:
+        totals[e["args"]["op_name"]] += e["dur"]
+    total_us = sum(totals.values())
+    return {"model": model, "ms_per_run": total_us / runs / 1e3,
+            "share": {op: t / total_us for op, t in totals.most_common()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--width", type=int, default=736)
+    ap.add_argument("--height", type=int, default=416)
+    ap.add_argument("--runs", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench_results")
+    args = ap.parse_args()
+    x = np.random.default_rng(0).random((1, 3, args.height, args.width), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [profile(m, x, args.runs, args.threads, str(Path(tmp) / f"p{i}")) for i, m in enumerate(args.models)]
+    write_json(Path(args.out) / "profile_ort.json", rows)
+    lines = [f"Operator kernel time per run, {args.width}x{args.height}, batch 1, "
+             f"{args.threads} threads, {args.runs} runs", ""]
+    for r in rows:
+        lines += [f"- {r['model']}: {r['ms_per_run']:.1f} ms; " +
+                  ", ".join(f"{op} {share:.1%}" for op, share in r["share"].items() if share >= 0.001)]
+    write_text(Path(args.out) / "profile_ort.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
