@@ -1,5 +1,6 @@
-"""Training-side benchmarks (issue 2): train images/s at 736x416 batch 8, data-loader images/s alone,
-target encoding ms/image, decode + clustering ms/image. Results go to bench_results/train.{json,md}.
+"""Training-side benchmarks: train images/s at 736x416 batch 8 in fp32 and in bf16-mixed (autocast, the two
+alternated step by step), data-loader images/s alone, target encoding ms/image, decode + clustering ms/image.
+Results go to bench_results/train.{json,md}, with the CPU, its ISA and the library versions.
 
 Measured side by side in one process so the ratios are meaningful on a noisy machine.
 """
@@ -7,7 +8,6 @@ Measured side by side in one process so the ratios are meaningful on a noisy mac
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +25,7 @@ from gridface.model import GridBoxNet
 from gridface.postprocess import GridBoxDecoder
 from gridface.targets import GridBoxTargetEncoder
 from gridface.utils.io import write_json, write_text
+from gridface.utils.machine import machine_line, machine_record
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -42,12 +43,14 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=416)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--bf16-steps", type=int, default=1,
+                    help="bf16-mixed steps to time (0: skip); without AVX-512 BF16 or AMX a step takes minutes")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
     hw = (args.height, args.width)
-    results: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    results: dict = {"machine": machine_line(), **machine_record(), "threads": torch.get_num_threads(),
                      "input": f"{args.width}x{args.height}", "batch": args.batch}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,21 +85,31 @@ def main() -> None:
         opt = torch.optim.Adam(net.parameters(), 1e-4)
         batch = next(iter(DataLoader(ds, batch_size=args.batch, collate_fn=collate)))
 
-        def step() -> None:
-            out = loss_fn(net(batch["image"]), batch)
+        def step(bf16: bool = False) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = loss_fn(net(batch["image"]), batch)
             opt.zero_grad()
             out["loss"].backward()
             opt.step()
 
         step()
-        tr = timed(step, args.steps)
-        results["train_images_per_s"] = args.batch / statistics.median(tr)
+        fp32, bf16 = [], []
+        for i in range(max(args.steps, args.bf16_steps)):  # alternated, so both see the same machine state
+            if i < args.steps:
+                fp32 += timed(step, 1)
+            if i < args.bf16_steps:  # no warm-up step: one-time set-up is small beside a CPU bf16 step
+                bf16 += timed(lambda: step(bf16=True), 1)
+        results["train_images_per_s"] = args.batch / statistics.median(fp32)
+        if bf16:
+            results["train_images_per_s_bf16_mixed"] = args.batch / statistics.median(bf16)
+            results["bf16_mixed_over_fp32"] = results["train_images_per_s_bf16_mixed"] / results["train_images_per_s"]
+            results["bf16_steps_timed"] = len(bf16)
         results["dataloader_over_train_ratio"] = results["dataloader_images_per_s"] / results["train_images_per_s"]
 
         # 4. decode + clustering on real network outputs of a partly trained-like map
         net.eval()
         with torch.no_grad():
-            out = net(batch["image"])
+            out = net.predict(batch["image"])
         # Realistic maps: the ground-truth targets (what a trained model approximates) plus noise.
         cov = (batch["cov"] + 0.02 * torch.rand_like(batch["cov"])).clamp(0, 1)
         bbox = batch["bbox"] + 0.01 * torch.randn_like(batch["bbox"])

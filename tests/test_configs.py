@@ -10,7 +10,9 @@ from gridface.utils.hydra import config_dir
 from .helpers import compose_train
 
 GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in Path(config_dir()).iterdir() if p.is_dir()}
-CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export", "prune") for o in opts]
+# recipe=none is the stages' default (prune, export, evaluate), not a training choice
+CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export", "prune") for o in opts
+           if (g, o) != ("recipe", "none")]
 STAGE_CALLBACKS = [(g, p.stem) for g in ("prune", "export")
                    for p in sorted((Path(config_dir()) / "callbacks" / g).glob("*.yaml"))]
 PRIMARY = sorted(p.stem for p in Path(config_dir()).glob("*.yaml"))
@@ -89,3 +91,65 @@ def test_bad_config_value_is_named(tmp_path):
 def test_configs_are_packaged_with_the_wheel_layout():
     pyproject = (Path(config_dir()).parent / "pyproject.toml").read_text()
     assert '"gridface.configs" = "configs"' in pyproject
+
+
+TAO = {"max_epochs": 120, "accelerator": "gpu", "precision": "16-mixed", "fg_weight": 0.05, "l1": 3e-9,
+       "lr": (5e-7, 5e-5), "eps": 0.15, "min_samples": 1.0, "zoom": [0.7, 1.8]}
+BUILT_IN = {"max_epochs": 3, "accelerator": "cpu", "precision": "32-true", "fg_weight": 0.5, "l1": 0.0,
+            "lr": (1e-5, 2e-3), "eps": 0.3, "min_samples": 0.05, "zoom": 1.0}
+
+
+def recipe_values(cfg) -> dict:
+    zoom = cfg.augment.zoom_translate.scale
+    return {"max_epochs": cfg.trainer.max_epochs, "accelerator": cfg.trainer.accelerator,
+            "precision": cfg.trainer.precision, "fg_weight": cfg.loss.fg_weight, "l1": cfg.loss.l1_regularization,
+            "lr": (cfg.optimizer.min_lr, cfg.optimizer.max_lr), "eps": cfg.postprocess.dbscan_eps,
+            "min_samples": cfg.postprocess.dbscan_min_samples,
+            "zoom": list(zoom) if OmegaConf.is_list(zoom) else zoom}
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], BUILT_IN),
+    (["dataset=synthetic"], BUILT_IN),
+    (["dataset=widerface", "dataset.root=/data/w"], TAO),
+    (["dataset=kitti", "dataset.root=/data/k"], TAO),
+    (["dataset=coco", "dataset.root=/data/c"], TAO),
+    (["experiment=facenet_widerface", "dataset.root=/data/w"], TAO),
+], ids=["no-arguments", "synthetic", "widerface", "kitti", "coco", "facenet_widerface"])
+def test_training_defaults_follow_the_data(tmp_path, overrides, expected):
+    """dataset=<real data> alone composes TAO's recipe with nothing left of the built-in CPU run, and back."""
+    cfg = compose_train(tmp_path, overrides)
+    assert recipe_values(cfg) == expected
+    assert (cfg.loss.cov_weight, cfg.loss.bbox_weight) == (1.0, 10.0) and cfg.postprocess.clustering == "dbscan"
+    if expected is TAO:
+        assert (cfg.dataset.input_width, cfg.dataset.input_height) == (736, 416)
+
+
+def test_group_choices_and_experiments_override_the_recipe(tmp_path):
+    cfg = compose_train(tmp_path, ["dataset=kitti", "dataset.root=/d", "trainer=cpu", "loss=balanced",
+                                   "optimizer=scratch", "postprocess=nms", "augment=none"])
+    assert (cfg.trainer.accelerator, cfg.loss.fg_weight, cfg.optimizer.max_lr) == ("cpu", 0.5, 2e-3)
+    assert cfg.postprocess.clustering == "nms" and not cfg.augment
+    cfg = compose_train(tmp_path, ["optimizer=tao", "trainer=gpu"])  # built-in data, TAO's optimizer
+    assert cfg.optimizer.max_lr == 5e-5 and cfg.trainer.accelerator == "gpu" and cfg.trainer.max_epochs == 3
+    cfg = compose_train(tmp_path, ["experiment=retrain", "dataset=coco", "dataset.root=/d"])
+    assert cfg.loss.l1_regularization == 0.0 and cfg.trainer.max_epochs == 120 and cfg.task_name == "retrain"
+
+
+def test_lightning_flags_are_plain_overrides(tmp_path):
+    flags = ["trainer.fast_dev_run=true", "trainer.limit_train_batches=4", "trainer.limit_val_batches=0.5",
+             "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=4", "trainer.profiler=simple",
+             "trainer.overfit_batches=2", "trainer.max_steps=10", "trainer.val_check_interval=0.5"]
+    cfg = compose_train(tmp_path, flags)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.fast_dev_run and trainer.accumulate_grad_batches == 4 and trainer.gradient_clip_val == 1.0
+    assert type(trainer.profiler).__name__ == "SimpleProfiler"
+
+
+@pytest.mark.parametrize("option", GROUPS["debug"])
+def test_debug_options_shorten_any_run(tmp_path, option):
+    cfg = compose_train(tmp_path, [f"debug={option}", "dataset=widerface", "dataset.root=/d"])
+    assert cfg.task_name == "debug" and cfg.trainer.accelerator == "cpu" and cfg.dataset.num_workers == 0
+    assert not cfg.logger
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs <= 20

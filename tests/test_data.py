@@ -78,17 +78,37 @@ def test_grayscale_image_is_replicated(tmp_path):
     assert item["image"].shape == (3, 160, 256)
 
 
-def test_augmentation_keeps_boxes_inside_and_drops_tiny(tmp_path):
+def test_augmentation_keeps_boxes_inside_and_turns_tiny_into_ignore(tmp_path):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.full((160, 256, 3), 90, np.uint8))
-    aug = build_augment({"zoom": A.Affine(scale=(0.7, 1.8), translate_px=(-12, 12), p=1.0), "off": None},
-                        min_box_size=2.0)
+    aug = build_augment({"zoom": A.Affine(scale=(0.7, 1.8), translate_px=(-12, 12), p=1.0), "off": None})
     boxes = [[0, 0, 60, 60], [240, 150, 256, 160], [100, 50, 101, 51]]
-    ds = make_dataset(tmp_path, [Sample(img, boxes, [0, 0, 0])], aug)
+    ds = DetectionDataset([Sample(img, boxes, [0, 0, 0])], (160, 256), GridBoxTargetEncoder(), aug, "test",
+                          min_box_size=2.0)
     for _ in range(10):
-        b = ds[0]["gt_boxes"]
+        item = ds[0]
+        b, ign = item["gt_boxes"], item["gt_ignore"]
+        assert len(b) == len(ign) == len(item["gt_labels"])
         assert (b[:, :2] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 3] <= 160).all()
-        assert ((b[:, 2:] - b[:, :2]) >= 2).all()
+        small = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) < 2
+        # too small to learn from, but not background: ignored, never dropped into the negatives
+        assert ign[small].all() and not ign[~small].any()
+        assert small.any()  # the 1-px box survives every draw as an ignore box
+
+
+def test_flip_keeps_ignore_flags_with_their_boxes(tmp_path):
+    img = tmp_path / "f.png"
+    cv2.imwrite(str(img), np.full((160, 256, 3), 90, np.uint8))
+    aug = build_augment({"flip": A.HorizontalFlip(p=1.0)})
+    sample = Sample(img, [[10, 20, 70, 90], [180, 40, 240, 110]], [0, 0], [False, True])
+    item = DetectionDataset([sample], (160, 256), GridBoxTargetEncoder(), aug, "test")[0]
+    kept = item["gt_boxes"][~item["gt_ignore"]]
+    ignored = item["gt_boxes"][item["gt_ignore"]]
+    np.testing.assert_allclose(kept, [[186, 20, 246, 90]], atol=1e-3)  # 256 - x
+    np.testing.assert_allclose(ignored, [[16, 40, 76, 110]], atol=1e-3)
+    # the ignored face's region is ignored in the loss, on the flipped side; the counted face trains there
+    assert item["ignore"][0, :, :5].sum() > 0 and item["ignore"][0, :, 11:].sum() == 0
+    assert item["cov"][0, :, 11:].sum() > 0 and item["cov"][0, :, :5].sum() == 0
 
 
 def test_empty_dataset_is_an_error(tmp_path):

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
 from gridface.evaluate import run
 from gridface.evaluation.widerface import evaluate_predictions, load_ground_truth, load_predictions
@@ -39,20 +38,19 @@ def test_predictions_mode_needs_gt(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                              "+trainer.limit_val_batches=1", "logger=none"])
+    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                              "trainer.limit_val_batches=1", "logger=none"])
     return Path(train_run(cfg)["last_checkpoint"]), tmp
 
 
 @pytest.mark.slow
 def test_model_mode_on_synthetic(tmp_path, tiny_checkpoint):
     ckpt, tmp = tiny_checkpoint
-    cfg = compose_eval(tmp_path, [f"model={ckpt}", "dataset.val.num_images=8", "num_workers=0",
-                                  "postprocess.clustering=nms"])
-    with open_dict(cfg):
-        cfg.paths.cache_dir = str(tmp / "cache")
+    # no dataset=: the validation split the checkpoint was trained with
+    cfg = compose_eval(tmp_path, [f"model={ckpt}", "num_workers=0", "postprocess.clustering=nms"])
     result = run(cfg)
-    assert result["images"] == 8 and result["postprocess"]["clustering"] == "nms"
+    assert result["images"] == 8 and "trained on" in result["data_from"]
+    assert result["postprocess"]["clustering"] == "nms"
     assert {"AP50_face", "coco_mAP", "coco_AR"} <= set(result["metrics"])
     assert (tmp_path / "eval" / "pr_ap50.png").is_file()
 

@@ -121,8 +121,8 @@ def test_int8_without_images_is_an_error(tmp_path, net):
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ck")
-    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                              "+trainer.limit_val_batches=1", "logger=none"])
+    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                              "trainer.limit_val_batches=1", "logger=none"])
     return train_run(cfg)["last_checkpoint"], tmp
 
 
@@ -133,10 +133,14 @@ def compose_export(tmp_path, cache, overrides):
 @pytest.mark.slow
 def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt):
     ckpt, tmp = trained_ckpt
+    # no dataset=: verification and calibration images come from the data the checkpoint was trained on
     cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=onnx_int8",
-                                                   "dataset.train.num_images=24", "dataset.val.num_images=8",
                                                    "export.calibration.images=8"])
     result = export_run(cfg)
+    int8_meta = json.loads((tmp_path / "export" / "last_int8.json").read_text())
+    calib = int8_meta["calibration"]
+    assert calib["source"] == "train split of synthetic" and calib["from"] == 24 and calib["drawn"] == 8
+    assert calib["seed"] == 0 and int8_meta["data"]["train"]["num_images"] == 24
     assert result["onnx_max_abs_diff"]["bbox"] < 1e-3 and result["int8_correlation"]["cov"] > 0.8
     meta = json.loads((tmp_path / "export" / "last.json").read_text())
     assert meta["input_hw"] == [128, 192] and meta["class_names"] == ["face"] and meta["stride"] == 16
@@ -165,8 +169,7 @@ def test_tensorrt_export_stops_with_clear_message_without_tensorrt(tmp_path, tra
     except ImportError:
         pass
     ckpt, tmp = trained_ckpt
-    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp16",
-                                                   "dataset.val.num_images=8"])
+    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp16"])
     with pytest.raises(RuntimeError, match="TensorRT"):
         export_run(cfg)
     assert (tmp_path / "export" / "last.onnx").is_file()  # the ONNX TensorRT would consume is still written
@@ -184,8 +187,7 @@ def _tensorrt_missing() -> str:
 @pytest.mark.skipif(bool(_tensorrt_missing()), reason=_tensorrt_missing() or "n/a")
 def test_tensorrt_engine_matches_onnx(tmp_path, trained_ckpt):
     ckpt, tmp = trained_ckpt
-    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp32",
-                                                   "dataset.val.num_images=8"])
+    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp32"])
     result = export_run(cfg)
     meta = json.loads((tmp_path / "export" / "last_fp32.json").read_text())
     assert meta["precision"] == "fp32" and meta["tensorrt_version"] and meta["gpu"]

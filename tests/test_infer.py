@@ -20,8 +20,8 @@ from .helpers import TINY, compose_train
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("m")
-    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                              "+trainer.limit_val_batches=1", "logger=none"])
+    cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                              "trainer.limit_val_batches=1", "logger=none"])
     ckpt = train_run(cfg)["last_checkpoint"]
     # A permissive threshold so an untrained model still returns boxes to compare.
     return Detector.load(ckpt, clustering="nms", coverage_threshold=0.0), ckpt, tmp
@@ -158,3 +158,10 @@ def test_video_frame_stride(tmp_path):
     src = Source(str(path), frame_stride=3)
     assert src.kind == "video" and src.size == (64, 48)
     assert [f.index for f in src] == [0, 3, 6]
+
+
+@pytest.mark.slow
+def test_without_source_runs_on_the_models_validation_images(tmp_path, model):
+    summary = infer_run(infer_cfg(tmp_path, model, "null", ["save_images=false"]))
+    assert summary["frames"] == 8 and summary["skipped"] == 0  # TINY's 8 validation images
+    assert summary["source"].endswith("images") and len(list((tmp_path / "out" / "labels").glob("*.txt"))) == 8

@@ -10,14 +10,15 @@ def test_output_stride_16_and_head_shapes():
     net = GridBoxNet(num_classes=2).eval()
     with torch.no_grad():
         out = net(torch.rand(1, 3, 416, 736))
-    assert out["cov"].shape == (1, 2, 26, 46) and out["bbox"].shape == (1, 8, 26, 46)
-    assert out["cov"].min() >= 0 and out["cov"].max() <= 1
+    assert out["cov_logits"].shape == (1, 2, 26, 46) and out["bbox"].shape == (1, 8, 26, 46)
+    probs = net.predict(torch.rand(1, 3, 416, 736))
+    assert probs["cov"].shape == (1, 2, 26, 46) and probs["cov"].min() >= 0 and probs["cov"].max() <= 1
 
 
 def test_low_coverage_prior_at_init():
     net = GridBoxNet().eval()
     with torch.no_grad():
-        cov = net(torch.rand(2, 3, 64, 96))["cov"]
+        cov = net.predict(torch.rand(2, 3, 64, 96))["cov"]
     assert cov.mean() < 0.05
 
 
@@ -25,8 +26,8 @@ def test_grayscale_input_is_replicated():
     net = GridBoxNet().eval()
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
-        a = net(x)["cov"]
-        b = net(x.expand(-1, 3, -1, -1))["cov"]
+        a = net(x)["cov_logits"]
+        b = net(x.expand(-1, 3, -1, -1))["cov_logits"]
     torch.testing.assert_close(a, b)
 
 

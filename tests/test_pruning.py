@@ -107,7 +107,7 @@ def test_head_outputs_unchanged_and_inputs_follow_backbone(spec):
     if spec.target_macs:
         assert macs <= spec.target_macs * before_macs
     out = net(torch.rand(2, 3, *HW))
-    assert out["cov"].shape == (2, 2, 4, 6) and out["bbox"].shape == (2, 8, 4, 6)
+    assert out["cov_logits"].shape == (2, 2, 4, 6) and out["bbox"].shape == (2, 8, 4, 6)
 
 
 def test_threshold_minimum_and_granularity_on_the_network():
@@ -174,9 +174,10 @@ def untrained_ckpt(tmp_path_factory):
 def test_prune_cli_report_and_pruned_checkpoint_reloads_in_fresh_process(tmp_path, untrained_ckpt):
     from gridface.prune import run
 
+    # a checkpoint that does not say what it was trained on: the data is named explicitly
     cfg = compose_prune(tmp_path, [f"checkpoint={untrained_ckpt}", "prune=ratio", "prune.ratio=0.5",
-                                   "dataset.val.num_images=4", "dataset.num_workers=0", "latency.reps=2",
-                                   "latency.warmup=0", "latency.input_hw=[64,96]"])
+                                   "dataset=synthetic", "dataset.val.num_images=4", "dataset.num_workers=0",
+                                   "latency.reps=2", "latency.warmup=0", "latency.input_hw=[64,96]"])
     report = run(cfg)
     out = tmp_path / "prune"
     saved = json.loads((out / "prune_report.json").read_text())
@@ -250,12 +251,11 @@ def test_prune_then_retrain_recovers_ap_and_callbacks_prune_retrain_export_in_on
     data = ["dataset.train.num_images=480", "dataset.val.num_images=48", "dataset.num_workers=0",
             "print_config=false", "logger=none", "trainer.max_epochs=1"]
     base = train_run(compose_train(tmp_path / "base", data))["best_checkpoint"]
-    cfg = compose_prune(tmp_path, [f"checkpoint={base}", "prune=ratio", "prune.ratio=0.5", "dataset.val.num_images=48",
-                                   "dataset.num_workers=0", "latency.reps=0"])
-    with open_dict(cfg):
-        cfg.paths.cache_dir = str(tmp_path / "base" / "cache")
+    # no dataset=: the prune stage evaluates on the data the checkpoint was trained on (48 validation images)
+    cfg = compose_prune(tmp_path, [f"checkpoint={base}", "prune=ratio", "prune.ratio=0.5", "latency.reps=0"])
     report = prune_run(cfg)
     ap = report["ap50"]
+    assert ap["images"] == 48 and "trained on" in ap["data_from"]
     assert ap["before"] > 0.2, f"the briefly trained model should detect faces, AP50 {ap['before']}"
     assert ap["pruned"] < ap["before"]
 

@@ -102,3 +102,20 @@ def test_input_size_must_be_multiple_of_stride():
 def test_label_out_of_range_is_an_error():
     with pytest.raises(ValueError, match="outside"):
         GridBoxTargetEncoder()(np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([3]), (32, 32))
+
+
+def test_ignored_box_owns_no_cell_and_flags_only_uncovered_cells():
+    enc = GridBoxTargetEncoder()
+    counted = np.array([[16.0, 16.0, 80.0, 80.0]])
+    ignored = np.array([[60.0, 60.0, 140.0, 120.0], [200.0, 20.0, 230.0, 60.0]])
+    boxes = np.concatenate([counted, ignored])
+    t = enc(boxes, np.zeros(3), (160, 256), ignore=np.array([False, True, True]))
+    alone = enc(counted, np.zeros(1), (160, 256))
+    # targets are the counted box's alone: an ignored box never becomes a positive or a regression target
+    for k in ("cov", "cov_norm", "bbox"):
+        np.testing.assert_array_equal(t[k], alone[k])
+    ign = t["ignore"][0] > 0
+    region = enc(ignored, np.zeros(2), (160, 256))["cov"][0] > 0
+    assert ign.sum() > 0 and not (ign & (alone["cov"][0] > 0)).any()
+    np.testing.assert_array_equal(ign, region & (alone["cov"][0] == 0))
+    assert not enc(counted, np.zeros(1), (160, 256))["ignore"].any()

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gridface.data.config import split_samples, stage_data_config
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.evaluation.ap import per_class_ap
 from gridface.evaluation.coco import coco_metrics
@@ -72,7 +72,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         backend = load_backend(cfg.model, cfg.device, cfg.get("threads"))
         post = {**backend.postprocess, **overrides(cfg.postprocess)}
         decoder = GridBoxDecoder(stride=backend.stride, **post)
-        samples = instantiate(cfg.dataset[cfg.split])()
+        data, origin = stage_data_config(cfg.get("dataset"), backend.data, cfg.model, (cfg.split,))
+        samples = split_samples(data, cfg.split)
         dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers)
         ev = cfg.evaluation
         curves = per_class_ap(dets, gts, len(backend.class_names), ev.iou, ev.interpolation, ev.min_height)
@@ -80,8 +81,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if ev.coco:
             metrics.update({f"coco_{k}": v for k, v in coco_metrics(dets, gts, backend.class_names).items()})
         results = {}
-        if cfg.get("gt") or cfg.get("wider_gt"):
-            gt = load_ground_truth(cfg.get("gt") or cfg.wider_gt)
+        wider_gt = cfg.get("gt") or cfg.get("wider_gt") or data.get("eval_gt")
+        if wider_gt:
+            gt = load_ground_truth(wider_gt)
             results = evaluate_predictions(detections_to_wider(dets, paths), gt)
             metrics.update({f"wider_{s}": r.ap for s, r in results.items()})
         if cfg.get("write_predictions"):
@@ -90,8 +92,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.plots:
             plot_pr_curves(out_dir / "pr_ap50.png", {backend.class_names[c]: (cv.recall, cv.precision, cv.ap)
                                                      for c, cv in curves.items()}, f"PR at IoU {ev.iou}")
-        title = f"Evaluation of {cfg.model} on {cfg.dataset.name}/{cfg.split}"
-        details = {"model": str(cfg.model), "format": backend.format, "images": len(dets),
+        title = f"Evaluation of {cfg.model} on {data.get('name')}/{cfg.split}"
+        details = {"model": str(cfg.model), "format": backend.format, "data_from": origin, "images": len(dets),
                    "input_hw": list(backend.input_hw), "postprocess": post}
     else:
         raise ValueError("give model=<checkpoint | .onnx | engine> or predictions=<folder> gt=<ground truth>")

@@ -7,6 +7,7 @@ COCO-results JSON and, with ``save_wider=true``, the WIDER submission layout; pr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from gridface.data.config import split_samples, stage_data_config
 from gridface.inference.detector import Detector
 from gridface.inference.sources import Source
 from gridface.inference.writers import OutputWriter
@@ -24,12 +26,24 @@ from gridface.utils.io import write_json
 log = logging.getLogger(__name__)
 
 
+def default_source(detector: Detector, model: str) -> str:
+    """No ``source=``: the folder holding the validation images of the data the model was trained on."""
+    if not detector.backend.data:
+        raise ValueError(f"give source=<image | folder | glob | video | camera>: {model} does not carry the data it "
+                         "was trained on")
+    data, origin = stage_data_config(None, detector.backend.data, model, ("val",))
+    folder = os.path.commonpath([str(s.image.parent) for s in split_samples(data, "val")])
+    log.info("no source= given: running on the validation images of %s (%s)", origin, folder)
+    return folder
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.get("model") is None or cfg.get("source") is None:
+    if cfg.get("model") is None:
         raise ValueError("give model=<.ckpt | .onnx | engine> and source=<image | folder | glob | video | camera>")
     detector = Detector.load(cfg.model, cfg.device, cfg.get("threads"),
                              **overrides(cfg.postprocess))
-    source = Source(cfg.source, cfg.frame_stride, cfg.prefetch, cfg.read_workers)
+    spec = cfg.source if cfg.get("source") is not None else default_source(detector, cfg.model)
+    source = Source(spec, cfg.frame_stride, cfg.prefetch, cfg.read_workers)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
     frames = faces = skipped = 0
@@ -48,7 +62,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bar = tqdm(source, total=len(source) or None, desc="inference", unit="frame" if source.kind != "images" else "img")
     for frame in bar:
         if writer.video is None and source.kind != "images":
-            name = Path(str(cfg.source)).stem if source.kind == "video" else f"camera{cfg.source}"
+            name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
             writer.open_video(name, source.fps / source.frame_stride, source.size)
         if frame.image is None:
             skipped += 1
@@ -62,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     flush()
     writer.close()
     seconds = time.perf_counter() - start
-    summary = {"source": str(cfg.source), "kind": source.kind, "frames": frames, "skipped": skipped, "faces": faces,
+    summary = {"source": str(spec), "kind": source.kind, "frames": frames, "skipped": skipped, "faces": faces,
                "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0, "output_dir": str(out),
                "video": str(writer.video_path) if writer.video_path else None}
     write_json(out / "summary.json", summary)

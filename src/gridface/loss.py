@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -10,7 +11,10 @@ class GridBoxLoss(nn.Module):
     """Total = w_cov * L_cov + w_bbox * L_bbox, optionally auto-weighted between epochs.
 
     ``fg_weight`` weighs the BCE where the coverage target > 0.5 and ``1 - fg_weight`` elsewhere (TAO's
-    ``coverage_foreground_weight``). Auto-weighting moves each objective's share of the total toward
+    ``coverage_foreground_weight``). The coverage term is BCE-with-logits, so it stays exact under fp16/bf16
+    mixed precision. Cells of an ignore region (``target["ignore"]`` = 1: WIDER invalid or too-small faces,
+    KITTI DontCare, COCO crowd) get zero weight in both terms; the means still run over all cells, so an
+    ignored box changes no other cell's contribution. Auto-weighting moves each objective's share of the total toward
     its target share at epoch end (``update_auto_weights``), clamped to [min_weight, max_weight].
     """
 
@@ -39,14 +43,20 @@ class GridBoxLoss(nn.Module):
         self.register_buffer("_sums", torch.zeros(2), persistent=False)
 
     def forward(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cov = pred["cov"].float().clamp(self.eps, 1 - self.eps)
-        t_cov = target["cov"]
+        t_cov = target["cov"].float()
         w = torch.where(t_cov > 0.5, self.fg_weight, 1.0 - self.fg_weight)
-        bce = -(t_cov * torch.log(cov) + (1 - t_cov) * torch.log(1 - cov))
+        ignore = target.get("ignore")
+        if ignore is not None:
+            w = w * (1.0 - ignore.float())
+        bce = F.binary_cross_entropy_with_logits(pred["cov_logits"].float(), t_cov, reduction="none")
         loss_cov = (w * bce).mean()
         c = t_cov.shape[1]
-        norm = target["cov_norm"].repeat_interleave(4, dim=1) if c > 1 else target["cov_norm"]
-        l1 = (pred["bbox"].float() - target["bbox"]).abs()
+        norm = target["cov_norm"].float()
+        if ignore is not None:
+            norm = norm * (1.0 - ignore.float())
+        if c > 1:
+            norm = norm.repeat_interleave(4, dim=1)
+        l1 = (pred["bbox"].float() - target["bbox"].float()).abs()
         loss_bbox = (norm * l1).mean()
         if self.training and self.auto_weight:
             self._sums += torch.stack([loss_cov.detach(), loss_bbox.detach()])

@@ -20,8 +20,10 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.evaluation.ap import per_class_ap
 from gridface.evaluation.coco import coco_metrics
+from gridface.guards import NonFiniteError, non_finite_names
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
+from gridface.model.head import coverage_probabilities
 from gridface.model.widths import apply_widths
 from gridface.postprocess import GridBoxDecoder
 from gridface.schedule import soft_start_annealing
@@ -40,12 +42,15 @@ class GridBoxModule(pl.LightningModule):
         postprocess: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         """``model`` holds GridBoxNet's arguments plus ``init_from``; ``loss`` GridBoxLoss's plus
-        ``l1_regularization``."""
+        ``l1_regularization``; ``data`` the dataset config it trains on (see ``data.config``), kept in the
+        checkpoint so later stages default to the same data."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
+        self.data_config = data
         self.input_hw = (int(input_size[0]), int(input_size[1]))
         model, loss = dict(model or {}), dict(loss or {})
         init_from = model.pop("init_from", None)
@@ -149,10 +154,15 @@ class GridBoxModule(pl.LightningModule):
         if "image" not in batch:
             return
         out = self.net(batch["image"])
+        bad = non_finite_names(out.items())
+        if bad:
+            raise NonFiniteError(f"validation at global step {self.global_step}: the network output {bad} is not "
+                                 f"finite (images {batch['path'][:3]}...); the weights are broken, not the images")
         losses = self.criterion(out, batch)
         bs = batch["image"].shape[0]
         self.log("val/loss", losses["loss"], prog_bar=False, batch_size=bs, sync_dist=True)
-        dets = self.decoder(out["cov"].cpu(), out["bbox"].cpu(), self.input_hw)
+        probs = coverage_probabilities(out)
+        dets = self.decoder(probs["cov"].float().cpu(), probs["bbox"].float().cpu(), self.input_hw)
         for det, lb, gb, gl, gi in zip(dets, batch["letterbox"], batch["gt_boxes"], batch["gt_labels"],
                                        batch["gt_ignore"], strict=True):
             self._val_dets.append((lb.to_original(det.boxes), det.scores, det.labels))

@@ -4,7 +4,7 @@ Writes ``pruned.ckpt`` (a normal gridface checkpoint whose hyper-parameters carr
 so every entry point loads it in a fresh process) and ``prune_report.{json,md}``: per-layer kept
 channels, parameters and MACs, CPU latency before and after measured side by side, and AP50 before
 pruning, right after, and after retraining when ``retrained=<ckpt>`` is given. Retrain with
-``python -m gridface.train experiment=synthetic_cpu_retrain model.init_from=<pruned.ckpt>``.
+``python -m gridface.train experiment=retrain model.init_from=<pruned.ckpt>``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from gridface.data.config import split_samples, stage_data_config
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.evaluate import predict_dataset
 from gridface.inference.backends import TorchBackend
@@ -70,11 +71,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     source = str(cfg.checkpoint)
     module = GridBoxModule.from_checkpoint(source).eval()
+    splits = (["train"] if spec.criterion == "taylor" else []) + ([cfg.split] if cfg.evaluate else [])
+    data, origin = stage_data_config(cfg.get("dataset"), module.hparams.get("data"), source, splits)
     pruned = copy.deepcopy(module)
     losses = None
     if spec.criterion == "taylor":
-        encoder = instantiate(cfg.targets)
-        train = DetectionDataset(instantiate(cfg.dataset.train)(), module.input_hw, encoder, None, "train")
+        encoder = instantiate(cfg.targets, num_classes=len(module.class_names))
+        train = DetectionDataset(split_samples(data, "train"), module.input_hw, encoder, None, "train")
         loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
         losses = taylor_losses(pruned.train(), loader)
     prune_module(pruned, spec, losses).eval()
@@ -102,8 +105,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              "threads": torch.get_num_threads(), **lat,
                              "ratio": lat["after"]["median_ms"] / lat["before"]["median_ms"]}
     if cfg.evaluate:
-        samples = instantiate(cfg.dataset[cfg.split])()
-        ap = {"dataset": f"{cfg.dataset.name}/{cfg.split}", "images": len(samples),
+        samples = split_samples(data, cfg.split)
+        ap = {"dataset": f"{data.get('name')}/{cfg.split}", "data_from": origin, "images": len(samples),
               "before": validation_ap50(module, samples, cfg.batch_size, cfg.num_workers, Path(source)),
               "pruned": validation_ap50(pruned, samples, cfg.batch_size, cfg.num_workers, ckpt_path)}
         if cfg.get("retrained"):

@@ -64,25 +64,39 @@ class GridBoxTargetEncoder:
         return h // self.stride, w // self.stride
 
     def __call__(
-        self, boxes: np.ndarray, labels: np.ndarray, image_hw: tuple[int, int]
+        self, boxes: np.ndarray, labels: np.ndarray, image_hw: tuple[int, int], ignore: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """boxes ``[N, 4]`` xyxy pixels in the network input, labels ``[N]`` class ids in [0, C)."""
+        """boxes ``[N, 4]`` xyxy pixels in the network input, labels ``[N]`` class ids in [0, C).
+
+        ``ignore`` ``[N]`` marks boxes that neither count nor penalise: they own no cell, and the cells of
+        their coverage region that no counted box covers are flagged in the ``ignore`` map [C, h, w] (1.0),
+        which the loss weighs zero.
+        """
         gh, gw = self.grid_size(image_hw)
         c = self.num_classes
         cov = np.zeros((c, gh, gw), np.float32)
         cov_norm = np.zeros((c, gh, gw), np.float32)
         bbox = np.zeros((4 * c, gh, gw), np.float32)
+        ignore_map = np.zeros((c, gh, gw), np.float32)
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         labels = np.asarray(labels, np.int64).reshape(-1)
+        ignore = np.zeros(len(boxes), bool) if ignore is None else np.asarray(ignore, bool).reshape(-1)
+        if len(ignore) != len(boxes):
+            raise ValueError(f"ignore has {len(ignore)} flags for {len(boxes)} boxes")
+        non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         for cls in np.unique(labels):
             if not 0 <= cls < c:
                 raise ValueError(f"label {cls} outside [0, {c})")
-            sel = boxes[labels == cls]
-            sel = sel[(sel[:, 2] > sel[:, 0]) & (sel[:, 3] > sel[:, 1])]
-            if len(sel):
-                value, norm, tgt = self._rasterize_class(sel, gh, gw)
+            of_class = (labels == cls) & non_empty
+            counted = boxes[of_class & ~ignore]
+            if len(counted):
+                value, norm, tgt = self._rasterize_class(counted, gh, gw)
                 cov[cls], cov_norm[cls], bbox[4 * cls : 4 * cls + 4] = value, norm, tgt
-        return {"cov": cov, "cov_norm": cov_norm, "bbox": bbox}
+            ignored = boxes[of_class & ignore]
+            if len(ignored):
+                region = self._coverage(ignored, gh, gw)[0].max(0) > 0
+                ignore_map[cls] = (region & (cov[cls] == 0)).astype(np.float32)
+        return {"cov": cov, "cov_norm": cov_norm, "bbox": bbox, "ignore": ignore_map}
 
     def ellipse_radii(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coverage semi-axes in cells, scaled up together until the smaller reaches the minimum."""
@@ -93,22 +107,27 @@ class GridBoxTargetEncoder:
         scale = np.maximum(1.0, self.bbox_min_radius / np.minimum(rx, ry))
         return rx * scale, ry * scale
 
-    def _rasterize_class(self, boxes: np.ndarray, gh: int, gw: int):
-        s, k = self.stride, self.samples_per_cell
-        boxes = boxes[np.argsort(boxes[:, 3], kind="stable")]  # draw order: ascending bottom edge
-        n = len(boxes)
+    def _coverage(self, boxes: np.ndarray, gh: int, gw: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Soft coverage ``[n, gh, gw]``: the fraction of k x k sample points of each cell inside each box's
+        ellipse; also the ellipses (centre and semi-axes, in cells)."""
+        s, k, n = self.stride, self.samples_per_cell, len(boxes)
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         cx = (boxes[:, 0] + self.cov_center_x * w) / s
         cy = (boxes[:, 1] + self.cov_center_y * h) / s
         rx, ry = self.ellipse_radii(boxes)
-
-        # Soft coverage: fraction of k x k sample points of each cell inside the ellipse.
         px = (np.arange(gw * k) + 0.5) / k
         py = (np.arange(gh * k) + 0.5) / k
         dx2 = ((px[None] - cx[:, None]) / rx[:, None]) ** 2  # [n, gw*k]
         dy2 = ((py[None] - cy[:, None]) / ry[:, None]) ** 2  # [n, gh*k]
         inside = (dy2[:, :, None] + dx2[:, None, :]) <= 1.0
-        coverage = inside.reshape(n, gh, k, gw, k).mean(axis=(2, 4))  # [n, gh, gw]
+        return inside.reshape(n, gh, k, gw, k).mean(axis=(2, 4)), (cx, cy, rx, ry)
+
+    def _rasterize_class(self, boxes: np.ndarray, gh: int, gw: int):
+        s = self.stride
+        boxes = boxes[np.argsort(boxes[:, 3], kind="stable")]  # draw order: ascending bottom edge
+        n = len(boxes)
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        coverage, (cx, cy, rx, ry) = self._coverage(boxes, gh, gw)
 
         # Dead zone at cell centres: radius (1-d)*r + d*half-size.
         d = self.deadzone_radius

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.data.config import training_data_config
 from gridface.utils.checkpoint import AtomicCheckpointIO
 from gridface.utils.hydra import config_dir
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate the module, the datamodule and the trainer from a composed config."""
     module = instantiate(cfg.module, _convert_="all")
+    # after instantiation: the source configs carry _target_ and must stay configs, not become objects
+    module.hparams["data"] = module.data_config = training_data_config(cfg.dataset)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]

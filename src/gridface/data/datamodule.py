@@ -36,7 +36,8 @@ class GridBoxDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.augment = build_augment(augment, min_box_size)
+        self.augment = build_augment(augment)
+        self.min_box_size = min_box_size
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
 
@@ -46,9 +47,11 @@ class GridBoxDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = DetectionDataset(self.train_source(), self.input_hw, self.encoder, self.augment, "train")
+            self.train_set = DetectionDataset(self.train_source(), self.input_hw, self.encoder, self.augment, "train",
+                                              min_box_size=self.min_box_size)
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = DetectionDataset(self.val_source(), self.input_hw, self.encoder, None, "val")
+            self.val_set = DetectionDataset(self.val_source(), self.input_hw, self.encoder, None, "val",
+                                            min_box_size=self.min_box_size)
 
     def _loader(self, ds: DetectionDataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,

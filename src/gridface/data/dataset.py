@@ -52,7 +52,10 @@ class DetectionDataset(Dataset):
         encoder: GridBoxTargetEncoder | None,
         augment: A.Compose | None = None,
         name: str = "dataset",
+        min_box_size: float = 0.0,
     ) -> None:
+        """``min_box_size``: boxes narrower or lower than this (px, in the network input, after letterbox and
+        augmentation) become ignore boxes: too small to learn from, but not background either."""
         if not samples:
             raise ValueError(f"{name}: no samples; check the dataset paths")
         self.samples = samples
@@ -60,6 +63,7 @@ class DetectionDataset(Dataset):
         self.encoder = encoder
         self.augment = augment
         self.name = name
+        self.min_box_size = float(min_box_size)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,8 +92,11 @@ class DetectionDataset(Dataset):
             net_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], np.int64)
             ignore = np.asarray(out["ignore"], bool)
+        if self.min_box_size > 0 and len(net_boxes):
+            size = np.minimum(net_boxes[:, 2] - net_boxes[:, 0], net_boxes[:, 3] - net_boxes[:, 1])
+            ignore = ignore | (size < self.min_box_size)
         # Evaluation and export pass no encoder: they need images and ground truth, not training targets.
-        targets = {} if self.encoder is None else self.encoder(net_boxes[~ignore], labels[~ignore], self.input_hw)
+        targets = {} if self.encoder is None else self.encoder(net_boxes, labels, self.input_hw, ignore=ignore)
         return {
             "image": torch.from_numpy(to_tensor_layout(net_img)),
             **{k: torch.from_numpy(v) for k, v in targets.items()},
@@ -109,7 +116,7 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     batch: dict[str, Any] = {"skipped": len(items) - len(kept)}
     if not kept:
         return batch
-    for key in ("image", "cov", "cov_norm", "bbox"):
+    for key in ("image", "cov", "cov_norm", "bbox", "ignore"):
         if key in kept[0]:
             batch[key] = torch.stack([it[key] for it in kept])
     for key in ("gt_boxes", "gt_labels", "gt_ignore", "letterbox", "path"):

@@ -48,19 +48,18 @@ def letterbox(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray,
 
 def build_augment(
     transforms: Mapping[str, A.BasicTransform | None] | Sequence[A.BasicTransform] | None,
-    min_box_size: float = 2.0,
 ) -> A.Compose | None:
     """Compose albumentations transforms (instantiated from config; a mapping's ``None`` entries are
-    disabled ones) with box handling: boxes are clipped to the image and those smaller than
-    ``min_box_size`` px after augmentation are dropped."""
+    disabled ones) with box handling: boxes are clipped to the image and those left with no area are
+    dropped. Boxes that become too small are not dropped here: the dataset turns them into ignore boxes,
+    so a face shrunk by augmentation is never trained as background."""
     if isinstance(transforms, Mapping):
         transforms = [t for t in transforms.values() if t is not None]
     if not transforms:
         return None
     return A.Compose(
         list(transforms),
-        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"], clip=True,
-                                 min_width=min_box_size, min_height=min_box_size),
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"], clip=True),
     )
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gridface.data.config import calibration_images, split_samples, stage_data_config
 from gridface.data.dataset import iter_network_inputs
 from gridface.export.deepstream import write_deepstream_config
 from gridface.export.onnx_export import export_onnx, verify_onnx
@@ -40,6 +40,7 @@ def load_images(paths: list, input_hw: tuple[int, int], limit: int) -> np.ndarra
 
 
 def model_metadata(module: GridBoxModule, checkpoint: str | Path, fmt: str, **extra: Any) -> dict[str, Any]:
+    """What a deployed model needs beside it: I/O contract, post-processing, training data, versions."""
     import onnx
     import onnxruntime
 
@@ -49,6 +50,7 @@ def model_metadata(module: GridBoxModule, checkpoint: str | Path, fmt: str, **ex
             "input_hw": list(module.input_hw), "input_scale": 1 / 255, "color": "RGB", "letterbox": "centred",
             "class_names": list(module.class_names), "stride": module.net.stride,
             "postprocess": dict(module.hparams.get("postprocess") or {}), "source_checkpoint": str(checkpoint),
+            "data": module.hparams.get("data"),
             "versions": {"gridface": gridface.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
             **extra}
@@ -68,7 +70,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"export.input_size {list(hw)} must be multiples of {module.net.stride}")
     module.input_hw = hw  # fully convolutional: deploy at another size than training
     export_onnx(net, onnx_path, hw, opset=ex.opset, exporter=ex.exporter, simplify=ex.simplify)
-    val_paths = [s.image for s in instantiate(cfg.dataset.val)()]
+    int8 = ex.format in ("onnx_int8", "tensorrt") and (ex.format == "onnx_int8" or ex.precision == "int8")
+    data, origin = stage_data_config(cfg.get("dataset"), module.hparams.get("data"), cfg.checkpoint,
+                                     ("val", "train") if int8 and not ex.calibration.get("folder") else ("val",))
+    log.info("export: verification images from the val split of %s", origin)
+    val_paths = [s.image for s in split_samples(data, "val")]
     images = load_images(val_paths, hw, ex.verify_images)
     diffs = verify_onnx(onnx_path, net, images, ex.atol)
     print(f"ONNX FP32 {onnx_path}: max |ORT - PyTorch| cov {diffs['cov']:.2e}, bbox {diffs['bbox']:.2e} "
@@ -79,10 +85,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"onnx": str(onnx_path), "onnx_max_abs_diff": diffs}
     deploy_path, precision = onnx_path, "fp32"
 
-    if ex.format in ("onnx_int8", "tensorrt") and (ex.format == "onnx_int8" or ex.precision == "int8"):
+    if int8:
         from gridface.export.quantize import quantize_int8
 
-        calib = [s.image for s in instantiate(cfg.dataset.train)()][: ex.calibration.images]
+        calib, calib_record = calibration_images(data, ex.calibration.images, ex.calibration.get("seed", 0),
+                                                 ex.calibration.get("folder"))
+        print(f"INT8 calibration: {calib_record['drawn']} images drawn from the {calib_record['source']} "
+              f"({calib_record['from']} images, seed {calib_record['seed']})")
         int8_path = out_dir / f"{stem}_int8.onnx"
         quantize_int8(onnx_path, int8_path, calib, hw, ex.calibration.method, ex.calibration.per_channel,
                       ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float,
@@ -90,7 +99,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         corr = int8_agreement(int8_path, onnx_path, images)
         print(f"ONNX INT8 {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, bbox {corr['bbox']:.4f}")
         write_json(metadata_path(int8_path), {**meta, "format": "onnx_int8", "calibration": {
-            "images": len(calib), "method": ex.calibration.method, "activation_type": ex.activation_type,
+            **calib_record, "images": len(calib), "method": ex.calibration.method,
+            "activation_type": ex.activation_type,
             "per_channel": ex.calibration.per_channel, "keep_head_float": ex.calibration.keep_head_float,
             "keep_stem_float": ex.calibration.keep_stem_float, "float_nodes": list(ex.calibration.float_nodes)},
             "int8_vs_fp32_correlation": corr})

@@ -23,14 +23,15 @@ EXPORTERS = ("torchscript", "dynamo")
 
 
 class _Outputs(nn.Module):
-    """The network as a tuple-returning module (ONNX wants positional outputs)."""
+    """The network as a tuple-returning module (ONNX wants positional outputs), the coverage sigmoid inside
+    the graph so its output keeps DeepStream's name ``output_cov/Sigmoid``."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(images)
+        out = self.net.predict(images)
         return out["cov"], out["bbox"]
 
 
@@ -80,7 +81,7 @@ def verify_onnx(path: str | Path, net: nn.Module, images: np.ndarray, atol: floa
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images.astype(np.float32)})
     with torch.no_grad():
-        ref = net.eval()(torch.from_numpy(images))
+        ref = net.eval().predict(torch.from_numpy(images))
     diffs = {"cov": float(np.abs(got[0] - ref["cov"].numpy()).max()),
              "bbox": float(np.abs(got[1] - ref["bbox"].numpy()).max())}
     if max(diffs.values()) > atol:

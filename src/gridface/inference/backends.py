@@ -37,6 +37,7 @@ class ModelBackend:
     stride: int = 16
     postprocess: dict[str, Any] = field(default_factory=dict)
     format: str = "checkpoint"
+    data: dict[str, Any] | None = None  # the dataset config the model was trained on (data.config)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -50,13 +51,13 @@ class TorchBackend(ModelBackend):
         module = (module or GridBoxModule.from_checkpoint(path)).eval().to(device)
         hp = module.hparams
         super().__init__(Path(path), module.input_hw, list(module.class_names), module.net.stride,
-                         dict(hp.get("postprocess") or {}), "checkpoint")
+                         dict(hp.get("postprocess") or {}), "checkpoint", hp.get("data"))
         self.net = module.net
         self.device = device
 
     @torch.no_grad()
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.net(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        out = self.net.predict(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
         return out["cov"].float().cpu().numpy(), out["bbox"].float().cpu().numpy()
 
 
@@ -77,7 +78,7 @@ class OnnxBackend(ModelBackend):
         if missing:
             raise ValueError(f"{path}: outputs {names} lack {missing}; export with gridface.export")
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
-                         dict(meta.get("postprocess") or {}), "onnx")
+                         dict(meta.get("postprocess") or {}), "onnx", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images, np.float32)})

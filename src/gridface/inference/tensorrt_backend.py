@@ -45,7 +45,7 @@ class TensorRTBackend(ModelBackend):
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
-                         dict(meta.get("postprocess") or {}), "tensorrt")
+                         dict(meta.get("postprocess") or {}), "tensorrt", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch

@@ -6,12 +6,13 @@ import torch
 from torch import nn
 
 from gridface.model.backbone import ResNet18Stride16
-from gridface.model.head import GridBoxHead
+from gridface.model.head import GridBoxHead, coverage_probabilities
 from gridface.model.widths import apply_widths
 
 
 class GridBoxNet(nn.Module):
-    """Input RGB NCHW float in [0, 1]; output ``{"cov": [N,C,H/16,W/16], "bbox": [N,4C,H/16,W/16]}``."""
+    """Input RGB NCHW float in [0, 1]; ``forward`` returns the raw maps
+    ``{"cov_logits": [N,C,H/16,W/16], "bbox": [N,4C,H/16,W/16]}``; ``predict`` the coverage probabilities."""
 
     def __init__(self, num_classes: int = 1, pretrained: str | None = None, cov_prior: float = 0.01,
                  widths: dict[str, list[int]] | None = None) -> None:
@@ -32,3 +33,7 @@ class GridBoxNet(nn.Module):
         if not torch.onnx.is_in_onnx_export() and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.head(self.backbone(images))
+
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"cov": probabilities, "bbox": ...}``: the maps post-processing and the ONNX graph carry."""
+        return coverage_probabilities(self(images))

@@ -9,7 +9,12 @@ from torch import nn
 
 
 class GridBoxHead(nn.Module):
-    """``cov``: C channels through a sigmoid; ``bbox``: 4C linear channels (DetectNet_v2 output blobs)."""
+    """``cov_logits``: C channels of coverage logits; ``bbox``: 4C linear channels (DetectNet_v2 blobs).
+
+    The head returns logits, not probabilities, so the loss can use BCE-with-logits (exact under
+    fp16/bf16 mixed precision, where a sigmoid saturates to 1.0 and its gradient vanishes). The sigmoid is
+    applied by :func:`coverage_probabilities` at inference and inside the exported ONNX graph.
+    """
 
     def __init__(self, in_channels: int, num_classes: int = 1, cov_prior: float = 0.01) -> None:
         super().__init__()
@@ -22,4 +27,9 @@ class GridBoxHead(nn.Module):
         nn.init.zeros_(self.bbox.bias)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"cov": torch.sigmoid(self.cov(features)), "bbox": self.bbox(features)}
+        return {"cov_logits": self.cov(features), "bbox": self.bbox(features)}
+
+
+def coverage_probabilities(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Raw head maps -> ``{"cov": sigmoid(cov_logits), "bbox": bbox}``, what post-processing and ONNX take."""
+    return {"cov": torch.sigmoid(raw["cov_logits"]), "bbox": raw["bbox"]}

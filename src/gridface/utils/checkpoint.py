@@ -10,11 +10,15 @@ import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from gridface.guards import check_state_finite
 from gridface.utils.io import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file and renames it; refuses a checkpoint whose weights are not finite."""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        check_state_finite(checkpoint.get("state_dict") or {}, f"refusing to write checkpoint {path}")
         with atomic_path(os.fspath(path)) as tmp:
             torch.save(checkpoint, tmp)
 
