@@ -116,3 +116,22 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert torch.isfinite(torch.tensor(result["metrics"]["val/loss"]))
     ckpt = torch.load(result["last_checkpoint"], weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["state_dict"]["net.head.cov.weight"].dtype == torch.float32
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("this ran while loading a checkpoint",))
+
+
+def test_checkpoint_with_a_foreign_object_is_refused_unless_trusted(tmp_path, monkeypatch, capsys):
+    from gridface.utils.checkpoint import TRUST_ENV, load_checkpoint
+
+    path = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {"net.w": torch.ones(1)}, "hyper_parameters": {"x": _RunsCodeWhenUnpickled()}}, path)
+    refused = rf"downloaded\.ckpt: refusing to load it: it holds objects of print.*{TRUST_ENV}=1"
+    with pytest.raises(ValueError, match=refused):
+        load_checkpoint(path)
+    assert "this ran" not in capsys.readouterr().out  # refused before anything ran
+    monkeypatch.setenv(TRUST_ENV, "1")
+    assert load_checkpoint(path)["state_dict"]["net.w"].item() == 1.0
+    assert "this ran" in capsys.readouterr().out  # trusted deliberately: full unpickling

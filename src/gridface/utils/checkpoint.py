@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+TRUST_ENV = "GRIDFACE_TRUST_CHECKPOINTS"
+
+
+def load_checkpoint(path: str | Path, trust: bool | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``: tensors and plain values only, so a downloaded
+    ``.ckpt`` cannot run code when it is opened. gridface and Lightning checkpoints need nothing more. A file
+    that holds other pickled objects is refused, naming them; ``trust=True`` (or ``GRIDFACE_TRUST_CHECKPOINTS=1``)
+    opens it with full unpickling, for files you made or trust."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    trust = os.environ.get(TRUST_ENV, "") == "1" if trust is None else trust
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        what = f"objects of {', '.join(dict.fromkeys(found))}" if found else "objects other than weights"
+        raise ValueError(
+            f"{path}: refusing to load it: it holds {what}, and unpickling those can run arbitrary code. If you "
+            f"made this file or trust where it came from, load it deliberately with {TRUST_ENV}=1") from None
+    except Exception as e:  # noqa: BLE001 - any other reading failure means the same thing to the user
         raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint ({e})") from e
