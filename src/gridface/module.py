@@ -50,7 +50,6 @@ class GridBoxModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
-        self.data_config = data
         self.input_hw = (int(input_size[0]), int(input_size[1]))
         model, loss = dict(model or {}), dict(loss or {})
         init_from = model.pop("init_from", None)

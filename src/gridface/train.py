@@ -25,7 +25,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     """Instantiate the module, the datamodule and the trainer from a composed config."""
     module = instantiate(cfg.module, _convert_="all")
     # after instantiation: the source configs carry _target_ and must stay configs, not become objects
-    module.hparams["data"] = module.data_config = training_data_config(cfg.dataset)
+    module.hparams["data"] = training_data_config(cfg.dataset)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
