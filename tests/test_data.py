@@ -59,7 +59,8 @@ def test_missing_and_corrupt_images_are_reported_and_skipped(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         batch = collate([ds[i] for i in range(3)])
     assert batch["skipped"] == 2 and batch["image"].shape == (1, 3, 160, 256)
-    assert "bad.jpg" in caplog.text and "unreadable" in caplog.text
+    assert "bad.jpg: not an image" in caplog.text
+    assert [k["kind"] for k in batch["skips"]] == ["not an image", "missing"]
     assert "gone.jpg" in caplog.text and "missing" in caplog.text
 
 

@@ -59,7 +59,7 @@ def test_batch_call_equals_single_calls(model):
 
 def test_bad_inputs_are_clear(tmp_path, model):
     det, _, _ = model
-    with pytest.raises(ValueError, match="cannot read image"):
+    with pytest.raises(ValueError, match="missing.jpg: missing"):
         det(tmp_path / "missing.jpg")
     with pytest.raises(ValueError, match="HxWx3"):
         det(np.zeros((4, 4, 4, 4), np.uint8))
@@ -102,13 +102,15 @@ def test_folder_outputs_parse_back_and_bad_file_is_skipped(tmp_path, model):
     summary = infer_run(infer_cfg(tmp_path, model, tmp_path / "imgs", ["save_wider=true"]))
     out = tmp_path / "out"
     assert summary["frames"] == 3 and summary["skipped"] == 1
-    assert len(list((out / "images").glob("*.jpg"))) == 3
+    assert summary["skipped_by_kind"] == {"not an image": 1} and "bad.jpg" in summary["skipped_files"][0]
+    assert len(list((out / "images" / "0--Parade").glob("*.jpg"))) == 3
     coco = json.loads((out / "detections.json").read_text())
-    labels = {p.stem: p.read_text().splitlines() for p in (out / "labels").glob("*.txt")}
-    assert set(labels) == {"img_0", "img_1", "img_2"}
+    labels = {p.relative_to(out / "labels").with_suffix("").as_posix(): p.read_text().splitlines()
+              for p in (out / "labels").rglob("*.txt")}
+    assert set(labels) == {"0--Parade/img_0", "0--Parade/img_1", "0--Parade/img_2"}
     n_kitti = sum(len(v) for v in labels.values())
     assert n_kitti == len(coco) == summary["faces"] > 0
-    first = labels["img_0"][0].split()
+    first = labels["0--Parade/img_0"][0].split()
     assert first[0] == "face" and len(first) == 16
     wider = load_predictions(out / "wider")
     assert sum(len(v) for v in wider.values()) == len(coco)
@@ -165,3 +167,76 @@ def test_without_source_runs_on_the_models_validation_images(tmp_path, model):
     summary = infer_run(infer_cfg(tmp_path, model, "null", ["save_images=false"]))
     assert summary["frames"] == 8 and summary["skipped"] == 0  # TINY's 8 validation images
     assert summary["source"].endswith("images") and len(list((tmp_path / "out" / "labels").glob("*.txt"))) == 8
+
+
+def test_exif_rotated_photo_gives_the_same_boxes_as_path_pil_or_array(tmp_path, model):
+    """The file says 'rotate 90°' in EXIF: the path (OpenCV), PIL (exif_transpose) and an array the user read with
+    OpenCV must all be the upright picture, so all three find the same boxes."""
+    det, _, _ = model
+    rgb = np.random.default_rng(3).integers(0, 255, (200, 360, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(rgb).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    a = det(path)
+    b = det(Image.open(path))
+    c = det(cv2.imread(str(path)), color="BGR")
+    assert det.to_rgb(path).shape == (360, 200, 3)  # upright: EXIF applied
+    for other in (b, c):
+        np.testing.assert_allclose(a.boxes, other.boxes, atol=1e-3)
+    assert len(a) > 0 and a.boxes[:, [1, 3]].max() > 200  # boxes live in the upright (360 px high) picture
+
+
+def test_16_bit_and_float_arrays_are_scaled_not_clipped(tmp_path, model):
+    det, _, _ = model
+    rgb16 = np.random.default_rng(4).integers(0, 65535, (120, 200, 3), np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), rgb16[..., ::-1])
+    from_file = det.to_rgb(tmp_path / "deep.png")
+    np.testing.assert_array_equal(det.to_rgb(rgb16), from_file)
+    np.testing.assert_allclose(det(rgb16).boxes, det(tmp_path / "deep.png").boxes, atol=1e-4)
+    as_float = from_file.astype(np.float32) / 255
+    np.testing.assert_array_equal(det.to_rgb(as_float), from_file)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [(np.zeros((3, 64, 64), np.uint8), "channels-first"), (np.zeros((64, 64, 2), np.uint8), "HxWx3"),
+     (np.full((8, 8, 3), 200.0, np.float32), r"float image arrays must be in \[0, 1\]"),
+     (np.full((8, 8, 3), np.nan, np.float32), "NaN"), (np.full((8, 8, 3), 300, np.int32), "0-255")],
+)
+def test_wrong_arrays_are_clear_errors(model, array, message):
+    det, _, _ = model
+    with pytest.raises(ValueError, match=message):
+        det(array)
+
+
+def test_same_named_files_in_sub_folders_keep_apart(tmp_path, model):
+    for sub, seed in (("a", 0), ("b/c", 1)):
+        (tmp_path / "imgs" / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "imgs" / sub / "photo.jpg"),
+                    np.random.default_rng(seed).integers(0, 255, (120, 160, 3), np.uint8))
+    summary = infer_run(infer_cfg(tmp_path, model, tmp_path / "imgs"))
+    out = tmp_path / "out"
+    assert summary["frames"] == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("photo.*")) == [
+        "images/a/photo.jpg", "images/b/c/photo.jpg", "labels/a/photo.txt", "labels/b/c/photo.txt"]
+
+
+def test_truncated_video_is_reported_and_a_headerless_one_is_an_error(tmp_path, model):
+    path = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(12):
+        vw.write(np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8))
+    vw.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    summary = infer_run(infer_cfg(tmp_path, model, path))
+    assert 0 < summary["frames"] < 12 and summary["video_frames_missing"] == 12 - summary["frames"]
+    mp4 = tmp_path / "cut.mp4"  # an MP4 cut before its index (moov at the end) cannot be opened at all
+    vw = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    for i in range(5):
+        vw.write(np.full((120, 160, 3), 30 * i, np.uint8))
+    vw.release()
+    mp4.write_bytes(mp4.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cannot open video .*cut.mp4"):
+        Source(str(mp4))

@@ -14,13 +14,12 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from gridface.data.config import split_samples, stage_data_config
-from gridface.data.dataset import DetectionDataset, collate
+from gridface.data.problems import DataProblems, run_summary
 from gridface.evaluation.ap import per_class_ap
 from gridface.evaluation.coco import coco_metrics
+from gridface.evaluation.predict import predict_dataset
 from gridface.evaluation.report import plot_pr_curves, write_report
 from gridface.evaluation.widerface import (
     detections_to_wider,
@@ -29,35 +28,17 @@ from gridface.evaluation.widerface import (
     load_predictions,
     write_submission,
 )
-from gridface.inference.backends import ModelBackend, load_backend
+from gridface.inference.backends import load_backend
 from gridface.postprocess import GridBoxDecoder
+from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir, overrides
+from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
 
-def predict_dataset(backend: ModelBackend, samples: list, decoder: GridBoxDecoder, batch_size: int = 8,
-                    num_workers: int = 1) -> tuple[list, list, list[str]]:
-    """Run the model over samples; detections and ground truth in original image coordinates."""
-    ds = DetectionDataset(samples, backend.input_hw, None, None, "eval")
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    dets, gts, paths, skipped = [], [], [], 0
-    for batch in tqdm(loader, desc=f"evaluating {backend.path.name}", unit="batch"):
-        skipped += batch["skipped"]
-        if "image" not in batch:
-            continue
-        cov, bbox = backend.run(batch["image"].numpy())
-        for det, lb, gb, gl, gi, p in zip(decoder(cov, bbox, backend.input_hw), batch["letterbox"], batch["gt_boxes"],
-                                          batch["gt_labels"], batch["gt_ignore"], batch["path"], strict=True):
-            dets.append((lb.to_original(det.boxes), det.scores, det.labels))
-            gts.append((gb, gl, gi))
-            paths.append(p)
-    if skipped:
-        log.warning("%d unreadable images were skipped (see the warnings above for their paths)", skipped)
-    return dets, gts, paths
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
+    check_stage_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     start = time.perf_counter()
     if cfg.get("predictions"):
@@ -73,8 +54,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         post = {**backend.postprocess, **overrides(cfg.postprocess)}
         decoder = GridBoxDecoder(stride=backend.stride, **post)
         data, origin = stage_data_config(cfg.get("dataset"), backend.data, cfg.model, (cfg.split,))
-        samples = split_samples(data, cfg.split)
-        dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers)
+        problems, skips = DataProblems(strict=bool(data.get("strict", False))), {}
+        samples = split_samples(data, cfg.split, problems)
+        dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers, skips)
         ev = cfg.evaluation
         curves = per_class_ap(dets, gts, len(backend.class_names), ev.iou, ev.interpolation, ev.min_height)
         metrics = {f"AP50_{backend.class_names[c]}": cv.ap for c, cv in curves.items()}
@@ -94,7 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                      for c, cv in curves.items()}, f"PR at IoU {ev.iou}")
         title = f"Evaluation of {cfg.model} on {data.get('name')}/{cfg.split}"
         details = {"model": str(cfg.model), "format": backend.format, "data_from": origin, "images": len(dets),
-                   "input_hw": list(backend.input_hw), "postprocess": post}
+                   "input_hw": list(backend.input_hw), "postprocess": post,
+                   "data_problems": run_summary(problems, skips)}
     else:
         raise ValueError("give model=<checkpoint | .onnx | engine> or predictions=<folder> gt=<ground truth>")
     by_size = {s: r.recall_by_size for s, r in results.items()} or None
@@ -108,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
+@user_errors("evaluate")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

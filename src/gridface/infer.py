@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from gridface.data.config import split_samples, stage_data_config
 from gridface.inference.detector import Detector
 from gridface.inference.sources import Source
 from gridface.inference.writers import OutputWriter
+from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir, overrides
 from gridface.utils.io import write_json
+from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def default_source(detector: Detector, model: str) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    check_stage_config(cfg)
     if cfg.get("model") is None:
         raise ValueError("give model=<.ckpt | .onnx | engine> and source=<image | folder | glob | video | camera>")
     detector = Detector.load(cfg.model, cfg.device, cfg.get("threads"),
@@ -46,7 +50,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     source = Source(spec, cfg.frame_stride, cfg.prefetch, cfg.read_workers)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
-    frames = faces = skipped = 0
+    frames = faces = 0
+    skipped: Counter[str] = Counter()
+    skipped_files: list[str] = []
     start = time.perf_counter()
     batch: list = []
 
@@ -65,7 +71,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
             writer.open_video(name, source.fps / source.frame_stride, source.size)
         if frame.image is None:
-            skipped += 1
+            skipped[frame.error.kind if frame.error else "unreadable"] += 1
+            skipped_files.append(str(frame.error or frame.path))
             continue
         frames += 1
         batch.append(frame)
@@ -76,16 +83,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     flush()
     writer.close()
     seconds = time.perf_counter() - start
-    summary = {"source": str(spec), "kind": source.kind, "frames": frames, "skipped": skipped, "faces": faces,
+    n_skipped = sum(skipped.values())
+    summary = {"source": str(spec), "kind": source.kind, "frames": frames, "skipped": n_skipped,
+               "skipped_by_kind": dict(skipped), "skipped_files": skipped_files, "faces": faces,
                "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0, "output_dir": str(out),
-               "video": str(writer.video_path) if writer.video_path else None}
+               "video": str(writer.video_path) if writer.video_path else None,
+               "video_frames_missing": source.missing_frames}
     write_json(out / "summary.json", summary)
-    print(f"{frames} {'images' if source.kind == 'images' else 'frames'} ({skipped} skipped), {faces} faces, "
+    why = f": {', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))}" if n_skipped else ""
+    if source.missing_frames:
+        why += f"; the video ended {source.missing_frames} frames before its header's count (truncated or corrupt)"
+    print(f"{frames} {'images' if source.kind == 'images' else 'frames'} ({n_skipped} skipped{why}), {faces} faces, "
           f"{summary['images_per_s']:.1f} images/s -> {out}")
     return summary
 
 
 @hydra.main(config_path=config_dir(), config_name="infer", version_base="1.3")
+@user_errors("infer")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -70,6 +70,8 @@ class GridBoxModule(pl.LightningModule):
         self._val_dets: list = []
         self._val_gts: list = []
         self._val_paths: list[str] = []
+        # images skipped because they could not be used (path -> kind and where listed), for the run's summary
+        self.skipped_images: dict[str, dict[str, str]] = {}
         if init_from:
             self.init_weights_from(init_from)
 
@@ -109,7 +111,12 @@ class GridBoxModule(pl.LightningModule):
         return self.net(images)
 
     # ----------------------------------------------------------------------------------- training
+    def note_skips(self, batch: dict[str, Any]) -> None:
+        for skip in batch.get("skips", ()):
+            self.skipped_images.setdefault(skip["path"], skip)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.note_skips(batch)
         if "image" not in batch:  # every image of the batch was unreadable
             self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False)
             return None
@@ -150,6 +157,7 @@ class GridBoxModule(pl.LightningModule):
         self._val_dets, self._val_gts, self._val_paths = [], [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.note_skips(batch)
         if "image" not in batch:
             return
         out = self.net(batch["image"])

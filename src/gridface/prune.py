@@ -23,14 +23,16 @@ from torch.utils.data import DataLoader
 
 from gridface.data.config import split_samples, stage_data_config
 from gridface.data.dataset import DetectionDataset, collate
-from gridface.evaluate import predict_dataset
+from gridface.evaluation.predict import predict_dataset
 from gridface.inference.backends import TorchBackend
 from gridface.model.widths import channel_widths
 from gridface.module import GridBoxModule
 from gridface.pruning.pruner import PruneSpec, prune_module, taylor_losses
 from gridface.pruning.report import layer_table, size_summary, torch_latency, write_prune_report
+from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import atomic_path
+from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def spec_summary(spec: PruneSpec) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    check_stage_config(cfg)
     if not cfg.get("checkpoint"):
         raise ValueError("give checkpoint=<path to a trained gridface .ckpt>")
     if cfg.get("threads"):
@@ -122,6 +125,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=config_dir(), config_name="prune", version_base="1.3")
+@user_errors("prune")
 def main(cfg: DictConfig) -> float | None:
     report = run(cfg)
     ap = report.get("ap50") or {}

@@ -15,8 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.data.config import training_data_config
+from gridface.data.problems import run_summary, summary_line
 from gridface.utils.checkpoint import AtomicCheckpointIO
+from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
+from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate, and return the final metrics (floats) plus the best/last checkpoint paths."""
+    check_stage_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
@@ -54,13 +58,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": getattr(ckpt_cb, "best_model_path", None),
         "last_checkpoint": getattr(ckpt_cb, "last_model_path", None),
         "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
+        "data_problems": run_summary(datamodule.problems, module.skipped_images),
     }
+    rank_zero_info(summary_line(result["data_problems"]["counts"]))
     rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; "
                    f"best checkpoint {result['best_checkpoint']}")
     return result
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+@user_errors("train")
 def main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))

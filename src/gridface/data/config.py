@@ -13,7 +13,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gridface.data.parsers import IMAGE_SUFFIXES
+from gridface.data.images import IMAGE_SUFFIXES
+from gridface.data.problems import DataProblems
 from gridface.data.sample import Sample
 
 # keys of a source config that name files or folders (synthetic data is generated, so its root may be new)
@@ -67,10 +68,13 @@ def stage_data_config(dataset: DictConfig | Mapping[str, Any] | None, model_data
     return data, origin
 
 
-def split_samples(data: Mapping[str, Any], split: str) -> list[Sample]:
+def split_samples(data: Mapping[str, Any], split: str, problems: DataProblems | None = None) -> list[Sample]:
+    """The samples of one split; label problems are reported into ``problems`` (a fresh, logging one if None)."""
     if split not in data:
         raise ValueError(f"dataset has no split '{split}' (it has {[k for k in ('train', 'val') if k in data]})")
-    return instantiate(data[split])()
+    if problems is None:
+        problems = DataProblems(strict=bool(data.get("strict", False)))
+    return instantiate(data[split])(problems=problems)
 
 
 def calibration_images(data: Mapping[str, Any] | None, count: int, seed: int = 0, folder: str | None = None

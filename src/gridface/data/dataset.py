@@ -1,7 +1,8 @@
 """DetectionDataset: read an image, letterbox, augment, encode GridBox targets.
 
-A missing or unreadable image is logged with its path and skipped (``__getitem__`` returns ``None``
-and :func:`collate` drops it and counts it), so one bad file never ends a long run.
+An image that cannot be used (missing, truncated, corrupt: see :mod:`gridface.data.images`) is logged with its
+path and the label file line that lists it, and skipped: ``__getitem__`` returns a skip record that
+:func:`collate` drops and counts by kind, so one bad file never ends a long run and is never trained on.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from gridface.data.images import ImageReadError, read_image_rgb
 from gridface.data.sample import Sample
 from gridface.data.transforms import letterbox, to_tensor_layout
 from gridface.targets import GridBoxTargetEncoder
@@ -25,23 +26,20 @@ from gridface.targets import GridBoxTargetEncoder
 log = logging.getLogger(__name__)
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray | None:
-    """RGB uint8 HWC, grayscale replicated to 3 channels; ``None`` if missing or not decodable."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def iter_network_inputs(paths: Sequence[str | Path], input_hw: tuple[int, int], desc: str | None = None
                         ) -> Iterator[np.ndarray]:
-    """CHW float inputs, letterboxed exactly as in training; unreadable files are reported and skipped."""
+    """CHW float inputs, letterboxed exactly as in training; unusable files are reported and skipped."""
+    skipped = 0
     for p in tqdm(paths, desc=desc, unit="img") if desc else paths:
-        img = read_image_rgb(p)
-        if img is None:
-            log.warning("skipping unreadable image %s", p)
+        try:
+            img = read_image_rgb(p)
+        except ImageReadError as e:
+            skipped += 1
+            log.warning("skipping image %s", e)
             continue
         yield to_tensor_layout(letterbox(img, input_hw)[0])
+    if skipped:
+        log.warning("%d of %d images skipped (see the warnings above)", skipped, len(paths))
 
 
 class DetectionDataset(Dataset):
@@ -64,17 +62,20 @@ class DetectionDataset(Dataset):
         self.augment = augment
         self.name = name
         self.min_box_size = float(min_box_size)
+        self._reported: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
-        image = read_image_rgb(s.image)
-        if image is None:
-            state = "missing" if not Path(s.image).exists() else "unreadable (corrupt or not an image)"
-            log.warning("%s: skipping image %s: %s", self.name, s.image, state)
-            return None
+        try:
+            image = read_image_rgb(s.image)
+        except ImageReadError as e:
+            if index not in self._reported:  # once per worker process, not every epoch
+                self._reported.add(index)
+                log.warning("%s: skipping image %s%s", self.name, e, f" (listed at {s.origin})" if s.origin else "")
+            return {"skip": {"kind": e.kind, "path": str(s.image), "origin": s.origin}}
         h, w = image.shape[:2]
         boxes = s.boxes.copy()
         clipped = np.clip(boxes, 0, [w, h, w, h])
@@ -110,10 +111,11 @@ class DetectionDataset(Dataset):
         }
 
 
-def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack tensors, keep per-image metadata as lists, drop and count skipped images."""
-    kept = [it for it in items if it is not None]
-    batch: dict[str, Any] = {"skipped": len(items) - len(kept)}
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep per-image metadata as lists, drop skipped images (``skips`` says which and why)."""
+    kept = [it for it in items if "skip" not in it]
+    skips = [it["skip"] for it in items if "skip" in it]
+    batch: dict[str, Any] = {"skipped": len(skips), "skips": skips}
     if not kept:
         return batch
     for key in ("image", "cov", "cov_norm", "bbox", "ignore"):

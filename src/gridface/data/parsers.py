@@ -1,66 +1,153 @@
 """Label parsers: WIDER FACE text ground truth, KITTI (TAO's format) and COCO json.
 
-Every parser returns ``list[Sample]``. A malformed line is a :class:`LabelError` naming the file and
-line; a missing image is not checked here (the dataset reports and skips it when it is read).
+Every parser returns ``list[Sample]``. What makes the rest of a file unreadable (a count that is not a number, a
+file that ends inside an entry, invalid JSON) is a :class:`LabelError` naming the file and the 1-based line.
+A bad box line, an image listed twice, a missing image or an orphan file is a reported problem (see
+:mod:`gridface.data.problems`): logged with file and line, counted, and the line skipped; nothing malformed is
+ever read as a face. Files may carry a UTF-8 byte-order mark and CRLF line ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from gridface.data import problems as P
+from gridface.data.images import IMAGE_SUFFIXES
+from gridface.data.problems import DataProblems
 from gridface.data.sample import LabelError, Sample
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "read_coco", "read_kitti", "read_widerface_txt"]
+
+WIDER_FIELDS = "x y w h blur expression illumination invalid occlusion pose"
+KITTI_FIELDS = 15  # type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y [score]
+
+
+def read_text(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file, a byte-order mark and CR line ends removed."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise LabelError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    return text.splitlines()
+
+
+def parse_numbers(fields: list[str], where: str, what: str, problems: DataProblems) -> list[float] | None:
+    """Floats, or None after reporting a value that is not a number or not finite."""
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        problems.add(P.NOT_NUMBER, where, f"{what} must be numbers, got '{' '.join(fields)}'; line skipped")
+        return None
+    if not all(math.isfinite(v) for v in values):
+        problems.add(P.NON_FINITE, where, f"{what} hold nan or inf: '{' '.join(fields)}'; line skipped")
+        return None
+    return values
+
+
+def is_image_path(line: str) -> bool:
+    return line.strip().lower().endswith(IMAGE_SUFFIXES)
+
+
+def drop_missing_images(samples: list[Sample], problems: DataProblems) -> list[Sample]:
+    kept = []
+    for s in samples:
+        if s.image.is_file():
+            kept.append(s)
+        else:
+            problems.add(P.MISSING_IMAGE, s.origin or str(s.image), f"image {s.image} not found; entry skipped")
+    return kept
 
 
 def read_widerface_txt(
-    gt_file: str | Path, image_root: str | Path, min_size: float = 0.0, keep_invalid: bool = False
+    gt_file: str | Path, image_root: str | Path, min_size: float = 0.0, keep_invalid: bool = False,
+    problems: DataProblems | None = None, check_images: bool = True,
 ) -> list[Sample]:
-    """Parse ``wider_face_{split}_bbx_gt.txt``: a path line, a count, then ``x y w h blur expression
-    illumination invalid occlusion pose`` per face. Entries with zero faces carry one all-zero line.
-    Invalid faces and faces smaller than ``min_size`` are kept as ``ignore`` boxes."""
+    """Parse ``wider_face_{split}_bbx_gt.txt``: a path line, a count, then ``x y w h blur expression illumination
+    invalid occlusion pose`` per face. An entry with zero faces may carry one all-zero placeholder line (the
+    official files do) or none. Invalid faces and faces smaller than ``min_size`` are kept as ``ignore`` boxes.
+    An image listed twice is merged into one sample, with a report naming both lines. ``check_images=False``:
+    keep entries whose image is not here (evaluation needs only the ground truth)."""
+    problems = problems if problems is not None else DataProblems()
     gt_file, image_root = Path(gt_file), Path(image_root)
     if not gt_file.is_file():
         raise FileNotFoundError(f"WIDER FACE ground truth not found: {gt_file}")
-    lines = gt_file.read_text().splitlines()
-    samples, i = [], 0
+    lines = read_text(gt_file)
+    by_name: dict[str, Sample] = {}
+    i = 0
     while i < len(lines):
         name = lines[i].strip()
         if not name:
             i += 1
             continue
-        if not name.lower().endswith(IMAGE_SUFFIXES):
-            raise LabelError(f"{gt_file}:{i + 1}: expected an image path, got '{name}'")
+        name_line = i + 1
+        if not is_image_path(name):
+            raise LabelError(f"{gt_file}:{name_line}: expected an image path ({', '.join(IMAGE_SUFFIXES)}), "
+                             f"got '{name[:80]}'")
+        if i + 1 >= len(lines):
+            raise LabelError(f"{gt_file}:{name_line}: unexpected end of file: {name} has no face count line")
         try:
-            count = int(lines[i + 1])
-        except (IndexError, ValueError):
-            raise LabelError(f"{gt_file}:{i + 2}: expected the face count for {name}") from None
+            count = int(lines[i + 1].strip())
+            if count < 0:
+                raise ValueError
+        except ValueError:
+            raise LabelError(f"{gt_file}:{i + 2}: expected the face count of {name} (a whole number >= 0), "
+                             f"got '{lines[i + 1].strip()[:80]}'") from None
+        i += 2
         rows = []
-        for k in range(max(count, 1)):
-            ln = i + 2 + k
-            try:
-                vals = [float(v) for v in lines[ln].split()[:10]]
-            except (IndexError, ValueError):
-                raise LabelError(f"{gt_file}:{ln + 1}: expected 'x y w h blur expression illumination "
-                                 f"invalid occlusion pose' for {name}") from None
-            if len(vals) < 4:
-                raise LabelError(f"{gt_file}:{ln + 1}: a face line needs at least x y w h, got {len(vals)} values")
-            rows.append(vals + [0.0] * (10 - len(vals)))
-        i += 2 + max(count, 1)
-        arr = np.array(rows[:count], np.float64).reshape(-1, 10)
+        for k in range(count):
+            if i >= len(lines):
+                raise LabelError(f"{gt_file}:{name_line + 1}: unexpected end of file: {name} promises {count} faces, "
+                                 f"the file ends after {k}")
+            if is_image_path(lines[i]):
+                raise LabelError(f"{gt_file}:{name_line + 1}: {name} promises {count} faces but line {i + 1} "
+                                 f"already names the next image ({lines[i].strip()[:80]})")
+            where, fields = f"{gt_file}:{i + 1}", lines[i].split()
+            i += 1
+            if len(fields) != 10:
+                problems.add(P.SHORT_LINE, where, f"a face line of {name} needs 10 values ({WIDER_FIELDS}), "
+                                                  f"got {len(fields)}; line skipped")
+                continue
+            vals = parse_numbers(fields, where, f"the face values of {name}", problems)
+            if vals is None:
+                continue
+            if vals[2] <= 0 or vals[3] <= 0:
+                problems.add(P.DEGENERATE, where, f"a face of {name} has width {vals[2]:g} and height {vals[3]:g}; "
+                                                  "line skipped")
+                continue
+            rows.append(vals)
+        if count == 0 and i < len(lines) and lines[i].strip() and not is_image_path(lines[i]):
+            i += 1  # the official placeholder line ("0 0 0 0 0 0 0 0 0 0") of an image without faces
+        arr = np.array(rows, np.float64).reshape(-1, 10)
         boxes = np.concatenate([arr[:, :2], arr[:, :2] + arr[:, 2:4]], 1)
-        invalid = arr[:, 7] > 0
-        ignore = (np.minimum(arr[:, 2], arr[:, 3]) < min_size) | (invalid & ~keep_invalid)
-        ignore |= (arr[:, 2] <= 0) | (arr[:, 3] <= 0)
-        samples.append(Sample(image_root / name, boxes, np.zeros(len(boxes)), ignore))
-    if not samples:
+        ignore = (np.minimum(arr[:, 2], arr[:, 3]) < min_size) | ((arr[:, 7] > 0) & ~keep_invalid)
+        origin = f"{gt_file}:{name_line}"
+        if name in by_name:
+            first = by_name[name]
+            first_line = first.origin.rsplit(":", 1)[1]
+            problems.add(P.DUPLICATE, origin, f"{name} is listed again (first at line {first_line}); its "
+                                              f"{len(boxes)} faces are merged into that entry")
+            by_name[name] = Sample(first.image, np.concatenate([first.boxes, boxes]),
+                                   np.zeros(len(first.boxes) + len(boxes)), np.concatenate([first.ignore, ignore]),
+                                   first.origin)
+        else:
+            by_name[name] = Sample(image_root / name, boxes, np.zeros(len(boxes)), ignore, origin)
+    if not by_name:
         raise LabelError(f"{gt_file}: no images listed")
+    samples = list(by_name.values())
+    if not check_images:
+        return samples
+    samples = drop_missing_images(samples, problems)
+    if not samples:
+        raise LabelError(f"{gt_file}: none of its {len(by_name)} images exist under {image_root}")
     return samples
 
 
@@ -69,12 +156,16 @@ def read_kitti(
     label_dir: str | Path,
     class_map: Mapping[str, str] | None = None,
     class_names: list[str] | tuple[str, ...] = ("face",),
+    problems: DataProblems | None = None,
 ) -> list[Sample]:
-    """TAO's KITTI layout: one ``<stem>.txt`` per image, ``type trunc occ alpha x1 y1 x2 y2 ...`` per line.
+    """TAO's KITTI layout: one ``<stem>.txt`` per image, 15 fields per line (16 with a score):
+    ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y``.
 
-    ``class_map`` maps label names (lower-cased) to target class names; ``DontCare`` and anything
-    mapped to ``dontcare`` become ignore boxes; unmapped names are skipped (counted in the log).
+    ``class_map`` maps label names (lower-cased) to target class names; ``DontCare`` and anything mapped to
+    ``dontcare`` become ignore boxes; unmapped names are skipped (counted in the log). An image without a
+    label file is an image with no faces (reported); a label file without an image is reported and skipped.
     """
+    problems = problems if problems is not None else DataProblems()
     image_dir, label_dir = Path(image_dir), Path(label_dir)
     for d in (image_dir, label_dir):
         if not d.is_dir():
@@ -82,22 +173,31 @@ def read_kitti(
     class_map = {k.lower(): v.lower() for k, v in (class_map or {n: n for n in class_names}).items()}
     index = {n.lower(): i for i, n in enumerate(class_names)}
     images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    labels_found = {p.stem: p for p in sorted(label_dir.glob("*.txt"))}
     samples, unmapped = [], 0
-    for label_file in sorted(label_dir.glob("*.txt")):
+    for stem, label_file in labels_found.items():
+        if stem not in images:
+            problems.add(P.ORPHAN_LABEL, str(label_file),
+                         f"label file has no image '{stem}.*' ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}; skipped")
+            continue
         boxes, labels, ignore = [], [], []
-        for n, line in enumerate(label_file.read_text().splitlines(), 1):
-            parts = line.split()
+        for n, line in enumerate(read_text(label_file), 1):
+            parts, where = line.split(), f"{label_file}:{n}"
             if not parts:
                 continue
-            if len(parts) < 8:
-                raise LabelError(f"{label_file}:{n}: KITTI lines need at least 8 fields "
-                                 f"(type truncated occluded alpha x1 y1 x2 y2), got {len(parts)}")
-            try:
-                x1, y1, x2, y2 = (float(v) for v in parts[4:8])
-            except ValueError:
-                raise LabelError(f"{label_file}:{n}: box fields 5-8 must be numbers: '{line}'") from None
-            if x2 < x1 or y2 < y1:
-                raise LabelError(f"{label_file}:{n}: box has x2 < x1 or y2 < y1: '{line}'")
+            if len(parts) not in (KITTI_FIELDS, KITTI_FIELDS + 1):
+                problems.add(P.SHORT_LINE, where, f"a KITTI line needs {KITTI_FIELDS} fields (type truncated occluded "
+                                                  f"alpha x1 y1 x2 y2 and 7 3D values; 16 with a score), got "
+                                                  f"{len(parts)}; line skipped")
+                continue
+            box = parse_numbers(parts[4:8], where, "box fields 5-8 (x1 y1 x2 y2)", problems)
+            if box is None:
+                continue
+            x1, y1, x2, y2 = box
+            if x2 <= x1 or y2 <= y1:
+                problems.add(P.DEGENERATE, where, f"box x1={x1:g} y1={y1:g} x2={x2:g} y2={y2:g} has zero or "
+                                                  "negative size; line skipped")
+                continue
             name = class_map.get(parts[0].lower())
             dontcare = parts[0].lower() == "dontcare" or name == "dontcare"
             if not dontcare and name not in index:
@@ -106,25 +206,29 @@ def read_kitti(
             boxes.append((x1, y1, x2, y2))
             labels.append(0 if dontcare else index[name])
             ignore.append(dontcare)
-        image = images.get(label_file.stem)
-        if image is None:
-            image = image_dir / f"{label_file.stem}.jpg"  # reported as missing when read
-        samples.append(Sample(image, boxes, labels, ignore))
+        samples.append(Sample(images[stem], boxes, labels, ignore, str(label_file)))
+    for stem, image in images.items():
+        if stem not in labels_found:
+            problems.add(P.NO_LABEL_FILE, str(image), f"no label file {label_dir / (stem + '.txt')}; "
+                                                      "used as an image with no faces")
+            samples.append(Sample(image, np.zeros((0, 4)), np.zeros(0), None, str(image)))
     if not samples:
-        raise LabelError(f"{label_dir}: no KITTI label files (*.txt)")
+        raise LabelError(f"{label_dir}: no KITTI label files (*.txt) with images in {image_dir}")
     if unmapped:
         log.info("KITTI %s: skipped %d objects whose class is not in the class map", label_dir, unmapped)
     return samples
 
 
 def read_coco(
-    annotation_file: str | Path, image_root: str | Path, class_names: list[str] | tuple[str, ...] = ("face",)
+    annotation_file: str | Path, image_root: str | Path, class_names: list[str] | tuple[str, ...] = ("face",),
+    problems: DataProblems | None = None,
 ) -> list[Sample]:
     """COCO json: ``bbox`` is x, y, w, h; ``iscrowd`` boxes become ignore boxes; categories are matched
-    to ``class_names`` by name (others skipped)."""
+    to ``class_names`` by name (others skipped). Two image records with one ``file_name`` are merged (reported)."""
+    problems = problems if problems is not None else DataProblems()
     annotation_file, image_root = Path(annotation_file), Path(image_root)
     try:
-        data = json.loads(annotation_file.read_text())
+        data = json.loads("\n".join(read_text(annotation_file)))
     except FileNotFoundError:
         raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}") from None
     except json.JSONDecodeError as e:
@@ -134,22 +238,49 @@ def read_coco(
             raise LabelError(f"{annotation_file}: missing top-level key '{key}'")
     index = {n.lower(): i for i, n in enumerate(class_names)}
     cat = {c["id"]: index.get(str(c["name"]).lower()) for c in data["categories"]}
-    per_image: dict[int, list] = {img["id"]: [] for img in data["images"]}
-    for k, ann in enumerate(data["annotations"]):
+    file_of: dict[int, str] = {}
+    first_index: dict[str, int] = {}
+    for k, img in enumerate(data["images"]):
         try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            image_id, cls = ann["image_id"], cat.get(ann["category_id"])
-        except (KeyError, TypeError, ValueError):
-            raise LabelError(f"{annotation_file}: annotations[{k}] needs bbox [x,y,w,h], image_id and "
-                             "category_id") from None
-        if image_id not in per_image:
-            raise LabelError(f"{annotation_file}: annotations[{k}] refers to unknown image_id {image_id}")
+            image_id, file_name = img["id"], str(img["file_name"])
+        except (KeyError, TypeError):
+            raise LabelError(f"{annotation_file}: images[{k}] needs id and file_name") from None
+        if file_name in first_index:
+            problems.add(P.DUPLICATE, f"{annotation_file}: images[{k}]",
+                         f"{file_name} is listed again (first as images[{first_index[file_name]}]); "
+                         "their annotations are merged")
+        first_index.setdefault(file_name, k)
+        file_of[image_id] = file_name
+    per_file: dict[str, list] = {name: [] for name in first_index}
+    for k, ann in enumerate(data["annotations"]):
+        where = f"{annotation_file}: annotations[{k}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
+        try:
+            bbox, image_id, category = list(ann["bbox"]), ann["image_id"], ann["category_id"]
+        except (KeyError, TypeError):
+            raise LabelError(f"{where} needs bbox [x,y,w,h], image_id and category_id") from None
+        if image_id not in file_of:
+            raise LabelError(f"{where} refers to unknown image_id {image_id}")
+        if len(bbox) != 4:
+            problems.add(P.SHORT_LINE, where, f"bbox needs 4 values [x, y, w, h], got {len(bbox)}; skipped")
+            continue
+        vals = parse_numbers([str(v) for v in bbox], where, "bbox values", problems)
+        if vals is None:
+            continue
+        x, y, w, h = vals
+        if w <= 0 or h <= 0:
+            problems.add(P.DEGENERATE, where, f"bbox has width {w:g} and height {h:g}; skipped")
+            continue
+        cls = cat.get(category)
         if cls is not None:
-            per_image[image_id].append((x, y, x + w, y + h, cls, bool(ann.get("iscrowd", 0))))
+            per_file[file_of[image_id]].append((x, y, x + w, y + h, cls, bool(ann.get("iscrowd", 0))))
     samples = []
-    for img in data["images"]:
-        rows = np.array(per_image[img["id"]], np.float64).reshape(-1, 6)
-        samples.append(Sample(image_root / img["file_name"], rows[:, :4], rows[:, 4], rows[:, 5] > 0))
+    for name, k in first_index.items():
+        rows = np.array(per_file[name], np.float64).reshape(-1, 6)
+        samples.append(Sample(image_root / name, rows[:, :4], rows[:, 4], rows[:, 5] > 0,
+                              f"{annotation_file}: images[{k}]"))
     if not samples:
         raise LabelError(f"{annotation_file}: no images")
+    samples = drop_missing_images(samples, problems)
+    if not samples:
+        raise LabelError(f"{annotation_file}: none of its {len(first_index)} images exist under {image_root}")
     return samples

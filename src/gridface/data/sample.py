@@ -21,6 +21,7 @@ class Sample:
     boxes: np.ndarray
     labels: np.ndarray
     ignore: np.ndarray = field(default=None)  # type: ignore[assignment]
+    origin: str = ""  # where the sample is listed (label file:line), for reports
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)

@@ -97,7 +97,7 @@ def _load_mat(folder: Path) -> WiderGroundTruth:
 def _load_txt(path: Path) -> WiderGroundTruth:
     from gridface.data.parsers import read_widerface_txt
 
-    samples = read_widerface_txt(path, path.parent, keep_invalid=False)
+    samples = read_widerface_txt(path, path.parent, keep_invalid=False, check_images=False)
     events = [s.image.parent.name for s in samples]
     names = [s.image.stem for s in samples]
     boxes = [np.concatenate([s.boxes[:, :2], s.boxes[:, 2:] - s.boxes[:, :2]], 1).astype(np.float64)

@@ -26,8 +26,10 @@ from gridface.export.deepstream import write_deepstream_config
 from gridface.export.onnx_export import export_onnx, verify_onnx
 from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, metadata_path
 from gridface.module import GridBoxModule
+from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import write_json
+from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def model_metadata(module: GridBoxModule, checkpoint: str | Path, fmt: str, **ex
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    check_stage_config(cfg)
     ex = cfg.export
     if not cfg.get("checkpoint"):
         raise ValueError("give checkpoint=<path to a gridface .ckpt>")
@@ -140,6 +143,7 @@ def int8_agreement(int8_path: Path, fp32_path: Path, images: np.ndarray) -> dict
 
 
 @hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
+@user_errors("export")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

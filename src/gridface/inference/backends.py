@@ -73,16 +73,32 @@ class OnnxBackend(ModelBackend):
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), opts, providers=providers or ort.get_available_providers())
-        names = [o.name for o in self.session.get_outputs()]
-        missing = [n for n in ONNX_OUTPUTS if n not in names]
-        if missing:
-            raise ValueError(f"{path}: outputs {names} lack {missing}; export with gridface.export")
+        check_onnx_contract(path, self.session, tuple(meta["input_hw"]))
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
                          dict(meta.get("postprocess") or {}), "onnx", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images, np.float32)})
         return cov, bbox
+
+
+def check_onnx_contract(path: Path, session: Any, input_hw: tuple[int, int]) -> None:
+    """The model must take ``images`` [N, 3, H, W] at its metadata's input size and give ``cov`` and ``bbox``;
+    anything else is an error saying what was expected and what the file has."""
+    expected = f"expected input '{ONNX_INPUT}' [N, 3, {input_hw[0]}, {input_hw[1]}] and outputs {list(ONNX_OUTPUTS)}"
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != ONNX_INPUT:
+        raise ValueError(f"{path}: inputs {[i.name for i in inputs]}: {expected}; export with gridface.export")
+    shape = list(inputs[0].shape)
+    fixed = [d if isinstance(d, int) else None for d in shape]
+    if len(shape) != 4 or fixed[1] not in (3, None) or any(
+            f is not None and f != want for f, want in zip(fixed[2:], input_hw, strict=True)):
+        raise ValueError(f"{path}: input '{ONNX_INPUT}' has shape {shape}: {expected} (the size in "
+                         f"{metadata_path(path).name})")
+    names = [o.name for o in session.get_outputs()]
+    missing = [n for n in ONNX_OUTPUTS if n not in names]
+    if missing:
+        raise ValueError(f"{path}: outputs {names} lack {missing}: {expected}; export with gridface.export")
 
 
 def read_metadata(model_path: str | Path) -> dict[str, Any]:

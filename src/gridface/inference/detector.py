@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gridface.data.dataset import read_image_rgb
+from gridface.data.images import to_rgb
 from gridface.data.transforms import letterbox, to_tensor_layout
 from gridface.inference.backends import ModelBackend, load_backend
 from gridface.postprocess import Detections, GridBoxDecoder
@@ -41,27 +41,9 @@ class Detector:
 
     @staticmethod
     def to_rgb(image: ImageLike, color: str = "RGB") -> np.ndarray:
-        """Paths are read from disk; arrays are HxWx3 uint8 in ``color`` order (or HxW gray); PIL any mode."""
-        if isinstance(image, str | Path):
-            arr = read_image_rgb(image)
-            if arr is None:
-                raise ValueError(f"cannot read image {image} (missing, corrupt or not an image)")
-            return arr
-        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-            return np.asarray(image.convert("RGB"))
-        arr = np.asarray(image)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise ValueError(f"expected an HxWx3 image array, got shape {arr.shape}")
-        arr = arr[..., :3]
-        if color.upper() == "BGR":
-            arr = arr[..., ::-1]
-        elif color.upper() != "RGB":
-            raise ValueError(f"color must be 'RGB' or 'BGR', got '{color}'")
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(arr)
+        """A path (read as in training, EXIF applied), a PIL image (EXIF applied) or an array (HxW, HxWx1|3|4;
+        uint8, uint16, or float in [0, 1]; ``color`` order) -> RGB uint8; anything else is a clear error."""
+        return to_rgb(image, color)
 
     def detect_rgb(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Batch of RGB uint8 arrays -> detections in each image's own coordinates."""

@@ -1,13 +1,16 @@
 """Where frames come from: an image, a folder, a glob, a video file or a camera index.
 
 Reading and decoding run in a background thread pool ahead of the model (``prefetch`` items), so the
-model, not I/O, sets the pace. Unreadable files in a folder are reported and skipped.
+model, not I/O, sets the pace. Unusable files in a folder (missing, truncated, corrupt: the checks of
+:mod:`gridface.data.images`) are reported and skipped. A frame's ``name`` is its path relative to the folder or
+glob root without the suffix, so same-named files in different sub-folders keep apart in the outputs.
 """
 
 from __future__ import annotations
 
 import glob as globlib
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,8 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gridface.data.dataset import read_image_rgb
-from gridface.data.parsers import IMAGE_SUFFIXES
+from gridface.data.images import IMAGE_SUFFIXES, ImageReadError, read_image_rgb
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -25,10 +27,11 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 @dataclass
 class Frame:
-    image: np.ndarray | None  # RGB uint8; None when unreadable
-    name: str                 # file stem or frame_<index>
+    image: np.ndarray | None  # RGB uint8; None when unusable
+    name: str                 # path relative to the source root without suffix (a/b/photo), or frame_<index>
     path: Path | None         # source file for images
     index: int
+    error: ImageReadError | None = None  # why ``image`` is None
 
 
 class Source:
@@ -41,6 +44,9 @@ class Source:
         self.fps: float | None = None
         self.size: tuple[int, int] | None = None
         self.files: list[Path] = []
+        self.root: Path | None = None
+        self.frame_count = 0
+        self.missing_frames = 0  # video: frames the header promised that could not be read
         if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
             self.kind = "camera"
             self.camera = int(spec)
@@ -52,16 +58,19 @@ class Source:
                                 if Path(f).suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
                 raise FileNotFoundError(f"no images match '{spec}'")
+            self.root = Path(os.path.commonpath([str(f.parent) for f in self.files]))
         elif p.is_dir():
             self.kind = "images"
             self.files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
                 raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            self.root = p
         elif not p.exists():
             raise FileNotFoundError(f"source not found: {p}")
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             self.kind = "images"
             self.files = [p]
+            self.root = p.parent
         elif p.suffix.lower() in VIDEO_SUFFIXES:
             self.kind = "video"
             cap = cv2.VideoCapture(str(p))
@@ -89,6 +98,9 @@ class Source:
         else:
             yield from self._video()
 
+    def name_of(self, f: Path) -> str:
+        return f.relative_to(self.root).with_suffix("").as_posix() if self.root else f.stem
+
     def _images(self) -> Iterator[Frame]:
         with ThreadPoolExecutor(self.workers) as pool:
             pending = []
@@ -99,12 +111,12 @@ class Source:
             for item in pending:
                 yield self._frame(*item)
 
-    @staticmethod
-    def _frame(i: int, f: Path, future) -> Frame:  # noqa: ANN001
-        img = future.result()
-        if img is None:
-            log.warning("skipping unreadable image %s", f)
-        return Frame(img, f.stem, f, i)
+    def _frame(self, i: int, f: Path, future) -> Frame:  # noqa: ANN001
+        try:
+            return Frame(future.result(), self.name_of(f), f, i)
+        except ImageReadError as e:
+            log.warning("skipping image %s", e)
+            return Frame(None, self.name_of(f), f, i, e)
 
     def _video(self) -> Iterator[Frame]:
         cap = cv2.VideoCapture(self.camera if self.kind == "camera" else str(self.spec))
@@ -124,3 +136,7 @@ class Source:
                 i += 1
         finally:
             cap.release()
+        if self.kind == "video" and self.frame_count > 0 and i < self.frame_count:
+            self.missing_frames = self.frame_count - i
+            log.warning("video %s ended after %d of the %d frames its header promises: truncated or corrupt",
+                        self.spec, i, self.frame_count)

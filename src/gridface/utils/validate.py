@@ -1,0 +1,93 @@
+"""Config values out of range stop a stage before any heavy work, with the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+STRIDE = 16
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def check_number(key: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (not integer or float(value).is_integer())
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"<= {high:g}"
+        allowed = " and ".join(s for s in (lo, hi) if s)
+        raise ConfigError(f"{key} = {value!r}: must be {'a whole number' if integer else 'a number'}"
+                          f"{' ' + allowed if allowed else ''}")
+
+
+def check_writable(key: str, folder: str | Path) -> None:
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key} = '{folder}': this folder cannot be written ({e.strerror or e}); give a "
+                          "writable folder") from None
+
+
+def check_dataset(ds: DictConfig) -> None:
+    for key in ("input_width", "input_height"):
+        value = ds.get(key)
+        if value is not None and not (isinstance(value, int) and value > 0 and value % STRIDE == 0):
+            raise ConfigError(f"dataset.{key} = {value!r}: must be a positive multiple of {STRIDE} (the network's "
+                              "output stride), e.g. input_width=736 input_height=416")
+    check_number("dataset.batch_size", ds.get("batch_size"), 1, integer=True)
+    check_number("dataset.num_workers", ds.get("num_workers"), 0, integer=True)
+    check_number("dataset.min_box_size", ds.get("min_box_size"), 0)
+    check_number("dataset.min_face", ds.get("min_face"), 0)
+    if "root" in list(ds.keys()):  # ``"root" in ds`` is False when its value is missing (???)
+        if OmegaConf.is_missing(ds, "root"):
+            raise ConfigError(f"dataset.root is not set: give dataset.root=<the folder of the {ds.get('name', '')} "
+                              "data>")
+        root = ds.get("root")
+        if isinstance(root, str) and not Path(root).expanduser().exists():
+            raise ConfigError(f"dataset.root = '{root}' does not exist")
+
+
+def check_postprocess(pp: DictConfig | dict) -> None:
+    """Value ranges of the post-processing keys that are set (null: the model's own value)."""
+    from gridface.postprocess import CLUSTERING, CONFIDENCE
+
+    pp = OmegaConf.to_container(pp, resolve=True) if isinstance(pp, DictConfig) else dict(pp)
+    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE)):
+        if pp.get(key) is not None and pp[key] not in choices:
+            raise ConfigError(f"postprocess.{key} = '{pp[key]}': must be one of {', '.join(choices)}")
+    check_number("postprocess.coverage_threshold", pp.get("coverage_threshold"), 0, 1)
+    check_number("postprocess.dbscan_eps", pp.get("dbscan_eps"), 0, 1, low_open=True)
+    check_number("postprocess.dbscan_min_samples", pp.get("dbscan_min_samples"), 0)
+    check_number("postprocess.nms_iou_threshold", pp.get("nms_iou_threshold"), 0, 1)
+    check_number("postprocess.confidence_threshold", pp.get("confidence_threshold"), 0)
+    check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
+
+
+def check_stage_config(cfg: DictConfig) -> None:
+    """What every stage checks first: the dataset (when given), post-processing, evaluation, and ``output_dir``
+    when given (Hydra creates, and so checks, its own run folder before the stage starts)."""
+    if cfg.get("dataset") is not None:
+        check_dataset(cfg.dataset)
+    if cfg.get("postprocess") is not None:
+        check_postprocess(cfg.postprocess)
+    ev = cfg.get("evaluation")
+    if ev is not None:
+        check_number("evaluation.iou", ev.get("iou"), 0, 1, low_open=True)
+        check_number("evaluation.min_height", ev.get("min_height"), 0)
+    if cfg.get("output_dir"):
+        check_writable("output_dir", cfg.output_dir)

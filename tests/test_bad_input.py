@@ -1,0 +1,388 @@
+"""Bad input never becomes silent garbage: a corpus of malformed images and label files, generated here, each
+checked for the behaviour a user would see (the error naming file and line, or the reported and counted skip)."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from gridface.check_data import run as check_run
+from gridface.data import problems as P
+from gridface.data.dataset import DetectionDataset, collate
+from gridface.data.images import (
+    EMPTY,
+    MISSING,
+    NOT_IMAGE,
+    TRUNCATED,
+    UNDECODABLE,
+    ImageReadError,
+    read_image_rgb,
+)
+from gridface.data.parsers import read_coco, read_kitti, read_widerface_txt
+from gridface.data.problems import DataProblems
+from gridface.data.sample import LabelError
+from gridface.utils.validate import ConfigError, check_dataset, check_postprocess, check_writable
+
+from .helpers import compose_config, compose_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photo(h=120, w=160, seed=0):
+    """A smooth picture (compresses like a photo, so a cut really removes image data)."""
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), np.uint8), (9, 9), 3)
+
+
+def encode(img_rgb, ext, **pil_kw):
+    if ext in (".jpg", ".png", ".bmp", ".webp", ".tif"):
+        if pil_kw:
+            buf = io.BytesIO()
+            Image.fromarray(img_rgb).save(buf, "JPEG", **pil_kw)
+            return buf.getvalue()
+        ok, data = cv2.imencode(ext, cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        return data.tobytes()
+    raise ValueError(ext)
+
+
+# ------------------------------------------------------------------------------------------------ images
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif"])
+def test_whole_image_of_each_format_reads(tmp_path, ext):
+    img = photo()
+    p = tmp_path / f"a{ext}"
+    p.write_bytes(encode(img, ext))
+    out = read_image_rgb(p)
+    assert out.shape == img.shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif"])
+@pytest.mark.parametrize("keep", [0.5, 0.95])
+def test_truncated_image_of_each_format_is_refused(tmp_path, ext, keep):
+    data = encode(photo(), ext)
+    p = tmp_path / f"cut{ext}"
+    p.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(ImageReadError) as e:
+        read_image_rgb(p)
+    # JPEG decoders return grey pixels for the lost part: caught by the structure check, named "truncated"
+    assert e.value.kind == (TRUNCATED if ext == ".jpg" else UNDECODABLE)
+    assert str(p) in str(e.value)
+
+
+def test_truncated_progressive_jpeg_and_one_with_an_exif_thumbnail_are_refused(tmp_path):
+    """A thumbnail inside the EXIF block has its own end marker: it must not pass for the image's."""
+    thumb = Image.fromarray(photo(30, 40, 1))
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG")
+    exif_bytes = exif.tobytes()
+    whole = {"progressive": encode(photo(), ".jpg", progressive=True, quality=90),
+             "exif": encode(photo(), ".jpg", exif=exif_bytes + buf.getvalue(), quality=90)}
+    for name, data in whole.items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+        assert read_image_rgb(tmp_path / f"{name}.jpg").shape == (120, 160, 3)
+        (tmp_path / f"{name}_cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+        with pytest.raises(ImageReadError, match="truncated"):
+            read_image_rgb(tmp_path / f"{name}_cut.jpg")
+
+
+@pytest.mark.parametrize(("content", "kind"), [(None, MISSING), (b"", EMPTY), (b"hello, I am text", NOT_IMAGE),
+                                               (b"\xff\xd8\xff\xe0\x00", TRUNCATED)])
+def test_missing_empty_and_text_files(tmp_path, content, kind):
+    p = tmp_path / "x.jpg"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(ImageReadError) as e:
+        read_image_rgb(p)
+    assert e.value.kind == kind
+
+
+def test_training_never_sees_a_truncated_jpeg(tmp_path, caplog):
+    good, cut = tmp_path / "good.jpg", tmp_path / "cut.jpg"
+    data = encode(photo(), ".jpg")
+    good.write_bytes(data)
+    cut.write_bytes(data[: len(data) // 2])
+    box = [[10, 10, 60, 70]]
+    from gridface.data.sample import Sample
+    from gridface.targets import GridBoxTargetEncoder
+
+    ds = DetectionDataset([Sample(good, box, [0], origin="gt.txt:1"), Sample(cut, box, [0], origin="gt.txt:4")],
+                          (128, 192), GridBoxTargetEncoder(), None, "train")
+    batch = collate([ds[0], ds[1]])
+    assert batch["image"].shape[0] == 1 and batch["path"] == [str(good)]
+    assert batch["skips"] == [{"kind": TRUNCATED, "path": str(cut), "origin": "gt.txt:4"}]
+    assert "cut.jpg: truncated" in caplog.text and "listed at gt.txt:4" in caplog.text
+
+
+# -------------------------------------------------------------------------------------------- WIDER text
+def wider(tmp_path, text, images=("a.jpg", "b.jpg", "c.jpg"), encoding="utf-8"):
+    for name in images:
+        (tmp_path / "img" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "img" / name).write_bytes(b"")
+    f = tmp_path / "gt.txt"
+    f.write_bytes(text.encode(encoding))
+    return f, tmp_path / "img"
+
+
+FACE = "10 20 30 40 0 0 0 0 0 0"
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [("10 20 30 40 0", P.SHORT_LINE), ("10 20 30 40 0 0 0 0 0 0 7 7", P.SHORT_LINE),
+     ("10 20 nan 40 0 0 0 0 0 0", P.NON_FINITE), ("10 inf 30 40 0 0 0 0 0 0", P.NON_FINITE),
+     ("10 20 -30 40 0 0 0 0 0 0", P.DEGENERATE), ("10 20 30 0 0 0 0 0 0 0", P.DEGENERATE),
+     ("10 20 3x 40 0 0 0 0 0 0", P.NOT_NUMBER)],
+)
+def test_wider_bad_face_line_is_reported_with_its_line_and_never_a_face(tmp_path, line, kind):
+    f, img = wider(tmp_path, f"a.jpg\n3\n{FACE}\n{line}\n{FACE}\nb.jpg\n1\n{FACE}\n")
+    problems = DataProblems()
+    samples = read_widerface_txt(f, img, problems=problems)
+    assert [len(s.boxes) for s in samples] == [2, 1]
+    assert np.isfinite(samples[0].boxes).all()
+    assert problems.counts() == {kind: 1}
+    assert problems.items[0].where == f"{f}:4"
+    with pytest.raises(LabelError, match=r"gt.txt:4: .*dataset.strict=true"):
+        read_widerface_txt(f, img, problems=DataProblems(strict=True))
+
+
+def test_wider_count_past_the_end_names_the_count_line(tmp_path):
+    f, img = wider(tmp_path, f"a.jpg\n1\n{FACE}\nb.jpg\n3\n{FACE}\n{FACE}\n")
+    with pytest.raises(LabelError, match=r"gt.txt:5: unexpected end of file: b.jpg promises 3 faces, the file ends "
+                                         r"after 2"):
+        read_widerface_txt(f, img)
+
+
+def test_wider_bom_crlf_and_missing_placeholder_lines(tmp_path):
+    text = f"a.jpg\r\n0\r\nb.jpg\r\n1\r\n{FACE}\r\nc.jpg\r\n0\r\n"  # no '0 0 0 ...' placeholders at all
+    f, img = wider(tmp_path, "\ufeff" + text)
+    problems = DataProblems()
+    samples = read_widerface_txt(f, img, problems=problems)
+    assert [s.image.name for s in samples] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [len(s.boxes) for s in samples] == [0, 1, 0]
+    assert len(problems) == 0
+
+
+def test_wider_image_listed_twice_is_merged_and_reported(tmp_path):
+    f, img = wider(tmp_path, f"a.jpg\n1\n{FACE}\nb.jpg\n1\n{FACE}\na.jpg\n1\n50 50 20 20 0 0 0 0 0 0\n")
+    problems = DataProblems()
+    samples = read_widerface_txt(f, img, problems=problems)
+    assert [s.image.name for s in samples] == ["a.jpg", "b.jpg"]
+    np.testing.assert_allclose(samples[0].boxes, [[10, 20, 40, 60], [50, 50, 70, 70]])
+    (p,) = problems.items
+    assert p.kind == P.DUPLICATE and p.where == f"{f}:7" and "first at line 1" in p.message
+
+
+def test_wider_missing_image_is_reported_with_the_ground_truth_line(tmp_path):
+    f, img = wider(tmp_path, f"a.jpg\n1\n{FACE}\ngone.jpg\n1\n{FACE}\n", images=("a.jpg",))
+    problems = DataProblems()
+    samples = read_widerface_txt(f, img, problems=problems)
+    assert [s.image.name for s in samples] == ["a.jpg"]
+    (p,) = problems.items
+    assert p.kind == P.MISSING_IMAGE and p.where == f"{f}:4" and "gone.jpg" in p.message
+
+
+def test_wider_file_that_is_not_utf8_names_the_line(tmp_path):
+    f, img = wider(tmp_path, f"a.jpg\n1\n{FACE}\nb\xe9.jpg\n0\n", encoding="latin-1")
+    with pytest.raises(LabelError, match=r"gt.txt:4: not UTF-8"):
+        read_widerface_txt(f, img)
+
+
+# -------------------------------------------------------------------------------------------------- KITTI
+def kitti(tmp_path, labels, images):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for stem in images:
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.png"), photo(60, 80))
+    for stem, text in labels.items():
+        (tmp_path / "labels" / f"{stem}.txt").write_text(text)
+    return tmp_path / "images", tmp_path / "labels"
+
+
+KFACE = "face 0.00 0 0.00 1 2 31 42 0 0 0 0 0 0 0"
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [("face 0 0 0 1 2 31 42", P.SHORT_LINE), ("face 0 0 0 1 2 nan 42 0 0 0 0 0 0 0", P.NON_FINITE),
+     ("face 0 0 0 31 2 1 42 0 0 0 0 0 0 0", P.DEGENERATE), ("face 0 0 0 1 2 x 42 0 0 0 0 0 0 0", P.NOT_NUMBER)],
+)
+def test_kitti_bad_line_is_reported_with_its_line(tmp_path, line, kind):
+    images, labels = kitti(tmp_path, {"a": f"{KFACE}\n{line}\n"}, ["a"])
+    problems = DataProblems()
+    (s,) = read_kitti(images, labels, problems=problems)
+    assert len(s.boxes) == 1 and problems.counts() == {kind: 1}
+    assert problems.items[0].where == f"{labels / 'a.txt'}:2"
+
+
+def test_kitti_orphan_image_counts_as_empty_and_orphan_label_is_named(tmp_path):
+    images, labels = kitti(tmp_path, {"a": KFACE + "\n", "ghost": KFACE + "\n"}, ["a", "nolabel"])
+    problems = DataProblems()
+    samples = read_kitti(images, labels, problems=problems)
+    assert {s.image.name: len(s.boxes) for s in samples} == {"a.png": 1, "nolabel.png": 0}
+    by_kind = {p.kind: p for p in problems.items}
+    assert set(by_kind) == {P.NO_LABEL_FILE, P.ORPHAN_LABEL}
+    assert by_kind[P.ORPHAN_LABEL].where == str(labels / "ghost.txt")
+    assert by_kind[P.NO_LABEL_FILE].where == str(images / "nolabel.png")
+
+
+# --------------------------------------------------------------------------------------------------- COCO
+def test_coco_bad_boxes_duplicates_and_missing_images(tmp_path):
+    cv2.imwrite(str(tmp_path / "x.png"), photo(60, 80))
+    ann = {"images": [{"id": 1, "file_name": "x.png"}, {"id": 2, "file_name": "x.png"},
+                      {"id": 3, "file_name": "gone.png"}],
+           "categories": [{"id": 1, "name": "face"}],
+           "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 20]},
+                           {"id": 11, "image_id": 2, "category_id": 1, "bbox": [30, 30, 10, 10]},
+                           {"id": 12, "image_id": 1, "category_id": 1, "bbox": [1, 2, float("nan"), 20]},
+                           {"id": 13, "image_id": 1, "category_id": 1, "bbox": [1, 2, -5, 20]}]}
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps(ann))
+    problems = DataProblems()
+    (s,) = read_coco(f, tmp_path, problems=problems)
+    np.testing.assert_allclose(s.boxes, [[1, 2, 11, 22], [30, 30, 40, 40]])
+    assert problems.counts() == {P.DUPLICATE: 1, P.NON_FINITE: 1, P.DEGENERATE: 1, P.MISSING_IMAGE: 1}
+    assert any("annotations[2] (id 12)" in p.where for p in problems.items)
+
+
+# ----------------------------------------------------------------------------------------- check_data
+def broken_kitti_set(tmp_path):
+    """A KITTI set with one of each problem: a truncated JPEG, a bad line, an orphan label, an image without labels."""
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "labels").mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / split / "images" / f"{i}.jpg"), photo(96, 128, i))
+            (tmp_path / split / "labels" / f"{i}.txt").write_text(KFACE + "\n")
+    data = (tmp_path / "train" / "images" / "0.jpg").read_bytes()
+    (tmp_path / "train" / "images" / "0.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "train" / "labels" / "1.txt").write_text(KFACE + "\nface 0 0 0 1 2 inf 4 0 0 0 0 0 0 0\n")
+    (tmp_path / "train" / "labels" / "ghost.txt").write_text(KFACE + "\n")
+    (tmp_path / "train" / "labels" / "2.txt").unlink()
+    return tmp_path
+
+
+def test_check_data_reports_every_problem_with_file_and_line(tmp_path):
+    root = broken_kitti_set(tmp_path / "data")
+    cfg = compose_config("check_data", tmp_path / "out", tmp_path / "cache",
+                         ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=256",
+                          "dataset.input_height=160"])
+    report = check_run(cfg)
+    train = report["splits"]["train"]
+    assert train["images_listed"] == 3 and train["images_usable"] == 2 and train["images_skipped"] == 1
+    assert train["faces"] == 1 and train["images_without_faces"] == 1  # 1.jpg's good line; 2.jpg has no label file
+    assert report["problems"]["counts"] == {"image truncated": 1, P.NON_FINITE: 1, P.ORPHAN_LABEL: 1,
+                                            P.NO_LABEL_FILE: 1}
+    examples = report["problems"]["examples"]
+    assert examples[P.NON_FINITE][0].startswith(f"{root / 'train' / 'labels' / '1.txt'}:2:")
+    assert examples["image truncated"][0].startswith(str(root / "train" / "labels" / "0.txt"))
+    assert report["splits"]["val"]["images_usable"] == 3
+    out = tmp_path / "out"
+    assert (out / "face_sizes.png").stat().st_size > 1000 and "image truncated: 1" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["problems"]["total"] == 4
+
+
+def test_training_result_counts_every_data_problem_once(tmp_path):
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
+                                   "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
+                                   "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false"])
+    result = train_run(cfg)
+    assert result["data_problems"]["counts"] == {"image truncated": 1, P.NON_FINITE: 1, P.ORPHAN_LABEL: 1,
+                                                 P.NO_LABEL_FILE: 1}  # the truncated image: once, not per epoch
+    (truncated,) = result["data_problems"]["examples"]["image truncated"]
+    assert "0.jpg: truncated" in truncated
+
+
+@pytest.mark.slow
+def test_check_data_exit_status_and_strict_training_stop_at_start(tmp_path):
+    root = broken_kitti_set(tmp_path / "data")
+    env_cmd = [sys.executable, "-m"]
+    args = ["dataset=kitti", f"dataset.root={root}", f"hydra.run.dir={tmp_path / 'run'}"]
+    check = subprocess.run([*env_cmd, "gridface.check_data", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 1, check.stderr
+    assert "data problems: 1 image truncated" in check.stdout
+    train = subprocess.run([*env_cmd, "gridface.train", *args, "dataset.strict=true", "trainer=cpu",
+                            "trainer.max_epochs=1", "print_config=false"], capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert train.returncode == 2
+    assert "gridface.train: error:" in train.stderr and "dataset.strict=true" in train.stderr
+    assert "Traceback" not in train.stderr
+
+
+# ------------------------------------------------------------------------------------ config values
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["dataset.input_width=100"], r"dataset.input_width = 100: must be a positive multiple of 16"),
+     (["postprocess.clustering=kmeans"], r"postprocess.clustering = 'kmeans': must be one of dbscan, nms, hybrid"),
+     (["postprocess.coverage_threshold=-0.1"], r"postprocess.coverage_threshold = -0.1: must be a number >= 0"),
+     (["postprocess.dbscan_eps=0"], r"postprocess.dbscan_eps = 0: must be a number > 0 and <= 1"),
+     (["dataset=widerface", "dataset.root=/no/such/folder"], r"dataset.root = '/no/such/folder' does not exist"),
+     (["dataset=kitti"], r"dataset.root is not set"),
+     (["dataset.batch_size=0"], r"dataset.batch_size = 0: must be a whole number >= 1")],
+)
+def test_config_values_out_of_range_name_the_key(tmp_path, overrides, message):
+    cfg = compose_config("train", tmp_path / "out", tmp_path / "cache", overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_dataset(cfg.dataset)
+        check_postprocess(cfg.postprocess)
+
+
+def test_unwritable_output_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"output_dir = '.*file/out': this folder cannot be written"):
+        check_writable("output_dir", blocker / "out")
+
+
+def test_user_error_is_one_clear_message_and_full_error_shows_the_trace(tmp_path):
+    cmd = [sys.executable, "-m", "gridface.infer", "model=/no/such/model.onnx", "source=.",
+           f"hydra.run.dir={tmp_path}"]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    assert plain.returncode == 2
+    assert plain.stderr.strip().splitlines()[0] == "gridface.infer: error: model not found: /no/such/model.onnx"
+    assert "Traceback" not in plain.stderr
+    full = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                     "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr
+
+
+def identity_onnx(path, input_name, hw, outputs):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, *hw])
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 3, *hw]) for o in outputs]
+    nodes = [helper.make_node("Identity", [input_name], [o]) for o in outputs]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"input_hw": [32, 32], "class_names": ["face"], "stride": 16}))
+    return path
+
+
+IN, COV, BBOX = "input_1", "output_cov/Sigmoid", "output_bbox/BiasAdd"
+
+
+@pytest.mark.parametrize(
+    ("input_name", "hw", "outputs", "message"),
+    [("x", (32, 32), [COV, BBOX], r"inputs \['x'\]: expected input 'input_1' \[N, 3, 32, 32\]"),
+     (IN, (64, 64), [COV, BBOX], r"input 'input_1' has shape \[1, 3, 64, 64\]: expected"),
+     (IN, (32, 32), [COV], r"lack \['output_bbox/BiasAdd'\]")],
+)
+def test_onnx_model_outside_the_contract_is_a_clear_error(tmp_path, input_name, hw, outputs, message):
+    pytest.importorskip("onnxruntime")
+    from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, load_backend
+
+    assert (ONNX_INPUT, *ONNX_OUTPUTS) == (IN, COV, BBOX)
+    path = identity_onnx(tmp_path / "m.onnx", input_name, hw, outputs)
+    with pytest.raises(ValueError, match=message):
+        load_backend(path)
