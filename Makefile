@@ -32,10 +32,11 @@ test-fast: $(STAMP) ## run only the fast unit tests
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check src tests scripts
 
-bench: $(STAMP) ## speed benchmarks (training, WIDER evaluation, deployment); results in bench_results/
+bench: $(STAMP) ## speed benchmarks (training, WIDER evaluation, deployment, clustering); results in bench_results/
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_widerface.py || echo "WIDER FACE benchmark skipped: ../shared/data not found"
 	$(PY) scripts/bench_deploy.py $(ARGS)
+	$(PY) scripts/bench_clustering.py
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache bench_results .pytest_cache

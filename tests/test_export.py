@@ -1,7 +1,10 @@
 """Export: ONNX checker, ORT parity with PyTorch, names/shapes, INT8 QDQ, metadata, DeepStream, TensorRT."""
 
 import json
+import subprocess
+import sys
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -195,3 +198,32 @@ def test_tensorrt_engine_matches_onnx(tmp_path, trained_ckpt):
     trt_out = load_backend(result["engine"]).run(x)
     ort_out = load_backend(result["onnx"]).run(x)
     np.testing.assert_allclose(trt_out[1], ort_out[1], atol=1e-2)
+
+
+DEPLOY_DRIVER = """
+import sys
+import numpy as np
+from gridface import Detector
+det = Detector.load(sys.argv[1])
+faces = det(np.zeros((200, 300, 3), np.uint8))
+sys.argv = ["gridface.infer", "model=" + sys.argv[1], "source=" + sys.argv[2], "hydra.run.dir=" + sys.argv[3]]
+from gridface.infer import main
+main()
+heavy = ("torch", "torchvision", "pytorch_lightning", "albumentations")
+print("modules:", sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_onnx_deployment_imports_neither_torch_nor_lightning(tmp_path, trained_ckpt):
+    """Detector and gridface.infer on an ONNX model: a deployment box needs numpy, OpenCV, scipy, onnxruntime."""
+    ckpt, tmp = trained_ckpt
+    export_run(compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=onnx"]))
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i}.jpg"), np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8))
+    out = subprocess.run([sys.executable, "-c", DEPLOY_DRIVER, str(tmp_path / "export" / "last.onnx"), str(src),
+                          str(tmp_path / "run")], capture_output=True, text=True, check=True)
+    assert "3 images (0 skipped)" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "modules: []"

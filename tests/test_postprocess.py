@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import DBSCAN
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
-from gridface.postprocess import GridBoxDecoder, dbscan_labels
+from gridface.postprocess import GridBoxDecoder, dbscan_labels, nms
 from gridface.targets import GridBoxTargetEncoder
 
 
@@ -26,8 +26,22 @@ def test_dbscan_equals_scikit_learn(seed):
     dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
     # scikit-learn takes an integer min_samples: a fractional one is the same test on weights / min_samples.
     ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=w / min_samples).labels_
-    ours = dbscan_labels(dist <= eps, w, min_samples)
+    # ours finds the neighbours without the n x n matrix (overlapping_pairs), then clusters the sparse graph
+    pairs = GridBoxDecoder(dbscan_eps=eps).neighbours(boxes, np.zeros(n, np.int64))
+    ours = dbscan_labels(n, pairs, w, min_samples)
     np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_equals_torchvision(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    boxes = random_boxes(rng, n)
+    scores = rng.permutation(n).astype(np.float64) / n  # distinct: the kept order is then unique
+    labels = rng.integers(0, 2, n)
+    thr = float(rng.choice([0.0, 0.3, 0.5, 0.9]))
+    ref = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thr).numpy()
+    np.testing.assert_array_equal(nms(boxes, scores, labels, thr), ref)
 
 
 def perfect_maps(boxes, hw):
@@ -78,3 +92,23 @@ def test_bad_config_values_are_named():
         GridBoxDecoder(clustering="kmeans")
     with pytest.raises(ValueError, match="confidence_model"):
         GridBoxDecoder(confidence_model="max")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dbscan_on_a_full_736x416_grid_equals_scikit_learn(seed):
+    """Every one of the 46x26 cells above the threshold, each regressing a 40-200 px box around itself: the
+    neighbour search must find exactly the pairs the full IoU matrix has."""
+    rng = np.random.default_rng(seed)
+    h, w = 26, 46
+    half = rng.uniform(20, 100, (1, 1, h, w)) / 35.0
+    bbox = np.concatenate([half + rng.normal(0, 0.1, (1, 1, h, w)) for _ in range(4)], 1)
+    from gridface.targets import decode_boxes
+
+    boxes = decode_boxes(bbox, 16, (416, 736))[0, 0].reshape(-1, 4)
+    wts = rng.uniform(0.01, 1.0, len(boxes))
+    for eps in (0.15, 0.3):
+        dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+        ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=wts).labels_
+        pairs = GridBoxDecoder(dbscan_eps=eps).neighbours(boxes, np.zeros(len(boxes), np.int64))
+        np.testing.assert_array_equal(dbscan_labels(len(boxes), pairs, wts, 1.0), ref)
+        assert len(set(ref)) > 10

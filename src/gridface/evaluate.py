@@ -19,7 +19,6 @@ from gridface.data.config import split_samples, stage_data_config
 from gridface.data.problems import DataProblems, run_summary
 from gridface.evaluation.ap import per_class_ap
 from gridface.evaluation.coco import coco_metrics
-from gridface.evaluation.predict import predict_dataset
 from gridface.evaluation.report import plot_pr_curves, write_report
 from gridface.evaluation.widerface import (
     detections_to_wider,
@@ -50,6 +49,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         title = f"WIDER FACE evaluation of {cfg.predictions}"
         details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt)}
     elif cfg.get("model"):
+        from gridface.evaluation.predict import predict_dataset  # torch's DataLoader: not for predictions=
+
         backend = load_backend(cfg.model, cfg.device, cfg.get("threads"))
         post = {**backend.postprocess, **overrides(cfg.postprocess)}
         decoder = GridBoxDecoder(stride=backend.stride, **post)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -44,10 +46,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_stage_config(cfg)
     if cfg.get("model") is None:
         raise ValueError("give model=<.ckpt | .onnx | engine> and source=<image | folder | glob | video | camera>")
-    detector = Detector.load(cfg.model, cfg.device, cfg.get("threads"),
+    detector = Detector.load(cfg.model, cfg.device, cfg.get("threads"), spin=bool(cfg.get("spin", False)),
                              **overrides(cfg.postprocess))
     spec = cfg.source if cfg.get("source") is not None else default_source(detector, cfg.model)
-    source = Source(spec, cfg.frame_stride, cfg.prefetch, cfg.read_workers)
+    # Three stages overlap: reader threads decode and prepare (letterbox, CHW float), this thread runs the model,
+    # one writer thread decodes the maps into boxes and writes (in order, so a video stays in order).
+    source = Source(spec, cfg.frame_stride, cfg.prefetch, cfg.read_workers, prepare=detector.prepare)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
     frames = faces = 0
@@ -55,32 +59,40 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     skipped_files: list[str] = []
     start = time.perf_counter()
     batch: list = []
+    written: deque[Future] = deque()
 
-    def flush() -> None:
-        nonlocal faces
-        if not batch:
-            return
-        for frame, det in zip(batch, detector.detect_rgb([f.image for f in batch]), strict=True):
+    def write(frames_: list, cov: np.ndarray, bbox: np.ndarray) -> int:
+        dets = detector.decode(cov, bbox, [f.prepared[1] for f in frames_])
+        for frame, det in zip(frames_, dets, strict=True):
             writer.add(frame.image, det, frame.name, frame.index, frame.path)
-            faces += len(det)
-        batch.clear()
+        return sum(len(d) for d in dets)
+
+    def flush(pool: ThreadPoolExecutor, keep: int = 2) -> None:
+        nonlocal faces
+        if batch:
+            cov, bbox = detector.run([f.prepared[0] for f in batch])
+            written.append(pool.submit(write, list(batch), cov, bbox))
+            batch.clear()
+        while len(written) > keep:  # bounded: at most ``keep`` batches wait for the writer
+            faces += written.popleft().result()
 
     bar = tqdm(source, total=len(source) or None, desc="inference", unit="frame" if source.kind != "images" else "img")
-    for frame in bar:
-        if writer.video is None and source.kind != "images":
-            name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
-            writer.open_video(name, source.fps / source.frame_stride, source.size)
-        if frame.image is None:
-            skipped[frame.error.kind if frame.error else "unreadable"] += 1
-            skipped_files.append(str(frame.error or frame.path))
-            continue
-        frames += 1
-        batch.append(frame)
-        if len(batch) == cfg.batch_size:
-            flush()
-        if cfg.get("max_frames") and frames >= cfg.max_frames:
-            break
-    flush()
+    with ThreadPoolExecutor(1, thread_name_prefix="writer") as pool:
+        for frame in bar:
+            if writer.video is None and source.kind != "images" and cfg.save_images:
+                name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
+                writer.open_video(name, source.fps / source.frame_stride, source.size)
+            if frame.image is None:
+                skipped[frame.error.kind if frame.error else "unreadable"] += 1
+                skipped_files.append(str(frame.error or frame.path))
+                continue
+            frames += 1
+            batch.append(frame)
+            if len(batch) == cfg.batch_size:
+                flush(pool)
+            if cfg.get("max_frames") and frames >= cfg.max_frames:
+                break
+        flush(pool, keep=0)
     writer.close()
     seconds = time.perf_counter() - start
     n_skipped = sum(skipped.values())

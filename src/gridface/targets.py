@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 BBOX_NORM = 35.0
 REFERENCE_OFFSET = 0.5
@@ -24,19 +23,22 @@ def reference_points(grid_h: int, grid_w: int, stride: int) -> tuple[np.ndarray,
     return gx, gy
 
 
-def decode_boxes(bbox: torch.Tensor, stride: int, image_hw: tuple[int, int]) -> torch.Tensor:
-    """Turn bbox maps ``[B, 4C, h, w]`` into pixel boxes ``[B, C, h, w, 4]`` (x1, y1, x2, y2), clipped."""
+def decode_boxes(bbox: np.ndarray, stride: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """Turn bbox maps ``[B, 4C, h, w]`` into pixel boxes ``[B, C, h, w, 4]`` (x1, y1, x2, y2), clipped (numpy,
+    the input's float dtype; a CPU torch tensor is read as an array)."""
+    bbox = np.asarray(bbox)
+    if not np.issubdtype(bbox.dtype, np.floating):
+        bbox = bbox.astype(np.float32)
     b, c4, h, w = bbox.shape
     height, width = image_hw
-    t = bbox.reshape(b, c4 // 4, 4, h, w) * BBOX_NORM
-    gx_np, gy_np = reference_points(h, w, stride)
-    gx = torch.as_tensor(gx_np, dtype=bbox.dtype, device=bbox.device).view(1, 1, 1, w)
-    gy = torch.as_tensor(gy_np, dtype=bbox.dtype, device=bbox.device).view(1, 1, h, 1)
-    x1 = (gx - t[:, :, 0]).clamp(0, width)
-    y1 = (gy - t[:, :, 1]).clamp(0, height)
-    x2 = torch.minimum(torch.maximum(gx + t[:, :, 2], x1), torch.full_like(x1, width))
-    y2 = torch.minimum(torch.maximum(gy + t[:, :, 3], y1), torch.full_like(y1, height))
-    return torch.stack([x1, y1, x2, y2], dim=-1)
+    t = bbox.reshape(b, c4 // 4, 4, h, w) * bbox.dtype.type(BBOX_NORM)
+    gx, gy = (g.astype(bbox.dtype) for g in reference_points(h, w, stride))
+    gx, gy = gx.reshape(1, 1, 1, w), gy.reshape(1, 1, h, 1)
+    x1 = np.clip(gx - t[:, :, 0], 0, width)
+    y1 = np.clip(gy - t[:, :, 1], 0, height)
+    x2 = np.minimum(np.maximum(gx + t[:, :, 2], x1), width)
+    y2 = np.minimum(np.maximum(gy + t[:, :, 3], y1), height)
+    return np.stack([x1, y1, x2, y2], axis=-1)
 
 
 @dataclass(frozen=True)

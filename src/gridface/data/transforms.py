@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 PAD_VALUE = 0
 
@@ -53,6 +56,7 @@ def build_augment(
     disabled ones) with box handling: boxes are clipped to the image and those left with no area are
     dropped. Boxes that become too small are not dropped here: the dataset turns them into ignore boxes,
     so a face shrunk by augmentation is never trained as background."""
+    import albumentations as A  # training only: deployment (letterbox) runs without it
     if isinstance(transforms, Mapping):
         transforms = [t for t in transforms.values() if t is not None]
     if not transforms:
@@ -63,6 +67,10 @@ def build_augment(
     )
 
 
-def to_tensor_layout(image: np.ndarray) -> np.ndarray:
-    """HWC uint8 RGB -> CHW float32 in [0, 1] (scale 1/255, no mean subtraction: DeepStream's contract)."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
+def to_tensor_layout(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """HWC uint8 RGB -> CHW float32 in [0, 1] (scale 1/255, no mean subtraction: DeepStream's contract), in one
+    pass, into ``out`` (e.g. a slot of a batch array) when given."""
+    if out is None:
+        out = np.empty((image.shape[2], *image.shape[:2]), np.float32)
+    np.divide(image.transpose(2, 0, 1), np.float32(255.0), out=out, dtype=np.float32)
+    return out

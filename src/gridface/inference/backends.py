@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 ONNX_INPUT = "input_1"
 ONNX_OUTPUTS = ("output_cov/Sigmoid", "output_bbox/BiasAdd")
@@ -55,14 +54,19 @@ class TorchBackend(ModelBackend):
         self.net = module.net
         self.device = device
 
-    @torch.no_grad()
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.net.predict(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        import torch  # here, not at the top: ONNX and TensorRT deployments run without torch
+
+        with torch.inference_mode():
+            out = self.net.predict(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
         return out["cov"].float().cpu().numpy(), out["bbox"].float().cpu().numpy()
 
 
 class OnnxBackend(ModelBackend):
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 spin: bool = True) -> None:
+        """``spin=False``: ORT's idle threads sleep instead of spin-waiting between runs, leaving the cores to the
+        decoding and writing threads that run beside the model (``gridface.infer``)."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -72,6 +76,8 @@ class OnnxBackend(ModelBackend):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=providers or ort.get_available_providers())
         check_onnx_contract(path, self.session, tuple(meta["input_hw"]))
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
@@ -113,7 +119,8 @@ def read_metadata(model_path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{meta_file}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
-def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None) -> ModelBackend:
+def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True
+                 ) -> ModelBackend:
     """Pick the backend by file type: ``.ckpt`` (PyTorch), ``.onnx`` (ONNX Runtime), ``.engine``/``.plan``
     (TensorRT)."""
     path = Path(path).expanduser()
@@ -123,7 +130,7 @@ def load_backend(path: str | Path, device: str = "cpu", threads: int | None = No
     if suffix in (".ckpt", ".pt", ".pth"):
         return TorchBackend(path, device)
     if suffix == ".onnx":
-        return OnnxBackend(path, threads=threads)
+        return OnnxBackend(path, threads=threads, spin=spin)
     if suffix in ENGINE_SUFFIXES:
         from gridface.inference.tensorrt_backend import TensorRTBackend
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gridface.data.images import to_rgb
-from gridface.data.transforms import letterbox, to_tensor_layout
+from gridface.data.transforms import Letterbox, letterbox, to_tensor_layout
 from gridface.inference.backends import ModelBackend, load_backend
 from gridface.postprocess import Detections, GridBoxDecoder
 
@@ -36,8 +36,9 @@ class Detector:
         self.class_names = backend.class_names
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None, **postprocess: Any) -> Detector:
-        return cls(load_backend(path, device, threads), **postprocess)
+    def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True,
+             **postprocess: Any) -> Detector:
+        return cls(load_backend(path, device, threads, spin), **postprocess)
 
     @staticmethod
     def to_rgb(image: ImageLike, color: str = "RGB") -> np.ndarray:
@@ -45,17 +46,28 @@ class Detector:
         uint8, uint16, or float in [0, 1]; ``color`` order) -> RGB uint8; anything else is a clear error."""
         return to_rgb(image, color)
 
+    def prepare(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """The network input of one RGB image (CHW float, letterboxed as in training) and how it maps back.
+        Thread-safe: ``gridface.infer`` runs it in the reader threads, beside the model."""
+        net_img, lb = letterbox(image_rgb, self.backend.input_hw)
+        return to_tensor_layout(net_img), lb
+
+    def run(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The model on prepared inputs: raw ``cov`` and ``bbox`` maps of the batch."""
+        return self.backend.run(np.stack(inputs))
+
+    def decode(self, cov: np.ndarray, bbox: np.ndarray, letterboxes: Sequence[Letterbox]) -> list[Detections]:
+        """Raw maps -> detections in each original image's coordinates (thread-safe, numpy)."""
+        return [Detections(lb.to_original(det.boxes), det.scores, det.labels)
+                for det, lb in zip(self.decoder(cov, bbox, self.backend.input_hw), letterboxes, strict=True)]
+
     def detect_rgb(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Batch of RGB uint8 arrays -> detections in each image's own coordinates."""
         if not images:
             return []
-        prepared = [letterbox(img, self.backend.input_hw) for img in images]
-        batch = np.stack([to_tensor_layout(p[0]) for p in prepared])
-        cov, bbox = self.backend.run(batch)
-        out = []
-        for det, (_, lb) in zip(self.decoder(cov, bbox, self.backend.input_hw), prepared, strict=True):
-            out.append(Detections(lb.to_original(det.boxes), det.scores, det.labels))
-        return out
+        prepared = [self.prepare(img) for img in images]
+        cov, bbox = self.run([p[0] for p in prepared])
+        return self.decode(cov, bbox, [p[1] for p in prepared])
 
     def __call__(self, images: ImageLike | Sequence[ImageLike], color: str = "RGB") -> Detections | list[Detections]:
         single = not isinstance(images, list | tuple)

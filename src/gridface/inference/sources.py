@@ -1,7 +1,8 @@
 """Where frames come from: an image, a folder, a glob, a video file or a camera index.
 
-Reading and decoding run in a background thread pool ahead of the model (``prefetch`` items), so the
-model, not I/O, sets the pace. Unusable files in a folder (missing, truncated, corrupt: the checks of
+Reading, decoding and the model's preprocessing (``prepare``: letterbox, CHW float) run in background threads
+ahead of the model (``prefetch`` items), so the model, not I/O, sets the pace; OpenCV releases the GIL, so they
+run in parallel with it. Unusable files in a folder (missing, truncated, corrupt: the checks of
 :mod:`gridface.data.images`) are reported and skipped. A frame's ``name`` is its path relative to the folder or
 glob root without the suffix, so same-named files in different sub-folders keep apart in the outputs.
 """
@@ -11,10 +12,13 @@ from __future__ import annotations
 import glob as globlib
 import logging
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,13 +36,16 @@ class Frame:
     path: Path | None         # source file for images
     index: int
     error: ImageReadError | None = None  # why ``image`` is None
+    prepared: Any = None  # what ``Source(prepare=...)`` made of the image (the network input)
 
 
 class Source:
     """Iterates frames. ``kind`` is ``images``, ``video`` or ``camera``; ``fps``/``size`` for video."""
 
-    def __init__(self, spec: str | int, frame_stride: int = 1, prefetch: int = 8, workers: int = 2) -> None:
+    def __init__(self, spec: str | int, frame_stride: int = 1, prefetch: int = 8, workers: int = 2,
+                 prepare: Callable[[np.ndarray], Any] | None = None) -> None:
         self.spec = spec
+        self.prepare = prepare
         self.frame_stride = max(1, int(frame_stride))
         self.prefetch, self.workers = prefetch, workers
         self.fps: float | None = None
@@ -101,11 +108,15 @@ class Source:
     def name_of(self, f: Path) -> str:
         return f.relative_to(self.root).with_suffix("").as_posix() if self.root else f.stem
 
+    def _load(self, f: Path) -> tuple[np.ndarray, Any]:
+        image = read_image_rgb(f)
+        return image, self.prepare(image) if self.prepare else None
+
     def _images(self) -> Iterator[Frame]:
         with ThreadPoolExecutor(self.workers) as pool:
             pending = []
             for i, f in enumerate(self.files):
-                pending.append((i, f, pool.submit(read_image_rgb, f)))
+                pending.append((i, f, pool.submit(self._load, f)))
                 if len(pending) >= self.prefetch:
                     yield self._frame(*pending.pop(0))
             for item in pending:
@@ -113,12 +124,50 @@ class Source:
 
     def _frame(self, i: int, f: Path, future) -> Frame:  # noqa: ANN001
         try:
-            return Frame(future.result(), self.name_of(f), f, i)
+            image, prepared = future.result()
+            return Frame(image, self.name_of(f), f, i, prepared=prepared)
         except ImageReadError as e:
             log.warning("skipping image %s", e)
             return Frame(None, self.name_of(f), f, i, e)
 
     def _video(self) -> Iterator[Frame]:
+        """Frames decoded (and prepared) by a reader thread, ``prefetch`` ahead of the consumer."""
+        frames: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+        done = object()
+
+        def reader() -> None:
+            try:
+                for frame in self._decode_video():
+                    if self.prepare:
+                        frame.prepared = self.prepare(frame.image)
+                    while not stop.is_set():
+                        try:
+                            frames.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                frames.put(done)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+                frames.put(e)
+
+        thread = threading.Thread(target=reader, name="video-reader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = frames.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _decode_video(self) -> Iterator[Frame]:
         cap = cv2.VideoCapture(self.camera if self.kind == "camera" else str(self.spec))
         if not cap.isOpened():
             raise ValueError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.spec}")
