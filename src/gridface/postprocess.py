@@ -7,9 +7,7 @@ coverage. Labels follow scikit-learn's order exactly, so results can be checked 
 ``sklearn.cluster.DBSCAN``.
 
 Numpy and scipy only (no torch), so a deployed ONNX model needs neither torch nor torchvision. Neighbours are
-found without an all-pairs IoU matrix: two boxes with IoU >= t have left edges within (1 - t) times the wider
-box's width (the intersection is at least t of either box, and no wider than a box minus the edge offset), so
-sorting by x1 and looking only inside that window finds every pair; IoU is computed for those alone.
+found without an all-pairs IoU matrix (see :func:`overlapping_pairs`); IoU is computed for candidate pairs alone.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ class Detections:
 
 def pair_iou(cols: tuple[np.ndarray, ...], i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """IoU of boxes ``i[k]`` and ``j[k]``; ``cols`` are the x1, y1, x2, y2 columns (contiguous, for fast gathers)."""
-    x1, y1, x2, y2 = cols
+    x1, y1, x2, y2 = cols  # ``i`` may be one index: one box against many
     iw = np.minimum(x2[i], x2[j])
     iw -= np.maximum(x1[i], x1[j])
     np.maximum(iw, 0, out=iw)
@@ -158,20 +156,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
         return order
     offset = (labels.astype(np.float64) * (float(boxes.max()) + 1.0))[:, None] if labels.max() > 0 else 0.0
     b = (boxes + offset)[order]
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
-    area = (x2 - x1) * (y2 - y1)
+    cols = tuple(np.ascontiguousarray(b[:, k]) for k in range(4))
     alive = np.arange(len(order))
     keep = []
     while len(alive):
         k, rest = alive[0], alive[1:]
         keep.append(k)
-        iw = np.minimum(x2[k], x2[rest]) - np.maximum(x1[k], x1[rest])
-        ih = np.minimum(y2[k], y2[rest]) - np.maximum(y1[k], y1[rest])
-        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-        union = area[k] + area[rest] - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(union > 0, inter / union, 0.0)
-        alive = rest[iou <= iou_threshold]
+        alive = rest[pair_iou(cols, k, rest) <= iou_threshold]
     return order[np.asarray(keep, np.int64)]
 
 

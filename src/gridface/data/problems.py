@@ -43,25 +43,24 @@ class DataProblems:
     log_first: int = 10
     quiet: bool = False
     items: list[Problem] = field(default_factory=list)
+    by_kind: Counter[str] = field(default_factory=Counter, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_kind.update(p.kind for p in self.items)
 
     def add(self, kind: str, where: str, message: str) -> None:
         problem = Problem(kind, where, message)
         if self.strict:
             raise LabelError(f"{problem} (dataset.strict=true makes every data problem an error)")
         self.items.append(problem)
-        if self.quiet:
-            return
-        n = sum(p.kind == kind for p in self.items)
-        if n <= self.log_first:
+        self.by_kind[kind] += 1
+        n = self.by_kind[kind]
+        if not self.quiet and n <= self.log_first:
             log.warning("%s%s", problem, " (further ones of this kind are counted, not logged)"
                         if n == self.log_first else "")
 
-    def extend(self, other: DataProblems) -> None:
-        for p in other.items:
-            self.add(p.kind, p.where, p.message)
-
     def counts(self) -> dict[str, int]:
-        return dict(Counter(p.kind for p in self.items))
+        return dict(self.by_kind)
 
     def summary(self, examples: int = 20) -> dict[str, Any]:
         """For ``result.json`` and reports: counts by kind and the first ``examples`` of each, as file:line."""

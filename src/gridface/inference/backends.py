@@ -89,7 +89,7 @@ class OnnxBackend(ModelBackend):
 
 
 def check_onnx_contract(path: Path, session: Any, input_hw: tuple[int, int]) -> None:
-    """The model must take ``images`` [N, 3, H, W] at its metadata's input size and give ``cov`` and ``bbox``;
+    """The model must take ``ONNX_INPUT`` [N, 3, H, W] at its metadata's input size and give ``ONNX_OUTPUTS``;
     anything else is an error saying what was expected and what the file has."""
     expected = f"expected input '{ONNX_INPUT}' [N, 3, {input_hw[0]}, {input_hw[1]}] and outputs {list(ONNX_OUTPUTS)}"
     inputs = session.get_inputs()
