@@ -1,46 +1,39 @@
-"""Post-processing cost per image at 736x416 (a 46x26 grid), worst case: every cell passes the coverage threshold
-(an under-trained model, or a busy image). Times ``GridBoxDecoder`` (decode + threshold + clustering) for DBSCAN,
-NMS and hybrid on random maps whose boxes overlap their neighbours the way a real GridBox output's do, and on
-the maps of a realistic image (a few faces, most cells below the threshold).
+"""Post-processing cost per image at 736x416 (a 46x26 grid). Times ``GridBoxDecoder`` (decode + threshold +
+clustering) for DBSCAN, NMS and hybrid where every cell passes the coverage threshold (an under-trained model, a
+face filling the frame): each cell regressing its own box, or all regressing one face with a per-cell error of
+0-20 px; and on a trained model's busy image (12 faces, most cells below the threshold). The maps are
+``tests/grid_maps.py``'s, the ones the equality tests against scikit-learn use.
 Results: bench_results/clustering.{json,md}.
 
-    python scripts/bench_clustering.py [--reps 30] [--out bench_results]
+    python scripts/bench_clustering.py [--reps 30] [--maps 5] [--out bench_results]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from gridface.postprocess import GridBoxDecoder
-from gridface.targets import GridBoxTargetEncoder
-from gridface.utils.io import write_json, write_text
-from gridface.utils.machine import machine_line, machine_record
-from gridface.utils.timing import interleaved_latency
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-HW = (416, 736)
+from tests.grid_maps import HW, busy_image_maps, one_face_maps, random_boxes_maps  # noqa: E402
 
+from gridface.postprocess import GridBoxDecoder  # noqa: E402
+from gridface.utils.io import write_json, write_text  # noqa: E402
+from gridface.utils.machine import machine_line, machine_record  # noqa: E402
+from gridface.utils.timing import interleaved_latency  # noqa: E402
 
-def worst_case_maps(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every cell above the threshold; each cell regresses a face of 40-200 px around itself (random)."""
-    rng = np.random.default_rng(seed)
-    h, w = HW[0] // 16, HW[1] // 16
-    cov = rng.uniform(0.01, 1.0, (1, 1, h, w)).astype(np.float32)
-    half = rng.uniform(20, 100, (1, 1, h, w)) / 35.0
-    bbox = np.concatenate([half + rng.normal(0, 0.1, (1, 1, h, w)) for _ in range(4)], 1).astype(np.float32)
-    return cov, bbox
-
-
-def realistic_maps(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The encoder's own targets for 12 faces of 20-160 px: what a trained model outputs on a busy image."""
-    rng = np.random.default_rng(seed)
-    size = rng.uniform(20, 160, (12, 1))
-    xy = rng.uniform([0, 0], [HW[1] - 160, HW[0] - 160], (12, 2))
-    boxes = np.concatenate([xy, xy + size], 1)
-    t = GridBoxTargetEncoder()(boxes, np.zeros(12), HW)
-    return t["cov"][None].astype(np.float32), t["bbox"][None].astype(np.float32)
+CASES = {
+    "all 1196 cells pass, each its own 40-200 px box": random_boxes_maps,
+    "all 1196 cells pass, one face, 0 px apart": lambda seed: one_face_maps(seed, 0.0),
+    "all 1196 cells pass, one face, 3 px apart": lambda seed: one_face_maps(seed, 3.0),
+    "all 1196 cells pass, one face, 8 px apart": lambda seed: one_face_maps(seed, 8.0),
+    "all 1196 cells pass, one face, 20 px apart": lambda seed: one_face_maps(seed, 20.0),
+    "12 faces (encoder targets)": busy_image_maps,
+}
 
 
 def time_ms(fn, reps: int) -> float:  # noqa: ANN001
@@ -50,11 +43,12 @@ def time_ms(fn, reps: int) -> float:  # noqa: ANN001
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--maps", type=int, default=5, help="random maps per case (the median is reported)")
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
     rows = []
-    for case, maker in (("all 1196 cells pass", worst_case_maps), ("12 faces (encoder targets)", realistic_maps)):
-        maps = [maker(s) for s in range(5)]
+    for case, maker in CASES.items():
+        maps = [maker(s) for s in range(args.maps)]
         for clustering in ("dbscan", "nms", "hybrid"):
             dec = GridBoxDecoder(clustering=clustering)
             ms = float(np.median([time_ms(lambda m=m, d=dec: d(m[0], m[1], HW), args.reps) for m in maps]))

@@ -4,8 +4,9 @@ import torch
 from sklearn.cluster import DBSCAN
 from torchvision.ops import batched_nms, box_iou
 
-from gridface.postprocess import GridBoxDecoder, dbscan_labels, nms
-from gridface.targets import GridBoxTargetEncoder
+from gridface.postprocess import GridBoxDecoder, dbscan_boxes, nms
+from gridface.targets import GridBoxTargetEncoder, decode_boxes
+from tests.grid_maps import HW, one_face_maps, random_boxes_maps
 
 
 def random_boxes(rng, n):
@@ -26,9 +27,8 @@ def test_dbscan_equals_scikit_learn(seed):
     dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
     # scikit-learn takes an integer min_samples: a fractional one is the same test on weights / min_samples.
     ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=w / min_samples).labels_
-    # ours finds the neighbours without the n x n matrix (overlapping_pairs), then clusters the sparse graph
-    pairs = GridBoxDecoder(dbscan_eps=eps).neighbours(boxes, np.zeros(n, np.int64))
-    ours = dbscan_labels(n, pairs, w, min_samples)
+    # ours never builds the n x n matrix: clique groups, then the neighbour pairs between groups
+    ours = dbscan_boxes(boxes, w, np.zeros(n, np.int64), eps, min_samples)
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -99,16 +99,45 @@ def test_dbscan_on_a_full_736x416_grid_equals_scikit_learn(seed):
     """Every one of the 46x26 cells above the threshold, each regressing a 40-200 px box around itself: the
     neighbour search must find exactly the pairs the full IoU matrix has."""
     rng = np.random.default_rng(seed)
-    h, w = 26, 46
-    half = rng.uniform(20, 100, (1, 1, h, w)) / 35.0
-    bbox = np.concatenate([half + rng.normal(0, 0.1, (1, 1, h, w)) for _ in range(4)], 1)
-    from gridface.targets import decode_boxes
-
-    boxes = decode_boxes(bbox, 16, (416, 736))[0, 0].reshape(-1, 4)
+    boxes = decode_boxes(random_boxes_maps(seed)[1].astype(np.float64), 16, HW)[0, 0].reshape(-1, 4)
     wts = rng.uniform(0.01, 1.0, len(boxes))
     for eps in (0.15, 0.3):
         dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
         ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=wts).labels_
-        pairs = GridBoxDecoder(dbscan_eps=eps).neighbours(boxes, np.zeros(len(boxes), np.int64))
-        np.testing.assert_array_equal(dbscan_labels(len(boxes), pairs, wts, 1.0), ref)
+        np.testing.assert_array_equal(dbscan_boxes(boxes, wts, np.zeros(len(boxes), np.int64), eps, 1.0), ref)
         assert len(set(ref)) > 10
+
+
+@pytest.mark.parametrize("sigma_px", [0.0, 3.0, 8.0, 20.0])
+def test_dbscan_when_every_cell_regresses_one_face_equals_scikit_learn(sigma_px):
+    """The case that made DBSCAN slow (up to 700k neighbour pairs): groups of mutual neighbours, near-boundary
+    group pairs and border boxes must still give scikit-learn's labels exactly."""
+    cov, bbox = one_face_maps(int(sigma_px), sigma_px)
+    boxes = decode_boxes(bbox.astype(np.float64), 16, HW)[0, 0].reshape(-1, 4)
+    wts = cov.reshape(-1).astype(np.float64)
+    dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    for eps, min_samples in ((0.15, 1.0), (0.05, 3.0)):
+        ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=wts / min_samples).labels_
+        ours = dbscan_boxes(boxes, wts, np.zeros(len(boxes), np.int64), eps, min_samples)
+        np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dbscan_with_classes_duplicates_and_crowds_equals_scikit_learn(seed):
+    """Two classes (never clustered together), exact duplicates and crowds of near-copies beside lone boxes."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(50, 400))
+    centres = rng.uniform(20, 600, (max(1, n // 40), 2))
+    sizes = np.exp(rng.uniform(np.log(8), np.log(300), (len(centres), 2)))
+    pick = rng.integers(len(centres), size=n)
+    jitter = float(rng.choice([0.0, 1.0, 4.0]))
+    c = centres[pick] + rng.normal(0, jitter, (n, 2))
+    wh = sizes[pick] * np.exp(rng.normal(0, jitter / 100, (n, 2)))
+    boxes = np.round(np.concatenate([c - wh / 2, c + wh / 2], 1), 1)
+    labels = rng.integers(0, 2, n)
+    w = rng.uniform(0.004, 1.0, n)
+    eps, min_samples = float(rng.choice([0.1, 0.15, 0.3])), float(rng.choice([0.5, 1.0, 4.0]))
+    dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    dist[labels[:, None] != labels[None]] = 2.0
+    ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=w / min_samples).labels_
+    np.testing.assert_array_equal(dbscan_boxes(boxes, w, labels, eps, min_samples), ref)
