@@ -32,11 +32,16 @@ test-fast: $(STAMP) ## run only the fast unit tests
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check src tests scripts
 
-bench: $(STAMP) ## speed benchmarks (training, WIDER evaluation, deployment, clustering); results in bench_results/
+# the newest `make train` checkpoint, if any: the deployment and pipeline figures then run a trained model
+CHECKPOINT ?= $(lastword $(sort $(wildcard outputs/train/runs/*/checkpoints/best.ckpt)))
+
+bench: $(STAMP) ## speed benchmarks side by side in one record (bench_results/record.md): deployment, inference pipeline, clustering, training, WIDER evaluation
+	$(PY) scripts/bench_deploy.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --keep-models bench_results/models $(ARGS)
+	$(PY) scripts/bench_infer.py --model bench_results/models/deploy.onnx --model bench_results/models/deploy_int8.onnx
+	$(PY) scripts/bench_clustering.py
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_widerface.py || echo "WIDER FACE benchmark skipped: ../shared/data not found"
-	$(PY) scripts/bench_deploy.py $(ARGS)
-	$(PY) scripts/bench_clustering.py
+	$(PY) scripts/bench_record.py
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache bench_results .pytest_cache

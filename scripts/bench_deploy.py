@@ -3,7 +3,10 @@ at 736x416, for PyTorch eager FP32, ONNX Runtime FP32 and ONNX Runtime INT8, for
 its pruned version; peak memory per backend (each runs in its own process). Ratios are against PyTorch
 eager FP32 of the unpruned model. Results: bench_results/deploy.{json,md}.
 
-    python scripts/bench_deploy.py [--checkpoint A.ckpt] [--pruned B.ckpt | --prune-ratio 0.7]
+    python scripts/bench_deploy.py [--checkpoint A.ckpt] [--pruned B.ckpt | --prune-ratio 0.7] [--keep-models DIR]
+
+--keep-models keeps the deployed variant's ONNX models (the pruned one when there is one) as DIR/deploy.onnx and
+DIR/deploy_int8.onnx, for ``scripts/bench_infer.py`` (``make bench`` chains them).
 
 Without --pruned, the model is pruned here with prune=ratio at --prune-ratio (speed depends only on the
 shapes, so an un-retrained pruned copy times the same as its retrained version; accuracy comes from the
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,6 +111,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench_results")
+    ap.add_argument("--keep-models", help="keep the deployed variant's FP32 and INT8 ONNX models in this folder")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     hw = (args.height, args.width)
@@ -115,6 +121,7 @@ def main() -> None:
         return
 
     from gridface.utils.io import write_json, write_text
+    from gridface.utils.machine import machine_line, machine_record
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +131,12 @@ def main() -> None:
             pruned = pruned_copy(args.checkpoint, args.prune_ratio, Path(tmp))
         if pruned:
             models["pruned"] = export_models(pruned, hw, Path(tmp), "pruned")
+        if args.keep_models:
+            keep, deployed = Path(args.keep_models), models.get("pruned", models["unpruned"])
+            keep.mkdir(parents=True, exist_ok=True)
+            for key, name in (("onnx_fp32", "deploy.onnx"), ("onnx_int8", "deploy_int8.onnx")):
+                shutil.copyfile(deployed[key], keep / f".{name}.tmp")
+                os.replace(keep / f".{name}.tmp", keep / name)
         for variant, paths in models.items():
             for backend, key in (("torch", "torch"), ("onnx", "onnx_fp32"), ("onnx", "onnx_int8")):
                 model = paths["torch"] if backend == "torch" else paths[key]
@@ -146,10 +159,12 @@ def main() -> None:
     if "pruned" in models:
         ratios.update({f"pruned_int8_vs_unpruned_pytorch_b{b}": speed[("pruned", "ort_int8", b)]
                        / speed[("unpruned", "pytorch_fp32", b)] for b in (1, 8)})
-    meta = {"input": f"{args.width}x{args.height}", "threads": args.threads, "checkpoint": args.checkpoint,
+    meta = {"machine": machine_record(), "input": f"{args.width}x{args.height}", "threads": args.threads,
+            "checkpoint": args.checkpoint,
             "pruned": args.pruned or (f"--prune-ratio {args.prune_ratio} of the checkpoint" if pruned else None)}
     write_json(out / "deploy.json", {**meta, "ratios": ratios, "rows": rows})
-    lines = ["| model | backend | batch | median ms | p90 ms | images/s | peak RSS MB | x PyTorch FP32 |",
+    lines = [f"Machine: {machine_line()}; {args.threads} threads", "",
+             "| model | backend | batch | median ms | p90 ms | images/s | peak RSS MB | x PyTorch FP32 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
               f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['speedup_vs_pytorch_fp32']:.2f} |" for r in rows]

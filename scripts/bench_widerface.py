@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from gridface.evaluation.widerface import evaluate_predictions, load_ground_truth, load_predictions  # noqa: E402
 from gridface.utils.io import write_json, write_text  # noqa: E402
+from gridface.utils.machine import machine_line, machine_record  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "widerface"
 
@@ -49,9 +50,10 @@ def main() -> None:
         out["reference_seconds_evaluate"] = time.perf_counter() - t4
         out["reference_ap"] = ref
         out["speedup_evaluate"] = out["reference_seconds_evaluate"] / out["seconds_evaluate"]
-    write_json(Path(args.out) / "widerface.json", out)
+    write_json(Path(args.out) / "widerface.json", {"machine": machine_record(), **out})
     rows = [f"| {k} | {v} |" for k, v in out.items()]
-    write_text(Path(args.out) / "widerface.md", "| measure | value |\n| --- | --- |\n" + "\n".join(rows) + "\n")
+    write_text(Path(args.out) / "widerface.md",
+               f"Machine: {machine_line()}\n\n| measure | value |\n| --- | --- |\n" + "\n".join(rows) + "\n")
     print("\n".join(rows))
 
 

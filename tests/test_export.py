@@ -164,13 +164,8 @@ def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt
 @pytest.mark.slow
 def test_tensorrt_export_stops_with_clear_message_without_tensorrt(tmp_path, trained_ckpt):
     pytest.importorskip("onnx")
-    try:
-        import tensorrt  # noqa: F401
-
-        if torch.cuda.is_available():
-            pytest.skip("TensorRT and a GPU are present: the engine test runs instead")
-    except ImportError:
-        pass
+    if not _tensorrt_missing():
+        pytest.skip("TensorRT, cuda-python and a GPU are present: the engine test runs instead")
     ckpt, tmp = trained_ckpt
     cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp16"])
     with pytest.raises(RuntimeError, match="TensorRT"):
@@ -179,11 +174,14 @@ def test_tensorrt_export_stops_with_clear_message_without_tensorrt(tmp_path, tra
 
 
 def _tensorrt_missing() -> str:
+    """Why a real engine cannot run here ('' when it can): TensorRT (only from NVIDIA's index), cuda-python, a GPU."""
+    from gridface.inference.tensorrt_backend import require_tensorrt
+
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed (it comes only from NVIDIA's index)"
-    return "" if torch.cuda.is_available() else "no CUDA GPU"
+        require_tensorrt()
+    except RuntimeError as e:
+        return str(e).split(". ")[0]
+    return ""
 
 
 @pytest.mark.tensorrt

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gridface.inference.backends import ONNX_INPUT
-from gridface.inference.tensorrt_backend import require_tensorrt
+from gridface.inference.tensorrt_backend import DeviceBuffer, cuda_check, cuda_runtime, require_tensorrt
 from gridface.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ def tensorrt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
+def gpu_name(cudart: Any, device: int = 0) -> str:
+    name = cuda_check(cudart, cudart.cudaGetDeviceProperties(device)).name
+    return name.decode(errors="replace").rstrip("\x00") if isinstance(name, bytes) else str(name)
+
+
 def is_qdq(onnx_path: str | Path) -> bool:
     import onnx
 
@@ -38,15 +43,16 @@ def is_qdq(onnx_path: str | Path) -> bool:
 
 
 def make_entropy_calibrator(trt: Any, batches: Sequence[np.ndarray], cache_file: Path):
-    """TensorRT 10's IInt8EntropyCalibrator2 over letterboxed batches (device buffers via torch)."""
-    import torch
+    """TensorRT 10's IInt8EntropyCalibrator2 over letterboxed batches (a cuda-python device buffer)."""
+    cudart = cuda_runtime()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
             self._batches = list(batches)
             self._i = 0
-            self._device = None
+            self._device = DeviceBuffer(cudart)
+            self._stream = cuda_check(cudart, cudart.cudaStreamCreate())
 
         def get_batch_size(self) -> int:
             return int(self._batches[0].shape[0]) if self._batches else 1
@@ -54,9 +60,10 @@ def make_entropy_calibrator(trt: Any, batches: Sequence[np.ndarray], cache_file:
         def get_batch(self, names):  # noqa: ANN001 - TensorRT's signature
             if self._i >= len(self._batches):
                 return None
-            self._device = torch.from_numpy(np.ascontiguousarray(self._batches[self._i])).cuda()
+            ptr = self._device.upload(np.ascontiguousarray(self._batches[self._i], np.float32), self._stream)
+            cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream))
             self._i += 1
-            return [int(self._device.data_ptr())]
+            return [ptr]
 
         def read_calibration_cache(self):
             return cache_file.read_bytes() if cache_file.is_file() else None
@@ -77,7 +84,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, input_hw: tuple
     if precision not in PRECISIONS:
         raise ValueError(f"export.precision must be one of {PRECISIONS}, got '{precision}'")
     trt = require_tensorrt()
-    import torch
+    cudart = cuda_runtime()
 
     major = tensorrt_major(trt)
     qdq = is_qdq(onnx_path)
@@ -126,7 +133,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, input_hw: tuple
     if cache_path:
         with atomic_path(cache_path) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"tensorrt_version": str(trt.__version__), "gpu": torch.cuda.get_device_name(0),
+    return {"tensorrt_version": str(trt.__version__), "gpu": gpu_name(cudart),
             "precision": precision, "explicit_quantization": qdq, "strongly_typed": major >= 11,
             "batch_profile": {"min": batch[0], "opt": batch[1], "max": batch[2]}}
 

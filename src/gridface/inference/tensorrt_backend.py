@@ -1,39 +1,92 @@
-"""TensorRT engine backend (TensorRT 10 and 11 runtime API). Needs the tensorrt package and a CUDA GPU."""
+"""TensorRT engine backend (TensorRT 10 and 11 runtime API). Needs the tensorrt package, NVIDIA's cuda-python
+(CUDA runtime calls: device buffers, copies, a stream) and a CUDA GPU; not torch, so an engine deploys on a box
+that has neither torch nor Lightning."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, ModelBackend, read_metadata
 
 TENSORRT_HINT = (
-    "TensorRT engines need NVIDIA TensorRT 10 or 11 (pip install tensorrt from NVIDIA's index, "
-    "https://pypi.nvidia.com) and a CUDA GPU. On a machine without them, evaluate or run the .onnx model "
-    "instead (ONNX Runtime, FP32 or INT8).")
+    "TensorRT engines need NVIDIA TensorRT 10 or 11 and cuda-python (pip install tensorrt cuda-python; TensorRT "
+    "from NVIDIA's index, https://pypi.nvidia.com) and a CUDA GPU. On a machine without them, evaluate or run the "
+    ".onnx model instead (ONNX Runtime, FP32 or INT8).")
 
 
-def require_tensorrt():
-    """Import tensorrt and check for a GPU, or stop with a clear message."""
+def cuda_runtime() -> Any:
+    """cuda-python's CUDA runtime module (``cuda.bindings.runtime``; ``cuda.cudart`` before cuda-python 12.6)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as e:
+            raise RuntimeError(f"cuda-python is not installed. {TENSORRT_HINT}") from e
+    return cudart
+
+
+def cuda_check(cudart: Any, result: tuple) -> Any:
+    """cuda-python calls return ``(error, *values)``: raise on an error, return the value(s)."""
+    err, values = result[0], result[1:]
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"CUDA runtime error: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def require_tensorrt() -> Any:
+    """Import tensorrt and check for cuda-python and a GPU, or stop with a clear message."""
     try:
         import tensorrt as trt
     except ImportError as e:
         raise RuntimeError(f"tensorrt is not installed. {TENSORRT_HINT}") from e
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"no CUDA GPU is available. {TENSORRT_HINT}")
+    cudart = cuda_runtime()
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count < 1:
+        raise RuntimeError(f"no CUDA GPU is available ({err}). {TENSORRT_HINT}")
     return trt
 
 
+class DeviceBuffer:
+    """One float32 GPU allocation, grown on demand, with host copies on a stream."""
+
+    def __init__(self, cudart: Any) -> None:
+        self.cudart, self.ptr, self.nbytes = cudart, 0, 0
+
+    def reserve(self, nbytes: int) -> int:
+        if nbytes > self.nbytes:
+            self.free()
+            self.ptr, self.nbytes = int(cuda_check(self.cudart, self.cudart.cudaMalloc(nbytes))), nbytes
+        return self.ptr
+
+    def upload(self, host: np.ndarray, stream: Any) -> int:
+        self.reserve(host.nbytes)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        cuda_check(self.cudart, self.cudart.cudaMemcpyAsync(self.ptr, host.ctypes.data, host.nbytes, kind, stream))
+        return self.ptr
+
+    def download(self, host: np.ndarray, stream: Any) -> np.ndarray:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_check(self.cudart, self.cudart.cudaMemcpyAsync(host.ctypes.data, self.ptr, host.nbytes, kind, stream))
+        return host
+
+    def free(self) -> None:
+        if self.ptr:
+            cuda_check(self.cudart, self.cudart.cudaFree(self.ptr))
+        self.ptr, self.nbytes = 0, 0
+
+
 class TensorRTBackend(ModelBackend):
-    """Runs a serialized engine with torch CUDA tensors as I/O buffers (``execute_async_v3``)."""
+    """Runs a serialized engine (``execute_async_v3``): the input copied in, the two maps copied out, on one
+    stream, into buffers kept between calls."""
 
     def __init__(self, path: str | Path) -> None:
         trt = require_tensorrt()
-        import torch
-
+        self.cudart = cuda_runtime()
         path = Path(path)
         meta = read_metadata(path)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -43,23 +96,27 @@ class TensorRTBackend(ModelBackend):
             raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (built with another "
                                "TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
+        self.buffers = {name: DeviceBuffer(self.cudart) for name in (ONNX_INPUT, *ONNX_OUTPUTS)}
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
                          dict(meta.get("postprocess") or {}), "tensorrt", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
+        x = np.ascontiguousarray(images, np.float32)
+        self.context.set_input_shape(ONNX_INPUT, tuple(x.shape))
+        self.context.set_tensor_address(ONNX_INPUT, self.buffers[ONNX_INPUT].upload(x, self.stream))
+        outs = {}
+        for name in ONNX_OUTPUTS:
+            outs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), np.float32)
+            self.context.set_tensor_address(name, self.buffers[name].reserve(outs[name].nbytes))
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+        for name in ONNX_OUTPUTS:
+            self.buffers[name].download(outs[name], self.stream)
+        cuda_check(self.cudart, self.cudart.cudaStreamSynchronize(self.stream))
+        return outs[ONNX_OUTPUTS[0]], outs[ONNX_OUTPUTS[1]]
 
-        with torch.cuda.stream(self.stream):  # the copy, the outputs and the engine share one stream
-            x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).cuda(non_blocking=True)
-            self.context.set_input_shape(ONNX_INPUT, tuple(x.shape))
-            self.context.set_tensor_address(ONNX_INPUT, x.data_ptr())
-            outs = {}
-            for name in ONNX_OUTPUTS:
-                shape = tuple(self.context.get_tensor_shape(name))
-                outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
-                self.context.set_tensor_address(name, outs[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError(f"{self.path}: TensorRT execution failed")
-        self.stream.synchronize()
-        return outs[ONNX_OUTPUTS[0]].cpu().numpy(), outs[ONNX_OUTPUTS[1]].cpu().numpy()
+    def __del__(self) -> None:
+        for buffer in getattr(self, "buffers", {}).values():
+            with contextlib.suppress(Exception):  # at interpreter shutdown the driver frees it anyway
+                buffer.free()
