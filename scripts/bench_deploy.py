@@ -120,6 +120,7 @@ def main() -> None:
         print(json.dumps(measure(spec["backend"], spec["model"], hw, spec["batch"], args.iters, args.threads)))
         return
 
+    from gridface.inference.backends import metadata_path
     from gridface.utils.io import write_json, write_text
     from gridface.utils.machine import machine_line, machine_record
 
@@ -135,8 +136,10 @@ def main() -> None:
             keep, deployed = Path(args.keep_models), models.get("pruned", models["unpruned"])
             keep.mkdir(parents=True, exist_ok=True)
             for key, name in (("onnx_fp32", "deploy.onnx"), ("onnx_int8", "deploy_int8.onnx")):
-                shutil.copyfile(deployed[key], keep / f".{name}.tmp")
-                os.replace(keep / f".{name}.tmp", keep / name)
+                for src, dst in ((Path(deployed[key]), keep / name),  # the model and its metadata JSON
+                                 (metadata_path(deployed[key]), metadata_path(keep / name))):
+                    shutil.copyfile(src, dst.with_name(f".{dst.name}.tmp"))
+                    os.replace(dst.with_name(f".{dst.name}.tmp"), dst)
         for variant, paths in models.items():
             for backend, key in (("torch", "torch"), ("onnx", "onnx_fp32"), ("onnx", "onnx_int8")):
                 model = paths["torch"] if backend == "torch" else paths[key]

@@ -119,6 +119,8 @@ class GridBoxModule(pl.LightningModule):
         self.note_skips(batch)
         if "image" not in batch:  # every image of the batch was unreadable
             self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False)
+            if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join it with zeros
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
         out = self.net(batch["image"])
         losses = self.criterion(out, batch)
@@ -181,9 +183,16 @@ class GridBoxModule(pl.LightningModule):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (dets, gts, paths))
-            dets = [d for part in gathered for d in part[0]]
-            gts = [g for part in gathered for g in part[1]]
-            paths = [p for part in gathered for p in part[2]]
+            # The distributed sampler pads the last batches with repeats of the first images: each image once.
+            seen: set[str] = set()
+            dets, gts, paths = [], [], []
+            for part in gathered:
+                for det, gt, path in zip(*part, strict=True):
+                    if path not in seen:
+                        seen.add(path)
+                        dets.append(det)
+                        gts.append(gt)
+                        paths.append(path)
         if not gts:
             return
         metrics = self.compute_metrics(dets, gts, paths)

@@ -11,9 +11,10 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
 from gridface.data.config import training_data_config
 from gridface.data.problems import run_summary, summary_line
 from gridface.utils.checkpoint import AtomicCheckpointIO
@@ -35,13 +36,16 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     if not loggers:  # LearningRateMonitor refuses to run without a logger; logger=none must still train
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          plugins=[AtomicCheckpointIO()])
+                          plugins=[AtomicCheckpointIO(), *cluster_plugins()])
     return module, datamodule, trainer
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate, and return the final metrics (floats) plus the best/last checkpoint paths."""
     check_stage_config(cfg)
+    check_ddp_launch(cfg.trainer, multirun=is_multirun())
+    with open_dict(cfg):  # resolved before the callbacks read it (the prune callback's resume_from)
+        cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
@@ -54,6 +58,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ckpt_cb = trainer.checkpoint_callback
     result = {
         "metrics": metrics,
+        "global_step": int(trainer.global_step),
+        "resumed_from": cfg.get("ckpt_path"),
         "train_seconds": elapsed,
         "best_checkpoint": getattr(ckpt_cb, "best_model_path", None),
         "last_checkpoint": getattr(ckpt_cb, "last_model_path", None),
@@ -79,6 +85,13 @@ def main(cfg: DictConfig) -> float | None:
         write_json(out / "result.json", result)
     metric = cfg.get("optimized_metric")
     return result["metrics"].get(metric) if metric else None
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def trainer_is_rank_zero() -> bool:

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+
+def rank_suffix() -> str:
+    """'' for rank 0 (or a single process), '_rank<N>' otherwise: one log file per rank."""
+    rank = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")) or 0)
+    return f"_rank{rank}" if rank else ""
+
+
+def gpus_per_node(accelerator: str, devices: Any) -> int | None:
+    """Slurm's ``--gpus-per-node`` for a Trainer: its device count on GPUs, none on CPUs."""
+    if str(accelerator) in ("gpu", "cuda", "auto") and isinstance(devices, int) and devices > 0:
+        return devices
+    return None
+
+
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
+OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
+OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node, replace=True)
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
