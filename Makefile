@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint bench clean
+.PHONY: help install train test test-fast test-slurm slurm-up slurm-down lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e '.[dev,export,prune]'
+	$(PY) -m pip install -e '.[dev,export,prune,slurm,tune]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install gridface with what it needs (once)
@@ -28,6 +28,16 @@ test: $(STAMP) ## run the whole test suite (fast and slow)
 
 test-fast: $(STAMP) ## run only the fast unit tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slurm: $(STAMP) ## bring up a one-node Slurm on localhost (apt, root), run the slurm tests, take it down
+	tests/slurm/cluster.sh up
+	$(PY) -m pytest -m slurm $(ARGS); status=$$?; tests/slurm/cluster.sh down; exit $$status
+
+slurm-up: ## start the local Slurm cluster (tests/slurm/cluster.sh up); `tests/slurm/cluster.sh env` prints how to reach it
+	tests/slurm/cluster.sh up
+
+slurm-down: ## stop the local Slurm cluster
+	tests/slurm/cluster.sh down
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check src tests scripts

@@ -43,26 +43,15 @@ def test_preempted_run_checkpoints_on_the_signal_and_resumes_to_the_same_step(tm
     cfg = compose_train(tmp_path / "preempted", over)
     previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
     try:
-        from gridface import train as train_module
-
-        build = train_module.build
-
-        def build_with_signal(c):  # noqa: ANN001, ANN202
-            module, datamodule, trainer = build(c)
-            trainer.callbacks.insert(0, SignalAtStep(6))  # mid-epoch 2 of 3
-            return module, datamodule, trainer
-
-        train_module.build = build_with_signal
         with pytest.raises(SystemExit):
-            run(cfg)
+            run(cfg, callbacks=[SignalAtStep(6)])  # mid-epoch 2 of 3
     finally:
-        train_module.build = build
         signal.signal(signal.SIGUSR2, previous)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
     import torch
 
     saved = torch.load(ckpts / "preempted.ckpt", weights_only=False)
-    assert saved["global_step"] == 6  # the step the signal came in, kept whole
+    assert saved["global_step"] == 7  # the first step boundary after the signal (at step 6): no step half-done
     resumed = run(compose_train(tmp_path / "preempted", over))  # same folder, ckpt_path=auto
     assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt")
     assert resumed["global_step"] == plain["global_step"]
@@ -151,3 +140,96 @@ def test_cpu_ddp_launcher_config_asks_for_no_gpus(tmp_path):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_cpu"], return_hydra_config=True)
     assert cfg.hydra.launcher.gpus_per_node is None and cfg.hydra.launcher.tasks_per_node == 2
+
+
+def kitti_split(root: Path, name: str, n: int, seed: int, truncate: int) -> None:
+    """A KITTI split of synthetic faces with one truncated JPEG (an image every reader must skip)."""
+    import shutil
+
+    from gridface.data.synthetic import SyntheticSpec, generate
+
+    src = generate(root / "gen", SyntheticSpec(num_images=n, seed=seed, width=192, height=128))
+    shutil.copytree(src, root / name)
+    bad = sorted((root / name / "images").glob("*.jpg"))[truncate]
+    bad.write_bytes(bad.read_bytes()[:300])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_counts_each_validation_image_once_and_survives_unreadable_batches(tmp_path):
+    """2 CPU ranks (gloo, spawned): batch size 1, so each rank meets a batch whose only image is unreadable in
+    training and in validation; the distributed sampler pads 6 readable + 1 unreadable validation images to 8.
+    Training finishes, and validation counts each readable image once, with the single process's AP."""
+    kitti_split(tmp_path / "data", "train", 8, seed=3, truncate=2)
+    kitti_split(tmp_path / "data", "val", 7, seed=4, truncate=3)
+    over = ["dataset=kitti", f"dataset.root={tmp_path / 'data'}", "dataset.input_width=192",
+            "dataset.input_height=128", "dataset.batch_size=1", "dataset.num_workers=0", "logger=none",
+            "recipe=synthetic_cpu", "print_config=false", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
+            "evaluation.coco=false", "postprocess.coverage_threshold=0.2", "checkpoint_every_n_steps=0"]
+    from gridface.module import GridBoxModule
+    from gridface.train import build
+
+    trained = run(compose_train(tmp_path / "one", [*over, "trainer.max_epochs=12"]))  # single process
+    module, datamodule, trainer = build(compose_train(tmp_path / "one", over))
+    (ref,) = trainer.validate(GridBoxModule.from_checkpoint(trained["last_checkpoint"]), datamodule=datamodule)
+    assert ref["val/images"] == 6 and ref["val/AP50"] > 0
+
+    two = compose_train(tmp_path / "two", [*over, "trainer.strategy=ddp_spawn", "trainer.devices=2"])
+    module2, datamodule2, trainer2 = build(two)
+    trainer2.fit(module2, datamodule=datamodule2)  # an all-unreadable training batch on a rank: no hang
+    import torch
+
+    last = torch.load(Path(two.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 4  # 7 readable of 8 images, 2 ranks, batch 1: 4 steps, the padded ones too
+    module3, datamodule3, trainer3 = build(two)
+    (got,) = trainer3.validate(GridBoxModule.from_checkpoint(trained["last_checkpoint"]), datamodule=datamodule3)
+    assert got["val/images"] == 6
+    assert got["val/AP50"] == pytest.approx(ref["val/AP50"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_tune_runs_trials_resumes_the_study_and_writes_the_best_as_an_experiment(tmp_path):
+    pytest.importorskip("optuna")
+    from gridface.tune import run as tune_run
+    from gridface.utils.hydra import config_dir
+
+    from .helpers import compose_config
+
+    over = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "checkpoint_every_n_steps=0", f"tune.dir={tmp_path / 'study'}", "tune.n_trials=2", "tune.seed=0",
+            "tune.pruner=none"]
+    first = tune_run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
+    assert (first["trials"], first["complete"]) == (2, 2)
+    again = tune_run(compose_config("tune", tmp_path / "w1", tmp_path / "cache", [*over, "tune.n_trials=1"]))
+    assert again["trials"] == 3  # the study resumed: 2 earlier trials + 1
+    best = tmp_path / "study" / "experiment" / "best.yaml"
+    assert best.read_text().startswith("# @package _global_") and "max_lr" in best.read_text()
+    assert len((tmp_path / "study" / "trials.csv").read_text().splitlines()) == 4
+    # the experiment file composes into a training config
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path / 'study'}]", "experiment=best"])
+    assert cfg.optimizer.max_lr == pytest.approx(again["best_params"]["optimizer.max_lr"])
+
+
+def test_tuning_trial_is_pruned_when_its_metric_trails():
+    optuna = pytest.importorskip("optuna")
+    from gridface.tune import ReportToTrial
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_warmup_steps=0,
+                                                                                        n_startup_trials=1))
+    for value in (0.8, 0.9):  # two finished trials that reached 0.8 and 0.9 at epoch 0
+        t = study.ask()
+        t.report(value, 0)
+        study.tell(t, value)
+    trial = study.ask()
+
+    class FakeTrainer:
+        sanity_checking, current_epoch = False, 0
+        callback_metrics = {"val/AP50": 0.1}
+
+    with pytest.raises(optuna.TrialPruned, match="val/AP50 trails the median at epoch 0"):
+        ReportToTrial(trial, "val/AP50").on_validation_end(FakeTrainer(), None)
+    good = study.ask()
+    FakeTrainer.callback_metrics = {"val/AP50": 0.95}
+    ReportToTrial(good, "val/AP50").on_validation_end(FakeTrainer(), None)  # ahead of the median: runs on

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -75,8 +77,9 @@ def check_ddp_launch(trainer_cfg: Any, multirun: bool) -> None:
 
 class PreemptionCheckpoint(pl.Callback):
     """Saves ``preempted.ckpt`` at the first step boundary after SIGUSR2, then calls the handler that was there
-    before (submitit's: requeue on rank 0, then exit). Saving at a boundary, not inside the signal handler,
-    keeps the optimizer step whole; rank 0 writes without a barrier, since only it is exiting."""
+    before (submitit's: requeue on rank 0, then exit); in a plain sbatch job rank 0 requeues it with scontrol.
+    Saving at a boundary, not inside the signal handler, keeps the optimizer step whole; rank 0 writes without a
+    barrier, since only it is exiting."""
 
     def __init__(self, dirpath: str, signal_name: str = "USR2") -> None:
         self.path = Path(dirpath) / "preempted.ckpt"
@@ -113,5 +116,9 @@ class PreemptionCheckpoint(pl.Callback):
         previous = self._previous
         if callable(previous):
             previous(signum, frame)  # submitit: requeue (rank 0) and exit; other ranks carry on until stopped
-        elif previous == signal.SIG_DFL:
-            raise SystemExit(128 + signum)  # what the signal would have done, after the checkpoint
+            return
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and trainer.is_global_zero:  # a plain sbatch job (scripts/slurm/train.sbatch): Slurm requeues it
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            log.warning("scontrol requeue %s: %s", job, "done" if done.returncode == 0 else done.stderr.strip())
+        raise SystemExit(128 + signum)  # what the signal would have done, after the checkpoint

@@ -118,7 +118,8 @@ class GridBoxModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.note_skips(batch)
         if "image" not in batch:  # every image of the batch was unreadable
-            self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False)
+            self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False,
+                     sync_dist=self.trainer.world_size > 1)
             if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join it with zeros
                 return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
@@ -130,11 +131,14 @@ class GridBoxModule(pl.LightningModule):
             total = total + reg
             self.log("train/loss_l1", reg, on_step=True, on_epoch=True)
         bs = batch["image"].shape[0]
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs)
-        self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs)
-        self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
-        self.log("train/clipped_boxes", float(batch["clipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
+        sync = self.trainer.world_size > 1  # DDP: epoch values over every rank's images
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=sync)
+        self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=sync)
+        self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=sync)
+        self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True,
+                 sync_dist=sync)
+        self.log("train/clipped_boxes", float(batch["clipped"]), reduce_fx="sum", on_step=False, on_epoch=True,
+                 sync_dist=sync)
         return total
 
     def on_train_epoch_end(self) -> None:
@@ -195,11 +199,12 @@ class GridBoxModule(pl.LightningModule):
                         paths.append(path)
         if not gts:
             return
-        metrics = self.compute_metrics(dets, gts, paths)
+        metrics = {**self.compute_metrics(dets, gts, paths), "images": float(len(gts))}
         for k, v in metrics.items():
             self.log(f"val/{k}", v, prog_bar=k in ("AP50", "mAP"), rank_zero_only=True)
         if not self.trainer.sanity_checking:
-            rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()))
+            rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()
+                                                                        if k != "images") + f" ({len(gts)} images)")
 
     def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
         cfg = self.eval_cfg

@@ -15,6 +15,11 @@ def rank_suffix() -> str:
     return f"_rank{rank}" if rank else ""
 
 
+def rank_output_subdir() -> str | None:
+    """Hydra's ``.hydra`` folder for rank 0 only: the other ranks of a Slurm job would write the same files."""
+    return None if rank_suffix() else ".hydra"
+
+
 def gpus_per_node(accelerator: str, devices: Any) -> int | None:
     """Slurm's ``--gpus-per-node`` for a Trainer: its device count on GPUs, none on CPUs."""
     if str(accelerator) in ("gpu", "cuda", "auto") and isinstance(devices, int) and devices > 0:
@@ -25,6 +30,7 @@ def gpus_per_node(accelerator: str, devices: Any) -> int | None:
 OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
 OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
 OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node, replace=True)
+OmegaConf.register_new_resolver("rank_output_subdir", rank_output_subdir, replace=True)
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,85 @@
+"""Training as a function: build the module, data and Trainer from a composed config, fit, and report. Used by
+``python -m gridface.train`` and by ``python -m gridface.tune`` (one call per trial)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from pytorch_lightning.utilities import rank_zero_info
+
+from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
+from gridface.data.config import training_data_config
+from gridface.data.problems import run_summary, summary_line
+from gridface.utils.checkpoint import AtomicCheckpointIO
+from gridface.utils.validate import check_stage_config
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None
+          ) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
+    """Instantiate the module, the datamodule and the trainer from a composed config (plus ``extra_callbacks``,
+    e.g. a tuning trial's pruning callback)."""
+    module = instantiate(cfg.module, _convert_="all")
+    # after instantiation: the source configs carry _target_ and must stay configs, not become objects
+    module.hparams["data"] = training_data_config(cfg.dataset)
+    datamodule = instantiate(cfg.datamodule, _convert_="all")
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += list(extra_callbacks or [])
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger; logger=none must still train
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=[AtomicCheckpointIO(), *cluster_plugins()])
+    return module, datamodule, trainer
+
+
+def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+    """Train, validate, and return the final metrics (floats) plus the best/last checkpoint paths."""
+    check_stage_config(cfg)
+    check_ddp_launch(cfg.trainer, multirun=is_multirun())
+    with open_dict(cfg):  # resolved before the callbacks read it (the prune callback's resume_from)
+        cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    module, datamodule, trainer = build(cfg, callbacks)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    elapsed = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    ckpt_cb = trainer.checkpoint_callback
+    result = {
+        "metrics": metrics,
+        "global_step": int(trainer.global_step),
+        "resumed_from": cfg.get("ckpt_path"),
+        "train_seconds": elapsed,
+        "best_checkpoint": getattr(ckpt_cb, "best_model_path", None),
+        "last_checkpoint": getattr(ckpt_cb, "last_model_path", None),
+        "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
+        "data_problems": run_summary(datamodule.problems, module.skipped_images),
+    }
+    rank_zero_info(summary_line(result["data_problems"]["counts"]))
+    rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; "
+                   f"best checkpoint {result['best_checkpoint']}")
+    return result
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_rank_zero() -> bool:
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0

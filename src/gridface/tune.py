@@ -1,0 +1,162 @@
+"""``python -m gridface.tune``: hyperparameter search with Optuna over the training config.
+
+Each trial is a training run (:func:`gridface.training.run`) with the trial's values set on the config, in its
+own folder under the study's; Optuna's TPE proposes, its median pruner stops trials that trail at the same
+epoch. Workers (one per Slurm job under ``-m hydra/launcher=slurm tune.worker=0,1,...``) share the study
+through ``tune.storage``; Optuna does the coordination.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from gridface.training import run as train_run
+from gridface.utils.errors import user_errors
+from gridface.utils.hydra import config_dir
+from gridface.utils.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def make_storage(spec: str) -> Any:
+    """``journal:<file>``: Optuna's JournalStorage (safe on NFS); anything else an RDB URL (``sqlite:///...``)."""
+    import optuna
+
+    if spec.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(spec.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith("sqlite:///"):
+        Path(spec.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return spec
+
+
+def suggest(trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+    """The trial's value for every key of ``tune.search_space``."""
+    values = {}
+    for key, spec in search_space.items():
+        kind = spec.get("type", "float")
+        if kind == "float":
+            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
+                                              step=spec.get("step"))
+        elif kind == "int":
+            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False),
+                                            step=spec.get("step", 1))
+        elif kind == "categorical":
+            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        else:
+            raise ValueError(f"tune.search_space.{key}.type must be float, int or categorical, got '{kind}'")
+    return values
+
+
+class ReportToTrial(pl.Callback):
+    """Reports the metric to the Optuna trial after each validation and stops the trial when the pruner says
+    so (rank 0 decides; trials here run in one process)."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import optuna
+
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric} trails the median at epoch {trainer.current_epoch}")
+
+
+def trial_config(cfg: DictConfig, values: dict[str, Any], folder: Path) -> DictConfig:
+    trial_cfg = copy.deepcopy(cfg)
+    with open_dict(trial_cfg):
+        for key, value in values.items():
+            if OmegaConf.select(trial_cfg, key, default="__missing__") == "__missing__":
+                raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
+            OmegaConf.update(trial_cfg, key, value, merge=False)
+        trial_cfg.paths.output_dir = str(folder)
+        trial_cfg.ckpt_path = None  # a trial never resumes another trial's checkpoint
+        del trial_cfg["tune"]
+    return trial_cfg
+
+
+def best_experiment(values: dict[str, Any], value: float, metric: str, number: int) -> str:
+    """The best trial as an experiment file: only the keys the search changed."""
+    nested: dict[str, Any] = {}
+    for key, v in values.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    header = f"# @package _global_\n# best trial {number} of the study: {metric} = {value:.4f}\n"
+    return header + OmegaConf.to_yaml(OmegaConf.create(nested))
+
+
+def trials_csv(trials: list[Any], keys: list[str]) -> str:
+    """Every trial of the study, one row each: number, state, value, worker, the searched values, folder."""
+    rows = [",".join(["number", "state", "value", "worker", *keys, "folder"])]
+    for t in trials:
+        value = "" if t.value is None else f"{t.value:.6g}"
+        params = [str(t.params.get(k, "")) for k in keys]
+        rows.append(",".join([str(t.number), t.state.name, value, str(t.user_attrs.get("worker", "")), *params,
+                              str(t.user_attrs.get("folder", ""))]))
+    return "\n".join(rows) + "\n"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    import optuna
+
+    tc = cfg.tune
+    study_dir = Path(tc.dir)
+    sampler = optuna.samplers.TPESampler(seed=tc.seed)
+    pruner = (optuna.pruners.MedianPruner(n_warmup_steps=int(tc.pruner_warmup_epochs))
+              if tc.pruner == "median" else optuna.pruners.NopPruner())
+    study = optuna.create_study(study_name=tc.study_name, storage=make_storage(str(tc.storage)), sampler=sampler,
+                                pruner=pruner, direction=tc.direction, load_if_exists=True)
+    space = OmegaConf.to_container(tc.search_space, resolve=True)
+
+    def objective(trial: Any) -> float:
+        values = suggest(trial, space)
+        folder = study_dir / "trials" / f"trial_{trial.number:04d}"
+        trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr("worker", str(tc.worker))
+        result = train_run(trial_config(cfg, values, folder), callbacks=[ReportToTrial(trial, tc.metric)])
+        if tc.metric not in result["metrics"]:
+            raise ValueError(f"tune.metric '{tc.metric}' was not logged; logged: {sorted(result['metrics'])}")
+        return result["metrics"][tc.metric]
+
+    timeout = float(tc.timeout_min) * 60 if tc.get("timeout_min") else None
+    study.optimize(objective, n_trials=int(tc.n_trials), timeout=timeout, catch=())
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    summary = {"study": tc.study_name, "storage": str(tc.storage), "worker": str(tc.worker),
+               "trials": len(study.trials), "complete": len(done),
+               "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}
+    if done:
+        best = study.best_trial
+        summary.update({"best_trial": best.number, "best_value": best.value, "best_params": best.params})
+        write_text(study_dir / "experiment" / "best.yaml", best_experiment(best.params, best.value, tc.metric,
+                                                                          best.number))
+        write_json(study_dir / "best.json", summary)
+    write_text(study_dir / "trials.csv", trials_csv(study.trials, list(space)))
+    log.info("study %s: %d trials (%d complete, %d pruned); best %s", tc.study_name, summary["trials"],
+             summary["complete"], summary["pruned"], summary.get("best_params"))
+    return summary
+
+
+@hydra.main(config_path=config_dir(), config_name="tune", version_base="1.3")
+@user_errors("tune")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg).get("best_value")
+
+
+if __name__ == "__main__":
+    main()
