@@ -42,11 +42,13 @@ slurm-down: ## stop the local Slurm cluster
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check src tests scripts
 
-# the newest `make train` checkpoint, if any: the deployment and pipeline figures then run a trained model
+# the newest `make train` checkpoint, if any: the deployment and pipeline figures then run a trained model;
+# PRUNED=<retrained pruned .ckpt> adds its rows and makes it the model the pipeline bench runs
 CHECKPOINT ?= $(lastword $(sort $(wildcard outputs/train/runs/*/checkpoints/best.ckpt)))
+PRUNED ?=
 
 bench: $(STAMP) ## speed benchmarks side by side in one record (bench_results/record.md): deployment, inference pipeline, clustering, training, WIDER evaluation
-	$(PY) scripts/bench_deploy.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --keep-models bench_results/models $(ARGS)
+	$(PY) scripts/bench_deploy.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(PRUNED),--pruned $(PRUNED)) --keep-models bench_results/models $(ARGS)
 	$(PY) scripts/bench_infer.py --model bench_results/models/deploy.onnx --model bench_results/models/deploy_int8.onnx
 	$(PY) scripts/bench_clustering.py
 	$(PY) scripts/bench_train.py

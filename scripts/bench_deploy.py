@@ -5,8 +5,10 @@ eager FP32 of the unpruned model. Results: bench_results/deploy.{json,md}.
 
     python scripts/bench_deploy.py [--checkpoint A.ckpt] [--pruned B.ckpt | --prune-ratio 0.7] [--keep-models DIR]
 
---keep-models keeps the deployed variant's ONNX models (the pruned one when there is one) as DIR/deploy.onnx and
-DIR/deploy_int8.onnx, for ``scripts/bench_infer.py`` (``make bench`` chains them).
+--keep-models keeps the deployed variant's ONNX models as DIR/deploy.onnx and DIR/deploy_int8.onnx, for
+``scripts/bench_infer.py`` (``make bench`` chains them): the --pruned checkpoint when given (a retrained one), else
+the unpruned --checkpoint, never the un-retrained pruned copy (right for timing the network, but its detections
+are garbage, which would time the clustering of a thousand boxes per image instead of the pipeline).
 
 Without --pruned, the model is pruned here with prune=ratio at --prune-ratio (speed depends only on the
 shapes, so an un-retrained pruned copy times the same as its retrained version; accuracy comes from the
@@ -88,15 +90,23 @@ def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
 def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: str) -> dict[str, str]:
     """FP32 ONNX and INT8 QDQ ONNX of the checkpoint (or of an untrained net) at the bench size."""
     from gridface.data.sources import synthetic
+    from gridface.export.cli import model_metadata
     from gridface.export.onnx_export import export_onnx
     from gridface.export.quantize import quantize_int8
+    from gridface.inference.backends import metadata_path
     from gridface.model import GridBoxNet
     from gridface.module import GridBoxModule
+    from gridface.utils.io import write_json
 
-    net = GridBoxModule.from_checkpoint(checkpoint).net.eval() if checkpoint else GridBoxNet().eval()
+    module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else None
+    net = module.net.eval() if module is not None else GridBoxNet().eval()
     fp32 = export_onnx(net, out / f"{name}.onnx", hw)
     calib = [s.image for s in synthetic(str(out / "calib"), num_images=32, seed=7, width=hw[1], height=hw[0])]
     int8 = quantize_int8(fp32, out / f"{name}_int8.onnx", calib, hw)
+    for path, fmt in ((fp32, "onnx_fp32"), (int8, "onnx_int8")):  # what load_backend reads beside a model
+        meta = (model_metadata(module, checkpoint, fmt) if module is not None else
+                {"format": fmt, "class_names": ["face"], "stride": net.stride, "postprocess": {}})
+        write_json(metadata_path(path), {**meta, "input_hw": list(hw)})
     return {"torch": checkpoint or "", "onnx_fp32": str(fp32), "onnx_int8": str(int8)}
 
 
@@ -133,7 +143,9 @@ def main() -> None:
         if pruned:
             models["pruned"] = export_models(pruned, hw, Path(tmp), "pruned")
         if args.keep_models:
-            keep, deployed = Path(args.keep_models), models.get("pruned", models["unpruned"])
+            # an un-retrained pruned copy times right but detects garbage: the pipeline bench needs a real model
+            keep = Path(args.keep_models)
+            deployed = models["pruned"] if args.pruned else models["unpruned"]
             keep.mkdir(parents=True, exist_ok=True)
             for key, name in (("onnx_fp32", "deploy.onnx"), ("onnx_int8", "deploy_int8.onnx")):
                 for src, dst in ((Path(deployed[key]), keep / name),  # the model and its metadata JSON

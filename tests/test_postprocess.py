@@ -141,3 +141,17 @@ def test_dbscan_with_classes_duplicates_and_crowds_equals_scikit_learn(seed):
     dist[labels[:, None] != labels[None]] = 2.0
     ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=w / min_samples).labels_
     np.testing.assert_array_equal(dbscan_boxes(boxes, w, labels, eps, min_samples), ref)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.5])
+def test_nms_on_an_untrained_nets_scattered_boxes_equals_torchvision(sigma):
+    """Every cell passes and regresses a small box of its own (an untrained head): ~1000 kept boxes, the case
+    where NMS resolves the greedy order from the overlapping pairs instead of one pass per kept box."""
+    rng = np.random.default_rng(int(sigma * 100))
+    boxes = decode_boxes(rng.normal(0, sigma, (1, 4, 26, 46)), 16, HW)[0, 0].reshape(-1, 4)
+    scores = rng.permutation(len(boxes)).astype(np.float64) / len(boxes)
+    labels = np.zeros(len(boxes), np.int64)
+    ref = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.3).numpy()
+    got = nms(boxes, scores, labels, 0.3)
+    assert len(got) > 500
+    np.testing.assert_array_equal(got, ref)

@@ -20,6 +20,8 @@ from gridface.targets import decode_boxes
 
 CLUSTERING = ("dbscan", "nms", "hybrid")
 CONFIDENCE = ("aggregate_cov", "mean_cov")
+NMS_GREEDY_FIRST = 8  # NMS: kept boxes before trying the pairs plan on the rest
+NMS_MAX_CANDIDATES = 60_000  # ... which gives way to the greedy loop above this many candidate pairs
 CROWDED_CELL = 8  # clique groups: a grid cell this full is covered by leader balls, at most MAX_LEADERS of them
 MAX_LEADERS = 256
 LEADER_BATCH = 32
@@ -65,8 +67,8 @@ def range_pairs(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndar
     return a, b
 
 
-def overlapping_pairs(boxes: np.ndarray, min_iou: float, labels: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def overlapping_pairs(boxes: np.ndarray, min_iou: float, labels: np.ndarray | None = None,
+                      max_candidates: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """All pairs ``i < j`` (same label) with IoU >= ``min_iou`` (up to rounding: callers make the exact
     comparison), and their IoU, without an n x n matrix. ``min_iou <= 0`` pairs everything.
 
@@ -113,6 +115,8 @@ def overlapping_pairs(boxes: np.ndarray, min_iou: float, labels: np.ndarray | No
     # reach (each pair once), and the next column's entries with y1 within reach either side.
     end = np.searchsorted(keys, np.concatenate([keys + reach, keys + span + reach]), side="right")
     start = np.concatenate([np.arange(1, m + 1), np.searchsorted(keys, keys + span - reach, side="left")])
+    if max_candidates is not None and int(np.maximum(end - start, 0).sum()) > max_candidates:
+        return None  # the caller has a better plan for crowded boxes
     a, b = range_pairs(start, end)
     a[a >= m] -= m
     a, b = order[a], order[b]
@@ -331,8 +335,13 @@ def dbscan_boxes(boxes: np.ndarray, weights: np.ndarray, labels: np.ndarray, eps
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy per-class NMS as torchvision's ``batched_nms``: indices kept, by decreasing score; a box is
-    suppressed by a kept box of its class with IoU > ``iou_threshold``. Each kept box is compared with the
-    boxes still standing only (classes kept apart by offsetting their coordinates, as torchvision does)."""
+    suppressed by a kept box of its class with IoU > ``iou_threshold``.
+
+    The greedy loop keeps a box and drops what it overlaps, one vectorised pass per kept box: short where boxes
+    crowd. When after ``NMS_GREEDY_FIRST`` kept boxes it still has many rounds to go (scattered boxes, as an
+    under-trained model gives: a thousand kept), the rest is greedy NMS on the boxes left, resolved from their
+    overlapping pairs in a few vectorised rounds (:func:`nms_from_pairs`), unless the neighbour search finds too
+    many candidates, where the loop goes on."""
     order = np.argsort(-scores, kind="stable")
     if len(order) < 2:
         return order
@@ -340,12 +349,45 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
     b = (boxes + offset)[order]
     cols = tuple(np.ascontiguousarray(b[:, k]) for k in range(4))
     alive = np.arange(len(order))
-    keep = []
+    keep: list[int] = []
+    tried_pairs = iou_threshold <= 0  # at 0 every pair overlaps: the loop it is
     while len(alive):
+        removed_each = (len(order) - len(alive)) / max(len(keep), 1)  # boxes gone per kept box so far
+        if len(keep) >= NMS_GREEDY_FIRST and not tried_pairs and len(alive) > NMS_GREEDY_FIRST * removed_each:
+            tried_pairs = True  # at this rate the loop has many more rounds to go
+            left = order[alive]  # still in score order
+            pairs = overlapping_pairs(boxes[left], iou_threshold, labels[left], max_candidates=NMS_MAX_CANDIDATES)
+            kept_left = None if pairs is None else nms_from_pairs(np.arange(len(left)), *pairs, iou_threshold)
+            if kept_left is not None:
+                return np.concatenate([order[np.asarray(keep, np.int64)], left[kept_left]])
         k, rest = alive[0], alive[1:]
         keep.append(k)
         alive = rest[pair_iou(cols, k, rest) <= iou_threshold]
     return order[np.asarray(keep, np.int64)]
+
+
+def nms_from_pairs(order: np.ndarray, i: np.ndarray, j: np.ndarray, iou: np.ndarray, iou_threshold: float,
+                   max_rounds: int = 64) -> np.ndarray | None:
+    """Greedy NMS from the overlapping pairs: a box is kept when every higher-scored box that overlaps it by more
+    than the threshold is suppressed, suppressed when one of them is kept. Each round decides every box whose
+    overlapping betters are all decided; None after ``max_rounds`` (a long chain: the loop does it instead)."""
+    n = len(order)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    over = iou > iou_threshold
+    hi, lo = np.where(rank[i] < rank[j], i, j)[over], np.where(rank[i] < rank[j], j, i)[over]  # hi outranks lo
+    state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 suppressed
+    for _ in range(max_rounds):
+        undecided = state == 0
+        if not undecided.any():
+            return order[state[order] == 1]
+        by_kept = np.zeros(n, bool)
+        by_kept[lo[state[hi] == 1]] = True
+        waits = np.zeros(n, bool)
+        waits[lo[state[hi] == 0]] = True
+        state[undecided & by_kept] = 2
+        state[undecided & ~by_kept & ~waits] = 1
+    return None
 
 
 class GridBoxDecoder:
