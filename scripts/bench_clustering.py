@@ -5,13 +5,16 @@ face filling the frame): each cell regressing its own box, or all regressing one
 ``tests/grid_maps.py``'s, the ones the equality tests against scikit-learn use.
 Results: bench_results/clustering.{json,md}.
 
-    python scripts/bench_clustering.py [--reps 30] [--maps 5] [--out bench_results]
+    python scripts/bench_clustering.py [--reps 30] [--maps 5] [--against <git rev>] [--out bench_results]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +36,27 @@ CASES = {
     "all 1196 cells pass, one face, 8 px apart": lambda seed: one_face_maps(seed, 8.0),
     "all 1196 cells pass, one face, 20 px apart": lambda seed: one_face_maps(seed, 20.0),
     "12 faces (encoder targets)": busy_image_maps,
+    "all 1196 cells pass, untrained head (small scattered boxes)": lambda seed: (
+        np.full((1, 1, HW[0] // 16, HW[1] // 16), 0.5, np.float32),
+        np.random.default_rng(seed).normal(0, 0.5, (1, 4, HW[0] // 16, HW[1] // 16)).astype(np.float32)),
 }
 
 
-def time_ms(fn, reps: int) -> float:  # noqa: ANN001
-    return interleaved_latency({"decode": fn}, reps=reps, warmup=1)["decode"]["median_ms"]
+def decoder_class_at(rev: str) -> type:
+    """``GridBoxDecoder`` as it was at git revision ``rev``, to time side by side with the checkout's."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/gridface/postprocess.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"postprocess_{rev}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"postprocess_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GridBoxDecoder
+
+
+def time_ms(fns: dict, reps: int) -> dict[str, float]:
+    """Median ms of each function, calls interleaved so that all see the same machine state."""
+    return {k: v["median_ms"] for k, v in interleaved_latency(fns, reps=reps, warmup=1).items()}
 
 
 def main() -> None:
@@ -45,20 +64,37 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--maps", type=int, default=5, help="random maps per case (the median is reported)")
     ap.add_argument("--out", default="bench_results")
+    ap.add_argument("--against", help="a git revision: time its decoder side by side (a 'before' column)")
     args = ap.parse_args()
+    before_cls = decoder_class_at(args.against) if args.against else None
     rows = []
     for case, maker in CASES.items():
         maps = [maker(s) for s in range(args.maps)]
         for clustering in ("dbscan", "nms", "hybrid"):
             dec = GridBoxDecoder(clustering=clustering)
-            ms = float(np.median([time_ms(lambda m=m, d=dec: d(m[0], m[1], HW), args.reps) for m in maps]))
-            n = float(np.mean([len(dec(m[0], m[1], HW)[0]) for m in maps]))
-            rows.append({"case": case, "clustering": clustering, "ms_per_image": ms, "detections": n})
+            decoders = {"after": dec, **({"before": before_cls(clustering=clustering)} if before_cls else {})}
+            per_map = [time_ms({k: (lambda m=m, d=d: d(m[0], m[1], HW)) for k, d in decoders.items()}, args.reps)
+                       for m in maps]
+            row = {"case": case, "clustering": clustering,
+                   "ms_per_image": float(np.median([t["after"] for t in per_map])),
+                   "detections": float(np.mean([len(dec(m[0], m[1], HW)[0]) for m in maps]))}
+            if before_cls:
+                row["before_ms_per_image"] = float(np.median([t["before"] for t in per_map]))
+            rows.append(row)
             print(rows[-1], flush=True)
     out = Path(args.out)
-    write_json(out / "clustering.json", {"machine": machine_record(), "input": "736x416", "rows": rows})
-    lines = [f"Machine: {machine_line()}", "", "| case | clustering | ms / image | detections |", "|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['clustering']} | {r['ms_per_image']:.2f} | {r['detections']:.0f} |" for r in rows]
+    write_json(out / "clustering.json", {"machine": machine_record(), "input": "736x416", "against": args.against,
+                                         "rows": rows})
+    if before_cls:
+        lines = [f"Machine: {machine_line()}", "",
+                 f"| case | clustering | {args.against} ms | ms / image | detections |", "|---|---|---|---|---|"]
+        lines += [f"| {r['case']} | {r['clustering']} | {r['before_ms_per_image']:.2f} | {r['ms_per_image']:.2f} | "
+                  f"{r['detections']:.0f} |" for r in rows]
+    else:
+        lines = [f"Machine: {machine_line()}", "",
+                 "| case | clustering | ms / image | detections |", "|---|---|---|---|"]
+        lines += [f"| {r['case']} | {r['clustering']} | {r['ms_per_image']:.2f} | {r['detections']:.0f} |"
+                  for r in rows]
     write_text(out / "clustering.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

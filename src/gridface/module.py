@@ -118,8 +118,7 @@ class GridBoxModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.note_skips(batch)
         if "image" not in batch:  # every image of the batch was unreadable
-            self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False,
-                     sync_dist=self.trainer.world_size > 1)
+            self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False)
             if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join it with zeros
                 return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
@@ -131,14 +130,13 @@ class GridBoxModule(pl.LightningModule):
             total = total + reg
             self.log("train/loss_l1", reg, on_step=True, on_epoch=True)
         bs = batch["image"].shape[0]
-        sync = self.trainer.world_size > 1  # DDP: epoch values over every rank's images
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=sync)
-        self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=sync)
-        self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs, sync_dist=sync)
-        self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True,
-                 sync_dist=sync)
-        self.log("train/clipped_boxes", float(batch["clipped"]), reduce_fx="sum", on_step=False, on_epoch=True,
-                 sync_dist=sync)
+        # Not sync_dist: a rank whose batch was all unreadable logs none of these at that step, and a per-step
+        # all-reduce would then wait for it forever. Under DDP these are rank 0's values; val/* are synced.
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log("train/clipped_boxes", float(batch["clipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
         return total
 
     def on_train_epoch_end(self) -> None:
