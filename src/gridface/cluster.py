@@ -48,9 +48,7 @@ def cluster_plugins() -> list[Any]:
     Lightning's auto-requeue (submitit owns it)."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
-    if SLURMEnvironment.detect():
-        return [SLURMEnvironment(auto_requeue=False)]
-    return []
+    return [SLURMEnvironment(auto_requeue=False)] if launched_by_slurm() else []
 
 
 def launched_by_slurm() -> bool:
