@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast test-slurm slurm-up slurm-down lint bench clean
+.PHONY: help install train pipeline test test-fast test-slurm slurm-up slurm-down lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ install: $(STAMP) ## create .venv and install gridface with what it needs (once)
 
 train: $(STAMP) ## train on the built-in synthetic faces (ARGS="key=value ..." to override)
 	$(PY) -m gridface.train $(ARGS)
+
+pipeline: $(STAMP) ## train -> prune -> retrain -> export -> evaluate -> infer -> report on the built-in data (outputs/pipeline/synthetic_cpu/report/report.md; ARGS to override)
+	$(PY) -m gridface.pipeline experiment=pipeline_cpu $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (fast and slow)
 	$(PY) -m pytest $(ARGS)

@@ -76,8 +76,8 @@ def peak_rss_mb() -> float:
 def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
     """Prune the checkpoint (or an untrained module) with prune=ratio and save it as a checkpoint."""
     from gridface.module import GridBoxModule
-    from gridface.prune import save_pruned_checkpoint
     from gridface.pruning.pruner import PruneSpec, prune_module
+    from gridface.stages.prune import save_pruned_checkpoint
 
     module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else GridBoxModule()
     spec = PruneSpec(mode="ratio", ratio=ratio)
@@ -89,13 +89,13 @@ def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
 
 def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: str) -> dict[str, str]:
     """FP32 ONNX and INT8 QDQ ONNX of the checkpoint (or of an untrained net) at the bench size."""
+    from gridface.contract import metadata_path
     from gridface.data.sources import synthetic
-    from gridface.export.cli import model_metadata
     from gridface.export.onnx_export import export_onnx
     from gridface.export.quantize import quantize_int8
-    from gridface.inference.backends import metadata_path
     from gridface.model import GridBoxNet
     from gridface.module import GridBoxModule
+    from gridface.stages.export import model_metadata
     from gridface.utils.io import write_json
 
     module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else None
@@ -130,7 +130,7 @@ def main() -> None:
         print(json.dumps(measure(spec["backend"], spec["model"], hw, spec["batch"], args.iters, args.threads)))
         return
 
-    from gridface.inference.backends import metadata_path
+    from gridface.contract import metadata_path
     from gridface.utils.io import write_json, write_text
     from gridface.utils.machine import machine_line, machine_record
 

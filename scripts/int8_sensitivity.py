@@ -21,10 +21,10 @@ import onnxruntime as ort
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from gridface.contract import ONNX_INPUT
 from gridface.data.dataset import iter_network_inputs
 from gridface.export.onnx_export import export_onnx
 from gridface.export.quantize import float_nodes, quantize_int8
-from gridface.inference.backends import ONNX_INPUT
 from gridface.module import GridBoxModule
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import write_json, write_text

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gridface.inference.backends import ONNX_INPUT
+from gridface.contract import ONNX_INPUT
 from gridface.utils.io import write_json, write_text
 
 

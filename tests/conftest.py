@@ -14,3 +14,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "widerface").is_dir():
         pytest.skip(f"real WIDER FACE test data not found at {SHARED_DATA} (present only on dev/CI machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory) -> tuple[Path, str, float]:
+    """One run of ``gridface.pipeline experiment=pipeline_smoke`` (GRIDFACE_ROOT, stdout, seconds), shared by the
+    pipeline and notebook tests: the notebook's own pipeline cell is then a rerun that finds every stage done."""
+    from .helpers import run_smoke_pipeline
+
+    root = tmp_path_factory.mktemp("pipeline_root")
+    stdout, seconds = run_smoke_pipeline(root)
+    return root, stdout, seconds

@@ -30,3 +30,21 @@ def compose_config(name: str, output_dir: Path, cache_dir: Path, overrides: list
 
 def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
     return compose_config("train", tmp_path / "out", tmp_path / "cache", overrides)
+
+
+def run_smoke_pipeline(root: Path, *args: str) -> tuple[str, float]:
+    """``python -m gridface.pipeline experiment=pipeline_smoke`` as a user runs it, with ``GRIDFACE_ROOT=root``:
+    its stdout and seconds."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "GRIDFACE_ROOT": str(root), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "gridface.pipeline", "experiment=pipeline_smoke", *args],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=600)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout, seconds

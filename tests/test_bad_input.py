@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from gridface.check_data import run as check_run
+from gridface.contract import deployment_metadata
 from gridface.data import problems as P
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.data.images import (
@@ -365,7 +366,8 @@ def identity_onnx(path, input_name, hw, outputs):
     nodes = [helper.make_node("Identity", [input_name], [o]) for o in outputs]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"input_hw": [32, 32], "class_names": ["face"], "stride": 16}))
+    meta = deployment_metadata("onnx_fp32", (32, 32), ["face"], 16, {}, "model.ckpt", None, {})
+    path.with_suffix(".json").write_text(json.dumps(meta))
     return path
 
 
@@ -380,7 +382,8 @@ IN, COV, BBOX = "input_1", "output_cov/Sigmoid", "output_bbox/BiasAdd"
 )
 def test_onnx_model_outside_the_contract_is_a_clear_error(tmp_path, input_name, hw, outputs, message):
     pytest.importorskip("onnxruntime")
-    from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, load_backend
+    from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS
+    from gridface.inference.backends import load_backend
 
     assert (ONNX_INPUT, *ONNX_OUTPUTS) == (IN, COV, BBOX)
     path = identity_onnx(tmp_path / "m.onnx", input_name, hw, outputs)

@@ -10,8 +10,9 @@ from gridface.utils.hydra import config_dir
 from .helpers import compose_train
 
 GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in Path(config_dir()).iterdir() if p.is_dir()}
-# recipe=none is the stages' default (prune, export, evaluate), not a training choice
-CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export", "prune") for o in opts
+# recipe=none is the stages' default (prune, export, evaluate), not a training choice; workflow is the pipeline's
+CHOICES = [(g, o) for g, opts in GROUPS.items() if g not in ("hydra", "experiment", "export", "prune", "workflow")
+           for o in opts
            if (g, o) != ("recipe", "none")]
 STAGE_CALLBACKS = [(g, p.stem) for g in ("prune", "export")
                    for p in sorted((Path(config_dir()) / "callbacks" / g).glob("*.yaml"))]
@@ -55,8 +56,7 @@ def test_stage_callbacks_compose_and_instantiate(tmp_path, group, option):
 @pytest.mark.parametrize(("group", "option"), CHOICES)
 def test_every_group_option_composes(tmp_path, group, option):
     extra = ["dataset.root=/data/x"] if group == "dataset" and option in ("kitti", "coco") else []
-    key = "network@model" if group == "network" else group
-    cfg = compose_train(tmp_path, [f"{key}={option}", *extra])
+    cfg = compose_train(tmp_path, [f"{group}={option}", *extra])
     OmegaConf.to_container(cfg.module, resolve=True)
     OmegaConf.to_container(cfg.datamodule, resolve=True)
 
@@ -153,3 +153,20 @@ def test_debug_options_shorten_any_run(tmp_path, option):
     assert not cfg.logger
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.max_epochs <= 20
+
+
+def test_old_input_model_spellings_still_work_with_a_message_naming_the_new_key(tmp_path, capsys):
+    from gridface.utils.cli import rename_legacy_arguments
+
+    argv = rename_legacy_arguments("train", ["gridface-train", "model.init_from=/runs/a.ckpt",
+                                             "model.pretrained=/w/resnet18.pth", "trainer.max_epochs=1"])
+    assert argv[1:] == ["model=/runs/a.ckpt", "network.pretrained=/w/resnet18.pth", "trainer.max_epochs=1"]
+    err = capsys.readouterr().err
+    assert "'model.init_from=' is deprecated, use 'model='" in err and "use 'network.pretrained='" in err
+    cfg = compose_train(tmp_path, argv[1:])
+    assert cfg.module.model.init_from == "/runs/a.ckpt" and cfg.module.model.pretrained == "/w/resnet18.pth"
+    for stage in ("prune", "export"):
+        assert rename_legacy_arguments(stage, ["x", "checkpoint=/a.ckpt", "model=/b.ckpt"])[1:] == [
+            "model=/a.ckpt", "model=/b.ckpt"]
+        assert f"gridface.{stage}: 'checkpoint=' is deprecated, use 'model='" in capsys.readouterr().err
+    assert rename_legacy_arguments("evaluate", ["x", "model=/a.onnx"])[1:] == ["model=/a.onnx"]

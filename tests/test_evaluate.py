@@ -40,7 +40,9 @@ def tiny_checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpt")
     cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                               "trainer.limit_val_batches=1", "logger=none"])
-    return Path(train_run(cfg)["last_checkpoint"]), tmp
+    result = train_run(cfg)
+    tmp.joinpath("train_metrics.json").write_text(json.dumps(sorted(result["metrics"])))
+    return Path(result["last_checkpoint"]), tmp
 
 
 @pytest.mark.slow
@@ -51,7 +53,10 @@ def test_model_mode_on_synthetic(tmp_path, tiny_checkpoint):
     result = run(cfg)
     assert result["images"] == 8 and "trained on" in result["data_from"]
     assert result["postprocess"]["clustering"] == "nms"
-    assert {"AP50_face", "coco_mAP", "coco_AR"} <= set(result["metrics"])
+    # the names training logs (as val/<name>) are the names evaluation reports
+    assert set(result["metrics"]) == {"AP50", "AP50_face", "mAP", "AR"}
+    trained = set(json.loads((tmp / "train_metrics.json").read_text()))
+    assert {f"val/{name}" for name in result["metrics"]} <= trained
     assert (tmp_path / "eval" / "pr_ap50.png").is_file()
 
 

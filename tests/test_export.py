@@ -11,12 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS
 from gridface.data.sources import synthetic
-from gridface.export.cli import run as export_run
 from gridface.export.onnx_export import export_onnx, verify_onnx
 from gridface.export.quantize import quantize_int8
-from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, load_backend
+from gridface.inference.backends import load_backend
 from gridface.model import GridBoxNet
+from gridface.stages.export import run as export_run
 from gridface.train import run as train_run
 
 from .helpers import TINY, compose_config, compose_train
@@ -40,7 +41,7 @@ def net():
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("img")
     samples = synthetic(str(root), num_images=12, seed=3, width=HW[1], height=HW[0])
-    from gridface.export.cli import load_images
+    from gridface.stages.export import load_images
 
     return load_images([s.image for s in samples], HW, 12), [s.image for s in samples]
 
@@ -137,7 +138,7 @@ def compose_export(tmp_path, cache, overrides):
 def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt):
     ckpt, tmp = trained_ckpt
     # no dataset=: verification and calibration images come from the data the checkpoint was trained on
-    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=onnx_int8",
+    cfg = compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=onnx_int8",
                                                    "export.calibration.images=8"])
     result = export_run(cfg)
     int8_meta = json.loads((tmp_path / "export" / "last_int8.json").read_text())
@@ -167,7 +168,7 @@ def test_tensorrt_export_stops_with_clear_message_without_tensorrt(tmp_path, tra
     if not _tensorrt_missing():
         pytest.skip("TensorRT, cuda-python and a GPU are present: the engine test runs instead")
     ckpt, tmp = trained_ckpt
-    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp16"])
+    cfg = compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=tensorrt_fp16"])
     with pytest.raises(RuntimeError, match="TensorRT"):
         export_run(cfg)
     assert (tmp_path / "export" / "last.onnx").is_file()  # the ONNX TensorRT would consume is still written
@@ -188,7 +189,7 @@ def _tensorrt_missing() -> str:
 @pytest.mark.skipif(bool(_tensorrt_missing()), reason=_tensorrt_missing() or "n/a")
 def test_tensorrt_engine_matches_onnx(tmp_path, trained_ckpt):
     ckpt, tmp = trained_ckpt
-    cfg = compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=tensorrt_fp32"])
+    cfg = compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=tensorrt_fp32"])
     result = export_run(cfg)
     meta = json.loads((tmp_path / "export" / "last_fp32.json").read_text())
     assert meta["precision"] == "fp32" and meta["tensorrt_version"] and meta["gpu"]
@@ -216,7 +217,7 @@ print("modules:", sorted(m for m in heavy if m in sys.modules))
 def test_onnx_deployment_imports_neither_torch_nor_lightning(tmp_path, trained_ckpt):
     """Detector and gridface.infer on an ONNX model: a deployment box needs numpy, OpenCV, scipy, onnxruntime."""
     ckpt, tmp = trained_ckpt
-    export_run(compose_export(tmp_path, tmp / "cache", [f"checkpoint={ckpt}", "export=onnx"]))
+    export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=onnx"]))
     src = tmp_path / "imgs"
     src.mkdir()
     for i in range(3):

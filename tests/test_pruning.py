@@ -175,7 +175,7 @@ def test_prune_cli_report_and_pruned_checkpoint_reloads_in_fresh_process(tmp_pat
     from gridface.prune import run
 
     # a checkpoint that does not say what it was trained on: the data is named explicitly
-    cfg = compose_prune(tmp_path, [f"checkpoint={untrained_ckpt}", "prune=ratio", "prune.ratio=0.5",
+    cfg = compose_prune(tmp_path, [f"model={untrained_ckpt}", "prune=ratio", "prune.ratio=0.5",
                                    "dataset=synthetic", "dataset.val.num_images=4", "dataset.num_workers=0",
                                    "latency.reps=2", "latency.warmup=0", "latency.input_hw=[64,96]"])
     report = run(cfg)
@@ -252,14 +252,14 @@ def test_prune_then_retrain_recovers_ap_and_callbacks_prune_retrain_export_in_on
             "print_config=false", "logger=none", "trainer.max_epochs=1"]
     base = train_run(compose_train(tmp_path / "base", data))["best_checkpoint"]
     # no dataset=: the prune stage evaluates on the data the checkpoint was trained on (48 validation images)
-    cfg = compose_prune(tmp_path, [f"checkpoint={base}", "prune=ratio", "prune.ratio=0.5", "latency.reps=0"])
+    cfg = compose_prune(tmp_path, [f"model={base}", "prune=ratio", "prune.ratio=0.5", "latency.reps=0"])
     report = prune_run(cfg)
     ap = report["ap50"]
     assert ap["images"] == 48 and "trained on" in ap["data_from"]
     assert ap["before"] > 0.2, f"the briefly trained model should detect faces, AP50 {ap['before']}"
     assert ap["pruned"] < ap["before"]
 
-    retrain = compose_train(tmp_path / "retrain", [*data, "experiment=synthetic_cpu_retrain", f"model.init_from={base}",
+    retrain = compose_train(tmp_path / "retrain", [*data, "experiment=synthetic_cpu_retrain", f"model={base}",
                                                    "callbacks/prune=ratio", "callbacks.prune.spec.ratio=0.5",
                                                    "callbacks/export=onnx", "callbacks.export.export.verify_images=4"])
     with open_dict(retrain):

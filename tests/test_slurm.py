@@ -133,3 +133,30 @@ def test_optuna_study_shared_by_two_slurm_workers_completes(tmp_path):
     assert best["trials"] == 2 and best["complete"] == 2
     workers = {line.split(",")[3] for line in (study / "trials.csv").read_text().splitlines()[1:]}
     assert workers == {"0", "1"}  # each worker ran a trial of the one study
+
+
+def test_pipeline_sends_each_stage_that_must_run_to_slurm_as_its_own_job(tmp_path):
+    args = ["experiment=pipeline_smoke", "hydra/launcher=slurm", "pipeline.stages=[train,prune]",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15", "trainer.limit_train_batches=2",
+            f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    cmd = [sys.executable, "-m", "gridface.pipeline", *args]
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, cwd=tmp_path, env=slurm_env(), capture_output=True, text=True, timeout=400)
+    except subprocess.TimeoutExpired:
+        subprocess.run([str(SLURM_BIN / "scancel"), "--user", os.environ.get("USER", "root")], env=slurm_env())
+        raise
+    wall = time.perf_counter() - start
+    run_dir = tmp_path / "outputs" / "pipeline" / "smoke"
+    logs = "\n".join(p.read_text(errors="replace") for p in sorted(run_dir.glob("*/submitit/*/*_log.*")))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:] + logs[-3000:]
+    import json
+
+    for stage in ("train", "prune"):
+        assert re.search(rf"pipeline: {stage} submitted as slurm job \d+", out.stdout), out.stdout[-2000:]
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        assert manifest["status"] == "done" and list((run_dir / stage / "submitit").glob("*/*_log.out"))
+    assert (run_dir / "prune" / "pruned.ckpt").is_file() and not (run_dir / "retrain").exists()
+    again = subprocess.run(cmd, cwd=tmp_path, env=slurm_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout and "submitted" not in again.stdout
+    print(f"\nslurm pipeline: train and prune as two Slurm jobs, {wall:.1f} s from command to results")

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from gridface.contract import deployment_metadata
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_engine(tmp_path: Path, data: bytes = b"fake engine") -> Path:
     engine = tmp_path / "model.engine"
     engine.write_bytes(data)
-    (tmp_path / "model.json").write_text(json.dumps({"input_hw": [64, 96], "class_names": ["face"], "stride": 16}))
+    meta = deployment_metadata("tensorrt", (64, 96), ["face"], 16, {}, "model.ckpt", None, {})
+    (tmp_path / "model.json").write_text(json.dumps(meta))
     return engine
 
 

@@ -1,94 +1,16 @@
-"""``python -m gridface.evaluate``: AP50, COCO mAP and WIDER FACE easy/medium/hard for any model format,
-or for existing predictions in the WIDER submission layout.
-
-    python -m gridface.evaluate model=<.ckpt | .onnx | .engine> dataset=<synthetic | widerface | kitti | coco>
-    python -m gridface.evaluate predictions=<submission folder> gt=<folder with the .mat files | bbx_gt.txt>
-"""
+"""``python -m gridface.evaluate model=<.ckpt | .onnx | .engine>`` or ``predictions=<folder> gt=<ground truth>``:
+the work is :func:`gridface.stages.evaluate.run`."""
 
 from __future__ import annotations
-
-import logging
-import time
-from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from gridface.data.config import split_samples, stage_data_config
-from gridface.data.problems import DataProblems, run_summary
-from gridface.evaluation.ap import per_class_ap
-from gridface.evaluation.coco import coco_metrics
-from gridface.evaluation.report import plot_pr_curves, write_report
-from gridface.evaluation.widerface import (
-    detections_to_wider,
-    evaluate_predictions,
-    load_ground_truth,
-    load_predictions,
-    write_submission,
-)
-from gridface.inference.backends import load_backend
-from gridface.postprocess import GridBoxDecoder
+from gridface.stages.evaluate import run
 from gridface.utils.errors import user_errors
-from gridface.utils.hydra import config_dir, overrides
-from gridface.utils.validate import check_stage_config
+from gridface.utils.hydra import config_dir
 
-log = logging.getLogger(__name__)
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    check_stage_config(cfg)
-    out_dir = Path(cfg.paths.output_dir)
-    start = time.perf_counter()
-    if cfg.get("predictions"):
-        if not cfg.get("gt"):
-            raise ValueError("predictions= needs gt=<folder with wider_face_val.mat and the setting files, "
-                             "or wider_face_val_bbx_gt.txt>")
-        results = evaluate_predictions(load_predictions(cfg.predictions), load_ground_truth(cfg.gt), cfg.evaluation.iou)
-        metrics = {f"wider_{s}": r.ap for s, r in results.items()}
-        title = f"WIDER FACE evaluation of {cfg.predictions}"
-        details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt)}
-    elif cfg.get("model"):
-        from gridface.evaluation.predict import predict_dataset  # torch's DataLoader: not for predictions=
-
-        backend = load_backend(cfg.model, cfg.device, cfg.get("threads"))
-        post = {**backend.postprocess, **overrides(cfg.postprocess)}
-        decoder = GridBoxDecoder(stride=backend.stride, **post)
-        data, origin = stage_data_config(cfg.get("dataset"), backend.data, cfg.model, (cfg.split,))
-        problems, skips = DataProblems(strict=bool(data.get("strict", False))), {}
-        samples = split_samples(data, cfg.split, problems)
-        dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers, skips)
-        ev = cfg.evaluation
-        curves = per_class_ap(dets, gts, len(backend.class_names), ev.iou, ev.interpolation, ev.min_height)
-        metrics = {f"AP50_{backend.class_names[c]}": cv.ap for c, cv in curves.items()}
-        if ev.coco:
-            metrics.update({f"coco_{k}": v for k, v in coco_metrics(dets, gts, backend.class_names).items()})
-        results = {}
-        wider_gt = cfg.get("gt") or cfg.get("wider_gt") or data.get("eval_gt")
-        if wider_gt:
-            gt = load_ground_truth(wider_gt)
-            results = evaluate_predictions(detections_to_wider(dets, paths), gt)
-            metrics.update({f"wider_{s}": r.ap for s, r in results.items()})
-        if cfg.get("write_predictions"):
-            for (b, s, _), p in zip(dets, paths, strict=True):
-                write_submission(out_dir / "predictions", Path(p).parent.name, Path(p).stem, b, s)
-        if cfg.plots:
-            plot_pr_curves(out_dir / "pr_ap50.png", {backend.class_names[c]: (cv.recall, cv.precision, cv.ap)
-                                                     for c, cv in curves.items()}, f"PR at IoU {ev.iou}")
-        title = f"Evaluation of {cfg.model} on {data.get('name')}/{cfg.split}"
-        details = {"model": str(cfg.model), "format": backend.format, "data_from": origin, "images": len(dets),
-                   "input_hw": list(backend.input_hw), "postprocess": post,
-                   "data_problems": run_summary(problems, skips)}
-    else:
-        raise ValueError("give model=<checkpoint | .onnx | engine> or predictions=<folder> gt=<ground truth>")
-    by_size = {s: r.recall_by_size for s, r in results.items()} or None
-    if results and cfg.plots:
-        plot_pr_curves(out_dir / "pr_wider.png", {s: (r.recall, r.precision, r.ap) for s, r in results.items()},
-                       "WIDER FACE")
-    details["seconds"] = time.perf_counter() - start
-    write_report(out_dir, title, metrics, details, by_size)
-    print((out_dir / "metrics.md").read_text())
-    return {"metrics": metrics, **details}
+__all__ = ["main", "run"]
 
 
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")

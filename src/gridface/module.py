@@ -12,14 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 
-from gridface.evaluation.ap import per_class_ap
-from gridface.evaluation.coco import coco_metrics
+from gridface.evaluation.metrics import detection_metrics
 from gridface.guards import NonFiniteError, non_finite_names
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
@@ -205,21 +203,10 @@ class GridBoxModule(pl.LightningModule):
                                                                         if k != "images") + f" ({len(gts)} images)")
 
     def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
+        """The metrics ``gridface.evaluate`` reports, under the same names (logged here as ``val/<name>``)."""
         cfg = self.eval_cfg
-        curves = per_class_ap(dets, gts, len(self.class_names), cfg["iou"], cfg["interpolation"], cfg["min_height"])
-        aps = [c.ap for c in curves.values() if not np.isnan(c.ap)]
-        metrics = {"AP50": float(np.mean(aps)) if aps else 0.0}
-        if len(self.class_names) > 1:
-            metrics.update({f"AP50_{self.class_names[c]}": curve.ap for c, curve in curves.items()})
-        if cfg["coco"]:
-            coco = coco_metrics(dets, gts, self.class_names)
-            metrics["mAP"] = coco["mAP"]
-            metrics["AR"] = coco["AR"]
-        if cfg["wider_gt"] and paths:
-            from gridface.evaluation.widerface import detections_to_wider, evaluate_predictions, load_ground_truth
+        if cfg["wider_gt"] and paths and self._wider_gt is None:
+            from gridface.evaluation.widerface import load_ground_truth
 
-            if self._wider_gt is None:
-                self._wider_gt = load_ground_truth(cfg["wider_gt"])
-            results = evaluate_predictions(detections_to_wider(dets, paths), self._wider_gt)
-            metrics.update({f"wider_{s}": r.ap for s, r in results.items()})
-        return metrics
+            self._wider_gt = load_ground_truth(cfg["wider_gt"])
+        return detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt).values

@@ -1,4 +1,5 @@
-"""``python -m gridface.train``: train (or retrain) a GridBox detector. The work is :func:`gridface.training.run`."""
+"""``python -m gridface.train``: train (or retrain) a GridBox detector; the work is
+:func:`gridface.stages.train.run`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
-from gridface.training import build, is_rank_zero, run
+from gridface.stages.train import build, is_rank_zero, run
+from gridface.utils.cli import rename_legacy_arguments
 from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
 
@@ -17,7 +19,7 @@ __all__ = ["build", "main", "run"]
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 @user_errors("train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
     result = run(cfg)
@@ -28,6 +30,11 @@ def main(cfg: DictConfig) -> float | None:
         write_json(out / "result.json", result)
     metric = cfg.get("optimized_metric")
     return result["metrics"].get(metric) if metric else None
+
+
+def main() -> None:
+    rename_legacy_arguments("train")
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``python -m gridface.tune``: hyperparameter search with Optuna over the training config.
 
-Each trial is a training run (:func:`gridface.training.run`) with the trial's values set on the config, in its
+Each trial is a training run (:func:`gridface.stages.train.run`) with the trial's values set on the config, in its
 own folder under the study's; Optuna's TPE proposes, its median pruner stops trials that trail at the same
 epoch. Workers (one per Slurm job under ``-m hydra/launcher=slurm tune.worker=0,1,...``) share the study
 through ``tune.storage``; Optuna does the coordination.
@@ -17,7 +17,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gridface.training import run as train_run
+from gridface.stages.train import run as train_run
 from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import write_json, write_text

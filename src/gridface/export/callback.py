@@ -33,14 +33,14 @@ class ExportCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from gridface.export.cli import run as export_run
+        from gridface.stages.export import run as export_run
 
         ckpt_cb = trainer.checkpoint_callback
         path = getattr(ckpt_cb, f"{self.checkpoint}_model_path", None) or getattr(ckpt_cb, "last_model_path", None)
         if not path or not Path(path).is_file():
             raise RuntimeError("export callback: the run saved no checkpoint to export (is ModelCheckpoint on?)")
         out_dir = Path(self.output_dir) if self.output_dir else Path(path).parent.parent / "export"
-        cfg = OmegaConf.create({"checkpoint": str(path), "output_dir": str(out_dir), "export": self.export_cfg,
+        cfg = OmegaConf.create({"model": str(path), "output_dir": str(out_dir), "export": self.export_cfg,
                                 "dataset": self.dataset_cfg, "paths": {"output_dir": str(out_dir)}})
         rank_zero_info(f"export callback: exporting {path} as {self.export_cfg.format} to {out_dir}")
         self.result = export_run(cfg)

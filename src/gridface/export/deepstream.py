@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gridface.inference.backends import ONNX_OUTPUTS
+from gridface.contract import ONNX_OUTPUTS
 from gridface.utils.io import write_text
 
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}

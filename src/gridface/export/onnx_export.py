@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS
+from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS
 from gridface.utils.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gridface.contract import ONNX_INPUT
 from gridface.data.dataset import iter_network_inputs
-from gridface.inference.backends import ONNX_INPUT
 from gridface.utils.io import atomic_path
 
 log = logging.getLogger(__name__)

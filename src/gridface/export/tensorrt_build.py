@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gridface.inference.backends import ONNX_INPUT
+from gridface.contract import ONNX_INPUT
 from gridface.inference.tensorrt_backend import DeviceBuffer, cuda_check, cuda_runtime, require_tensorrt
 from gridface.utils.io import atomic_path
 

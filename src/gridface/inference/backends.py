@@ -9,21 +9,13 @@ beside an exported model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ONNX_INPUT = "input_1"
-ONNX_OUTPUTS = ("output_cov/Sigmoid", "output_bbox/BiasAdd")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-def metadata_path(model_path: str | Path) -> Path:
-    p = Path(model_path)
-    return p.with_name(p.stem + ".json")
+from gridface.contract import ENGINE_SUFFIXES, ONNX_INPUT, ONNX_OUTPUTS, check_onnx_contract, read_metadata
 
 
 @dataclass
@@ -86,37 +78,6 @@ class OnnxBackend(ModelBackend):
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images, np.float32)})
         return cov, bbox
-
-
-def check_onnx_contract(path: Path, session: Any, input_hw: tuple[int, int]) -> None:
-    """The model must take ``ONNX_INPUT`` [N, 3, H, W] at its metadata's input size and give ``ONNX_OUTPUTS``;
-    anything else is an error saying what was expected and what the file has."""
-    expected = f"expected input '{ONNX_INPUT}' [N, 3, {input_hw[0]}, {input_hw[1]}] and outputs {list(ONNX_OUTPUTS)}"
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].name != ONNX_INPUT:
-        raise ValueError(f"{path}: inputs {[i.name for i in inputs]}: {expected}; export with gridface.export")
-    shape = list(inputs[0].shape)
-    fixed = [d if isinstance(d, int) else None for d in shape]
-    if len(shape) != 4 or fixed[1] not in (3, None) or any(
-            f is not None and f != want for f, want in zip(fixed[2:], input_hw, strict=True)):
-        raise ValueError(f"{path}: input '{ONNX_INPUT}' has shape {shape}: {expected} (the size in "
-                         f"{metadata_path(path).name})")
-    names = [o.name for o in session.get_outputs()]
-    missing = [n for n in ONNX_OUTPUTS if n not in names]
-    if missing:
-        raise ValueError(f"{path}: outputs {names} lack {missing}: {expected}; export with gridface.export")
-
-
-def read_metadata(model_path: str | Path) -> dict[str, Any]:
-    meta_file = metadata_path(model_path)
-    if not meta_file.is_file():
-        raise FileNotFoundError(
-            f"{meta_file} not found: gridface.export writes it beside every exported model (input size, "
-            "class names, post-processing); keep the two together")
-    try:
-        return json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_file}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
 def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True

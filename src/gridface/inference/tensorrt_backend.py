@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from gridface.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, ModelBackend, read_metadata
+from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS, read_metadata
+from gridface.inference.backends import ModelBackend
 
 TENSORRT_HINT = (
     "TensorRT engines need NVIDIA TensorRT 10 or 11 and cuda-python (pip install tensorrt cuda-python; TensorRT "

@@ -1,6 +1,6 @@
 """Prune as the first step of a training run, so prune -> retrain -> export is one command.
 
-Pruning happens in ``setup``: after the weights of ``model.init_from`` are loaded, before optimizers,
+Pruning happens in ``setup``: after the weights of ``model=`` are loaded, before optimizers,
 DDP wrappers or checkpoint restoration exist, so nothing ever holds a reference to a removed channel and
 the network is never changed in the middle of training. Every rank prunes the same weights the same way
 (magnitude criteria are deterministic). A resumed run (``ckpt_path=``) takes the pruned widths from its
@@ -40,8 +40,8 @@ class PruneCallback(pl.Callback):
                 rank_zero_info(f"prune callback: resuming, pruned widths taken from {self.resume_from}")
                 return
         if not (pl_module.hparams.get("model") or {}).get("init_from"):
-            rank_zero_info("prune callback: model.init_from is not set, so a randomly initialised network is "
-                           "pruned; give model.init_from=<trained.ckpt> to prune a trained one")
+            rank_zero_info("prune callback: model= (the input model) is not set, so a randomly initialised network is "
+                           "pruned; give model=<trained.ckpt> to prune a trained one")
         net = pl_module.net
         before = count_macs_params(net, pl_module.input_hw)
         losses = taylor_losses(pl_module, trainer.datamodule.train_dataloader()) if self.spec.criterion == "taylor" \

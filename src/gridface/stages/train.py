@@ -1,5 +1,5 @@
-"""Training as a function: build the module, data and Trainer from a composed config, fit, and report. Used by
-``python -m gridface.train`` and by ``python -m gridface.tune`` (one call per trial)."""
+"""The train stage: build the module, data and Trainer from a composed config, fit, and report. Used by
+``python -m gridface.train``, ``python -m gridface.tune`` (one call per trial) and ``gridface.pipeline``."""
 
 from __future__ import annotations
 

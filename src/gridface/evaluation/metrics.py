@@ -1,0 +1,44 @@
+"""The detection metrics, named once: training logs them as ``val/<name>``, ``gridface.evaluate`` and the pipeline
+report write them as ``<name>``.
+
+``AP50`` (mean over classes, VOC all-point by default), ``AP50_<class>`` (every class), ``mAP`` and ``AR`` (COCO
+@[.5:.95]), ``wider_easy|medium|hard`` (official WIDER FACE protocol, when its ground truth is given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gridface.evaluation.ap import per_class_ap
+from gridface.evaluation.coco import coco_metrics
+
+
+@dataclass
+class DetectionMetrics:
+    values: dict[str, float]
+    curves: dict[int, Any] = field(default_factory=dict)    # class index -> PR curve (recall, precision, ap)
+    wider: dict[str, Any] = field(default_factory=dict)     # setting -> WIDER result (curve, recall by size)
+
+
+def detection_metrics(dets: list, gts: list, class_names: list[str], evaluation: dict[str, Any],
+                      paths: list[str] | None = None, wider_gt: Any = None) -> DetectionMetrics:
+    """``evaluation``: iou, interpolation, min_height, coco (the ``evaluation`` config node); ``wider_gt``: loaded
+    WIDER ground truth (:func:`gridface.evaluation.widerface.load_ground_truth`)."""
+    curves = per_class_ap(dets, gts, len(class_names), evaluation["iou"], evaluation["interpolation"],
+                          evaluation["min_height"])
+    aps = [c.ap for c in curves.values() if not np.isnan(c.ap)]
+    values = {"AP50": float(np.mean(aps)) if aps else 0.0}
+    values.update({f"AP50_{class_names[c]}": float(curve.ap) for c, curve in curves.items()})
+    if evaluation.get("coco", True):
+        coco = coco_metrics(dets, gts, class_names)
+        values.update(mAP=coco["mAP"], AR=coco["AR"])
+    wider = {}
+    if wider_gt is not None and paths:
+        from gridface.evaluation.widerface import detections_to_wider, evaluate_predictions
+
+        wider = evaluate_predictions(detections_to_wider(dets, paths), wider_gt)
+        values.update({f"wider_{s}": r.ap for s, r in wider.items()})
+    return DetectionMetrics(values, curves, wider)

@@ -1,0 +1,29 @@
+"""``python -m gridface.pipeline``: train -> prune -> retrain -> export -> evaluate every artifact -> infer ->
+benchmark -> report, each stage skipped when its recorded outputs still stand. The work is
+:func:`gridface.workflow.runner.run_pipeline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from gridface.utils.errors import user_errors
+from gridface.utils.hydra import config_dir
+from gridface.workflow.runner import run_pipeline
+
+__all__ = ["main", "run_pipeline"]
+
+
+@hydra.main(config_path=config_dir(), config_name="pipeline", version_base="1.3")
+@user_errors("pipeline")
+def main(cfg: DictConfig) -> None:
+    result = run_pipeline(cfg, Path(cfg.paths.output_dir))
+    done = "nothing to do: every stage is up to date" if not result["ran"] else f"ran {', '.join(result['ran'])}"
+    print(f"pipeline {result['run_dir']}: {done}")
+    print(f"report: {result['report']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A stage's record of what it read and wrote: ``<run>/<stage>/manifest.json``.
+
+A stage is finished when its manifest exists, every output it lists is still there with the same hash, its
+configuration is the one it was run with, and its inputs are the same files from the same run of the stage that
+made them. Anything else (a deleted INT8 model, a retrained checkpoint, a changed setting) runs the stage again, and
+with it every stage that reads its outputs: a rebuilt input reruns its readers even when it came out bit-identical,
+as ``make`` would, so what a report shows was measured on the files beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gridface.utils.io import write_json
+from gridface.utils.machine import library_versions
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_sha256(config: Any) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_records(paths: dict[str, Path], producers: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """``{name: {path, sha256}}``, plus ``run_id`` of the stage run that wrote each input (``producers``)."""
+    records = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in paths.items()}
+    for name, run_id in (producers or {}).items():
+        if name in records:
+            records[name]["run_id"] = run_id
+    return records
+
+
+@dataclass
+class StageRecord:
+    """What ``manifest.json`` holds; ``status`` is ``done`` or ``skipped`` (with ``reason``, e.g. no TensorRT);
+    ``run_id`` names this run of the stage, and its readers record it beside each input."""
+
+    stage: str
+    status: str
+    inputs: dict[str, dict[str, str]]
+    outputs: dict[str, dict[str, str]]
+    config_sha256: str
+    config: Any = None
+    reason: str | None = None
+    seconds: float = 0.0
+    finished: str = ""
+    versions: dict[str, str] | None = None
+    run_id: str = ""
+
+    def output_paths(self) -> dict[str, Path]:
+        return {name: Path(rec["path"]) for name, rec in self.outputs.items()}
+
+
+def write_manifest(folder: Path, stage: str, status: str, inputs: dict[str, Path], outputs: dict[str, Path],
+                   config: Any, seconds: float, reason: str | None = None,
+                   producers: dict[str, str] | None = None) -> StageRecord:
+    record = StageRecord(stage, status, file_records(inputs, producers), file_records(outputs),
+                         config_sha256(config), config, reason, seconds, time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                         library_versions(), uuid.uuid4().hex)
+    write_json(folder / MANIFEST, vars(record))
+    return record
+
+
+def read_manifest(folder: Path) -> StageRecord | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return StageRecord(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None  # unreadable or from another version: the stage runs again
+
+
+def why_stale(record: StageRecord | None, inputs: dict[str, Path], config: Any,
+              producers: dict[str, str] | None = None) -> str | None:
+    """None when the recorded stage still stands; else the reason it must run again. ``producers``: the run id of
+    the stage run that wrote each input now."""
+    if record is None:
+        return "not run yet"
+    if record.status != "done":
+        return f"it was {record.status} before ({record.reason})"
+    if record.config_sha256 != config_sha256(config):
+        return "its configuration changed"
+    current = {name: str(p) for name, p in inputs.items()}
+    if {n: r["path"] for n, r in record.inputs.items()} != current:
+        return "its inputs changed"
+    for name, rec in record.inputs.items():
+        if not Path(rec["path"]).is_file() or file_sha256(Path(rec["path"])) != rec["sha256"]:
+            return f"input {name} ({rec['path']}) changed"
+        if producers and name in producers and rec.get("run_id") != producers[name]:
+            return f"input {name} ({rec['path']}) was rebuilt"
+    for name, rec in record.outputs.items():
+        path = Path(rec["path"])
+        if not path.is_file():
+            return f"output {name} ({path}) is missing"
+        if file_sha256(path) != rec["sha256"]:
+            return f"output {name} ({path}) changed"
+    return None

@@ -1,0 +1,345 @@
+"""TAO's FaceDetect notebook as a graph of stages: train -> prune -> retrain -> export (ONNX FP32, INT8; TensorRT
+engines where TensorRT runs) -> evaluate every artifact -> infer on sample images -> benchmark -> report.
+
+Each stage runs one of :mod:`gridface.stages` with a config composed from the same Hydra groups as its command,
+writes into ``<run>/<stage>/``, reads only what the stages before it wrote, and records both in a manifest
+(:mod:`gridface.workflow.manifest`). A rerun skips every stage whose record still stands.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from gridface.workflow.artifacts import ARTIFACTS
+from gridface.workflow.manifest import StageRecord, read_manifest, why_stale, write_manifest
+from gridface.workflow.submit import launcher_cluster, submit_stage
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class Stage:
+    name: str
+    inputs: dict[str, tuple[str, str]]              # input -> (stage, output)
+    run: Callable[[PipelineRun, Path, dict[str, Path]], dict[str, Path]]
+    config: Callable[[PipelineRun, Path, dict[str, Path]], Any]
+    optional_inputs: bool = False                    # run on whichever inputs exist (benchmark, report)
+    unavailable: Callable[[], str | None] | None = None  # why it cannot run on this machine (no TensorRT), or None
+
+
+@dataclass
+class PipelineRun:
+    cfg: DictConfig
+    root: Path
+    records: dict[str, StageRecord] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    # ---- configs of the stages, from the pipeline's own composition
+    def training_config(self, folder: Path, model: Path | None, changes: dict[str, Any]) -> DictConfig:
+        """The pipeline's config is a training config plus ``pipeline``: train and retrain take it as it is."""
+        cfg = copy.deepcopy(self.cfg)
+        with open_dict(cfg):
+            cfg.pop("pipeline", None)
+            cfg.paths.output_dir = str(folder)
+            cfg.model = str(model) if model else None
+            cfg.print_config = False
+            for key, value in (changes or {}).items():
+                OmegaConf.update(cfg, key, value, force_add=True)
+        return cfg
+
+    def stage_config(self, name: str, folder: Path, overrides: list[str]) -> DictConfig:
+        """``configs/<name>.yaml`` composed with ``overrides``, writing into ``folder``."""
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        from gridface.utils.hydra import config_dir
+
+        args = [*overrides, f"paths.output_dir={folder}", f"paths.cache_dir={self.cfg.paths.cache_dir}",
+                f"paths.log_dir={self.cfg.paths.log_dir}"]
+        if GlobalHydra.instance().is_initialized():
+            return compose(name, overrides=args)
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose(name, overrides=args)
+
+
+def resolved(cfg: Any) -> Any:
+    """A stage's config as plain data for its manifest: resolved, or as written where a key only resolves inside
+    the stage (a stage config's ``dataset`` comes from the model it reads)."""
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+# ---- the stages -------------------------------------------------------------------------------------------------
+
+def train_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+    return resolved(ctx.training_config(folder, None, ctx.cfg.pipeline.train))
+
+
+def retrain_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+    return resolved(ctx.training_config(folder, inputs["model"], ctx.cfg.pipeline.retrain))
+
+
+def run_training(changes_key: str) -> Callable[[PipelineRun, Path, dict[str, Path]], dict[str, Path]]:
+    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+        from gridface.stages.train import is_rank_zero
+        from gridface.stages.train import run as train_run
+        from gridface.utils.io import write_json
+
+        cfg = ctx.training_config(folder, inputs.get("model"), ctx.cfg.pipeline[changes_key])
+        result = train_run(cfg)  # ckpt_path=auto: an interrupted stage resumes from its own last checkpoint
+        if is_rank_zero():
+            write_json(folder / "result.json", result)
+        best = result.get("best_checkpoint") or result.get("last_checkpoint")
+        if not best or not Path(best).is_file():
+            raise RuntimeError(f"{changes_key}: training saved no checkpoint in {folder}")
+        return {"checkpoint": Path(best), "result": folder / "result.json"}
+    return run
+
+
+def prune_overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> list[str]:
+    return [f"model={inputs['model']}", f"output_dir={folder}", "latency.reps=0", "evaluate=false",
+            *list(ctx.cfg.pipeline.prune_args)]
+
+
+def prune_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+    cfg = ctx.stage_config("prune", folder, prune_overrides(ctx, folder, inputs))
+    with open_dict(cfg):
+        cfg.prune = ctx.cfg.pipeline.prune
+    return resolved(cfg)
+
+
+def run_prune(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    from gridface.stages.prune import run
+
+    cfg = ctx.stage_config("prune", folder, prune_overrides(ctx, folder, inputs))
+    with open_dict(cfg):
+        cfg.prune = ctx.cfg.pipeline.prune
+    report = run(cfg)
+    return {"checkpoint": Path(report["pruned_checkpoint"]), "report": folder / "prune_report.json"}
+
+
+def export_overrides(fmt: str) -> Callable[[PipelineRun, Path, dict[str, Path]], list[str]]:
+    def overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> list[str]:
+        args = [f"model={inputs['model']}", f"export={fmt}", f"output_dir={folder}", "export.deepstream=false"]
+        if fmt == "onnx" and ctx.cfg.pipeline.get("deploy_size"):
+            args.append(f"export.input_size=[{','.join(str(v) for v in ctx.cfg.pipeline.deploy_size)}]")
+        return [*args, *list(ctx.cfg.pipeline.export_args)]
+    return overrides
+
+
+def export_stage(fmt: str, output: str) -> tuple[Callable, Callable]:
+    make_args = export_overrides(fmt)
+
+    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+        return resolved(ctx.stage_config("export", folder, make_args(ctx, folder, inputs)))
+
+    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+        from gridface.contract import metadata_path
+        from gridface.stages.export import run as export_run
+
+        result = export_run(ctx.stage_config("export", folder, make_args(ctx, folder, inputs)))
+        model = Path(result[output])
+        return {"model": model, "metadata": metadata_path(model)}
+    return config, run
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT engines cannot be built here (no TensorRT, cuda-python or GPU), or None."""
+    from gridface.inference.tensorrt_backend import require_tensorrt
+
+    try:
+        require_tensorrt()
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def evaluate_stage(artifact: str) -> tuple[Callable, Callable]:
+    def overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> list[str]:
+        return [f"model={inputs['model']}", f"split={ctx.cfg.pipeline.split}", "num_workers=0",
+                f"device={ctx.cfg.pipeline.device}", *list(ctx.cfg.pipeline.evaluate_args)]
+
+    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+        return resolved(ctx.stage_config("evaluate", folder, overrides(ctx, folder, inputs)))
+
+    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+        from gridface.stages.evaluate import run as evaluate_run
+
+        evaluate_run(ctx.stage_config("evaluate", folder, overrides(ctx, folder, inputs)))
+        return {"metrics": folder / "metrics.json"}
+    return config, run
+
+
+def infer_overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> list[str]:
+    return [f"model={inputs['model']}", f"output_dir={folder}", f"max_frames={ctx.cfg.pipeline.samples}",
+            "batch_size=1", f"device={ctx.cfg.pipeline.device}", *list(ctx.cfg.pipeline.infer_args)]
+
+
+def infer_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+    return resolved(ctx.stage_config("infer", folder, infer_overrides(ctx, folder, inputs)))
+
+
+def run_infer(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    from gridface.stages.infer import run
+
+    run(ctx.stage_config("infer", folder, infer_overrides(ctx, folder, inputs)))
+    return {"summary": folder / "summary.json"}
+
+
+def benchmark_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+    return resolved(ctx.cfg.pipeline.benchmark)
+
+
+def run_benchmark(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    from gridface.utils.io import write_json
+    from gridface.workflow.benchmark import benchmark_artifacts
+
+    bench = ctx.cfg.pipeline.benchmark
+    record = benchmark_artifacts(inputs, list(bench.batches), bench.reps, bench.warmup, bench.get("threads"))
+    write_json(folder / "benchmark.json", record)
+    return {"benchmark": folder / "benchmark.json"}
+
+
+def report_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
+    return {"samples": ctx.cfg.pipeline.samples}
+
+
+def run_report(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    from gridface.workflow.report import write_pipeline_report
+
+    return write_pipeline_report(folder, ctx.records, int(ctx.cfg.pipeline.samples))
+
+
+def build_stages() -> list[Stage]:
+    stages = [
+        Stage("train", {}, run_training("train"), train_config),
+        Stage("prune", {"model": ("train", "checkpoint")}, run_prune, prune_config),
+        Stage("retrain", {"model": ("prune", "checkpoint")}, run_training("retrain"), retrain_config),
+    ]
+    for name, fmt, source, output in (("export_fp32", "onnx", ("retrain", "checkpoint"), "onnx"),
+                                      ("export_int8", "onnx_int8", ("export_fp32", "model"), "onnx_int8"),
+                                      ("engine_fp16", "tensorrt_fp16", ("export_fp32", "model"), "engine"),
+                                      ("engine_int8", "tensorrt_int8", ("export_int8", "model"), "engine")):
+        config, run = export_stage(fmt, output)
+        stages.append(Stage(name, {"model": source}, run, config,
+                            unavailable=tensorrt_unavailable if fmt.startswith("tensorrt") else None))
+    for artifact, (stage, output, _) in ARTIFACTS.items():
+        config, run = evaluate_stage(artifact)
+        stages.append(Stage(f"evaluate_{artifact}", {"model": (stage, output)}, run, config))
+    stages.append(Stage("infer", {"model": ("export_int8", "model")}, run_infer, infer_config))
+    stages.append(Stage("benchmark", {a: (s, o) for a, (s, o, _) in ARTIFACTS.items()}, run_benchmark,
+                        benchmark_config, optional_inputs=True))
+    report_inputs = {f"metrics_{a}": (f"evaluate_{a}", "metrics") for a in ARTIFACTS}
+    report_inputs.update(benchmark=("benchmark", "benchmark"), samples=("infer", "summary"),
+                         prune_report=("prune", "report"))
+    stages.append(Stage("report", report_inputs, run_report, report_config, optional_inputs=True))
+    return stages
+
+
+STAGES = build_stages()
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def selected_stages(spec: Any) -> list[str]:
+    if spec in (None, "all"):
+        return STAGE_NAMES
+    names = [str(s) for s in spec]
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"pipeline.stages: unknown {unknown}; the stages are {STAGE_NAMES}")
+    return [n for n in STAGE_NAMES if n in names]
+
+
+def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path]) -> dict[str, Path]:
+    """One stage in a cluster job (:mod:`gridface.workflow.submit`): the same work as in the pipeline's process."""
+    stage = next(s for s in STAGES if s.name == name)
+    return stage.run(PipelineRun(cfg, root), root / name, inputs)
+
+
+def set_aside(folder: Path) -> None:
+    """Move a stage's earlier outputs to ``<stage>.previous`` (replacing an older one) instead of deleting them."""
+    if not folder.exists():
+        return
+    previous = folder.with_name(folder.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    folder.rename(previous)
+    print(f"pipeline: {folder.name}: its earlier run is kept in {previous}", flush=True)
+
+
+def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    """Run (or skip) every selected stage in order; return what ran, what was skipped and the report's path."""
+    ctx = PipelineRun(cfg, root)
+    wanted = selected_stages(cfg.pipeline.get("stages"))
+    cluster = launcher_cluster()
+    for stage in STAGES:
+        folder = root / stage.name
+        record = read_manifest(folder)
+        inputs, producers, missing = {}, {}, []
+        for name, (src, output) in stage.inputs.items():
+            upstream = ctx.records.get(src) or read_manifest(root / src)
+            if upstream is not None and output in upstream.outputs:
+                inputs[name] = Path(upstream.outputs[output]["path"])
+                producers[name] = upstream.run_id
+            else:
+                missing.append(f"{src}.{output}")
+        if stage.name not in wanted:
+            if record is not None:
+                ctx.records[stage.name] = record
+            continue
+        if missing and not stage.optional_inputs:
+            upstream_skipped = [m for m in missing if (r := ctx.records.get(m.split(".")[0])) is not None
+                                and r.status == "skipped"]
+            if upstream_skipped and len(upstream_skipped) == len(missing):
+                reason = f"{', '.join(missing)} was skipped"
+                if record is None or record.status != "skipped" or record.reason != reason:
+                    record = write_manifest(folder, stage.name, "skipped", {}, {}, None, 0.0, reason)
+                    ctx.skipped.append(stage.name)
+                    print(f"pipeline: {stage.name} skipped: {reason}", flush=True)
+                ctx.records[stage.name] = record
+                continue
+            raise ValueError(f"pipeline stage {stage.name} needs {missing}, which no run wrote under {root}: "
+                             f"include the stages that make them in pipeline.stages")
+        config = stage.config(ctx, folder, inputs)
+        reason = stage.unavailable() if stage.unavailable else None
+        if reason:  # recorded once; a rerun on the same machine says nothing, one where it can run runs it
+            if record is None or record.status != "skipped" or record.reason != reason:
+                record = write_manifest(folder, stage.name, "skipped", inputs, {}, config, 0.0, reason, producers)
+                ctx.skipped.append(stage.name)
+                print(f"pipeline: {stage.name} skipped: {reason}", flush=True)
+            ctx.records[stage.name] = record
+            continue
+        stale = why_stale(record, inputs, config, producers)
+        if stale is None:
+            ctx.records[stage.name] = record
+            log.debug("pipeline: %s is up to date", stage.name)
+            continue
+        print(f"pipeline: {stage.name} ({stale})", flush=True)
+        if record is not None:
+            set_aside(folder)  # a finished run being redone starts clean; a folder without a record is resumed
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        if cluster is not None and stage.name != "report":
+            outputs = submit_stage(*cluster, folder, stage.name, run_stage_job, cfg, root, stage.name, inputs)
+        else:
+            outputs = stage.run(ctx, folder, inputs)
+        ctx.records[stage.name] = write_manifest(folder, stage.name, "done", inputs, outputs, config,
+                                                 time.perf_counter() - start, producers=producers)
+        ctx.ran.append(stage.name)
+    report = ctx.records.get("report")
+    report_path = Path(report.outputs["report_md"]["path"]) if report and "report_md" in report.outputs else None
+    return {"ran": ctx.ran, "skipped": ctx.skipped, "report": str(report_path) if report_path else None,
+            "run_dir": str(root)}

@@ -1,0 +1,103 @@
+"""gridface.pipeline: stage records that make reruns skip finished work, and the whole TAO workflow on a tiny budget
+(the smoke preset) as a user runs it: one command, a report row per artifact, a rerun that does nothing, and a
+deleted INT8 model that rebuilds only itself and what reads it."""
+
+import json
+
+import pytest
+
+from gridface.workflow.manifest import read_manifest, why_stale, write_manifest
+from gridface.workflow.runner import STAGE_NAMES, selected_stages, tensorrt_unavailable
+
+from .helpers import run_smoke_pipeline
+
+
+def test_stage_record_stands_until_an_output_input_or_setting_changes(tmp_path):
+    src, out = tmp_path / "model.onnx", tmp_path / "stage" / "model_int8.onnx"
+    src.write_bytes(b"fp32")
+    out.parent.mkdir()
+    out.write_bytes(b"int8")
+    up = write_manifest(tmp_path / "up", "export_fp32", "done", {}, {"model": src}, {"opset": 17}, 1.0)
+    rec = write_manifest(out.parent, "export_int8", "done", {"model": src}, {"model": out}, {"images": 16}, 2.0,
+                         producers={"model": up.run_id})
+    rec = read_manifest(out.parent)  # what a later process sees
+    assert why_stale(rec, {"model": src}, {"images": 16}, {"model": up.run_id}) is None
+    assert why_stale(None, {"model": src}, {"images": 16}) == "not run yet"
+    assert why_stale(rec, {"model": src}, {"images": 32}) == "its configuration changed"
+    assert why_stale(rec, {"model": tmp_path / "other.onnx"}, {"images": 16}) == "its inputs changed"
+    # the same bytes written by a new run of the stage before it: rebuilt, so its readers run again
+    assert "was rebuilt" in why_stale(rec, {"model": src}, {"images": 16}, {"model": "another-run"})
+    src.write_bytes(b"fp32, retrained")
+    assert "input model" in why_stale(rec, {"model": src}, {"images": 16}) and "changed" in why_stale(
+        rec, {"model": src}, {"images": 16})
+    src.write_bytes(b"fp32")
+    out.unlink()
+    assert "is missing" in why_stale(rec, {"model": src}, {"images": 16})
+    skipped = write_manifest(tmp_path / "engine", "engine_fp16", "skipped", {}, {}, {}, 0.0, "no TensorRT")
+    assert "skipped before (no TensorRT)" in why_stale(skipped, {}, {})
+
+
+def test_unreadable_record_means_the_stage_runs_again(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert read_manifest(tmp_path) is None
+
+
+def test_stage_subsets_keep_the_pipeline_order_and_unknown_names_are_errors():
+    assert selected_stages("all") == STAGE_NAMES
+    assert selected_stages(["retrain", "train", "prune"]) == ["train", "prune", "retrain"]
+    with pytest.raises(ValueError, match=r"pipeline.stages: unknown \['trian'\]"):
+        selected_stages(["trian"])
+
+
+def ran(stdout: str) -> list[str]:
+    """The stages a pipeline run says it ran (its closing line)."""
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("pipeline /"))
+    return [] if "nothing to do" in line else line.split(": ran ", 1)[1].split(", ")
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_reports_every_artifact_reruns_nothing_and_rebuilds_only_what_reads_a_deleted_model(
+        smoke_pipeline):
+    root, stdout, seconds = smoke_pipeline
+    run_dir = root / "outputs" / "pipeline" / "smoke"
+    print(f"smoke pipeline: {seconds:.1f} s")
+    assert ran(stdout)[:3] == ["train", "prune", "retrain"]
+    report = run_dir / "report" / "report.md"
+    assert f"report: {report}" in stdout
+    rows = {r["artifact"]: r for r in json.loads((run_dir / "report" / "rows.json").read_text())}
+    assert list(rows) == ["checkpoint", "pruned", "retrained", "onnx_fp32", "onnx_int8", "engine_fp16",
+                          "engine_int8"]
+    for name in ("checkpoint", "pruned", "retrained", "onnx_fp32", "onnx_int8"):
+        row = rows[name]
+        assert row["status"] == "done" and row["AP50"] is not None and row["mAP"] is not None, row
+        assert row["latency_ms"] > 0 and row["images_per_s"] > 0 and row["params"] > 0 and row["macs"] > 0, row
+    assert rows["pruned"]["params"] < 0.5 * rows["checkpoint"]["params"]  # pipeline.prune.ratio 0.7
+    assert rows["retrained"]["params"] == rows["onnx_int8"]["params"] == rows["pruned"]["params"]
+    assert rows["onnx_int8"]["file_mb"] < rows["onnx_fp32"]["file_mb"]
+    # the FP32 ONNX model is its checkpoint: the same AP
+    assert rows["onnx_fp32"]["AP50"] == pytest.approx(rows["retrained"]["AP50"], abs=1e-6)
+    trt = tensorrt_unavailable() is None
+    for engine in ("engine_fp16", "engine_int8"):
+        assert rows[engine]["status"] == ("done" if trt else "skipped")
+        if not trt:
+            assert "tensorrt is not installed" in rows[engine]["reason"]
+    text = report.read_text()
+    assert "| onnx_int8 | ONNX Runtime INT8 |" in text
+    assert trt or "| engine_int8 | TensorRT INT8 | skipped: tensorrt is not installed |" in text
+    for picture in ("accuracy_latency.png", "samples.png"):
+        assert (run_dir / "report" / picture).stat().st_size > 10_000
+    page = (run_dir / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<td>onnx_int8</td>" in page  # self-contained
+
+    stdout, _ = run_smoke_pipeline(root)
+    assert ran(stdout) == [] and f"report: {report}" in stdout
+    assert not [ln for ln in stdout.splitlines() if ln.startswith("pipeline: ") and "skipped" in ln]
+
+    (run_dir / "export_int8" / "best_int8.onnx").unlink()
+    stdout, _ = run_smoke_pipeline(root)
+    assert ran(stdout) == ["export_int8", "evaluate_onnx_int8", "infer", "benchmark", "report"]
+    assert (run_dir / "export_int8" / "best_int8.onnx").is_file()
+    assert (run_dir / "export_int8.previous" / "manifest.json").is_file()  # the earlier run is set aside
+
+    stdout, _ = run_smoke_pipeline(root, "pipeline.stages=[report]", "pipeline.samples=2")
+    assert ran(stdout) == ["report"]
