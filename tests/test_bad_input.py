@@ -338,6 +338,15 @@ def test_config_values_out_of_range_name_the_key(tmp_path, overrides, message):
         check_postprocess(cfg.postprocess)
 
 
+def test_a_network_block_left_under_model_names_the_new_key(tmp_path):
+    from gridface.utils.validate import check_stage_config
+
+    cfg = compose_config("train", tmp_path / "out", tmp_path / "cache", ["+model.pretrained=/w/resnet18.pth"])
+    with pytest.raises(ConfigError, match=r"model = \['pretrained'\]: model is the input model's path in every "
+                                          r"stage.*network.pretrained="):
+        check_stage_config(cfg)
+
+
 def test_unwritable_output_folder_is_named(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -20,9 +20,12 @@ __all__ = ["main", "run_pipeline"]
 @user_errors("pipeline")
 def main(cfg: DictConfig) -> None:
     result = run_pipeline(cfg, Path(cfg.paths.output_dir))
-    done = "nothing to do: every stage is up to date" if not result["ran"] else f"ran {', '.join(result['ran'])}"
-    print(f"pipeline {result['run_dir']}: {done}")
-    print(f"report: {result['report']}")
+    report = result["report"] or "none yet (pipeline.stages left out the report stage)"
+    if result["ran"]:
+        print(f"pipeline {result['run_dir']}: ran {', '.join(result['ran'])}")
+        print(f"report: {report}")
+    else:  # a finished pipeline: only where its report is
+        print(f"report: {report} (nothing to do: every stage of {result['run_dir']} is up to date)")
 
 
 if __name__ == "__main__":

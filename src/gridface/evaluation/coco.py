@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def quiet_coco() -> Iterator[None]:
+    """faster-coco-eval prints its 12-line summary to stdout and to its INFO log; the caller reports the figures."""
+    logger = logging.getLogger("faster_coco_eval")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def coco_metrics(
@@ -36,7 +50,7 @@ def coco_metrics(
     gt.dataset = {"images": images, "annotations": anns,
                   "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
     gt.createIndex()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_coco():
         dt = gt.loadRes(dets) if dets else COCO()
         ev = COCOeval_faster(gt, dt, iouType="bbox")
         ev.params.maxDets = [1, 10, max_dets]

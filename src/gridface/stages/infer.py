@@ -75,7 +75,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         while len(written) > keep:  # bounded: at most ``keep`` batches wait for the writer
             faces += written.popleft().result()
 
-    bar = tqdm(source, total=len(source) or None, desc="inference", unit="frame" if source.kind != "images" else "img")
+    total = min(n for n in (len(source), cfg.get("max_frames")) if n) if len(source) or cfg.get("max_frames") else None
+    bar = tqdm(source, total=total, desc="inference", unit="frame" if source.kind != "images" else "img")
     with ThreadPoolExecutor(1, thread_name_prefix="writer") as pool:
         for frame in bar:
             if writer.video is None and source.kind != "images" and cfg.save_images:

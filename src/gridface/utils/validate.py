@@ -81,6 +81,12 @@ def check_postprocess(pp: DictConfig | dict) -> None:
 def check_stage_config(cfg: DictConfig) -> None:
     """What every stage checks first: the dataset (when given), post-processing, evaluation, and ``output_dir``
     when given (Hydra creates, and so checks, its own run folder before the stage starts)."""
+    model = cfg.get("model")
+    if model is not None and not isinstance(model, str):
+        keys = sorted(model.keys()) if isinstance(model, DictConfig) else model
+        raise ConfigError(f"model = {keys}: model is the input model's path in every stage (gridface 0.2); the "
+                          "network's settings are under network: (e.g. network.pretrained=), the weights to start "
+                          "from are model=<.ckpt>")
     if cfg.get("dataset") is not None:
         check_dataset(cfg.dataset)
     if cfg.get("postprocess") is not None:

@@ -80,6 +80,10 @@ def table_cells(row: dict[str, Any]) -> list[str]:
             wider if row.get("wider_easy") is not None else "–"]
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def headline(rows: list[dict[str, Any]]) -> list[str]:
     """The figures a user checks first: the deployed INT8 model against the unpruned checkpoint, FP32 ONNX = ckpt."""
     by = {r["artifact"]: r for r in rows if r["status"] == "done"}
@@ -90,7 +94,9 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
                      f"({fmt(r.get('d_AP50_points'), '+.2f')} points against the unpruned checkpoint's "
                      f"{fmt(base.get('AP50'))}) at {fmt(r.get('speedup'), '.1f')}× its PyTorch eager "
                      f"speed ({fmt(r.get('latency_ms'), '.2f')} ms against {fmt(base.get('latency_ms'), '.2f')}"
-                     " ms per image, batch 1).")
+                     f" ms per image, batch 1); at batch {r.get('throughput_batch')}, "
+                     f"{fmt(r.get('images_per_s'), '.1f')} against {fmt(base.get('images_per_s'), '.1f')} images/s"
+                     f" ({fmt(ratio(r.get('images_per_s'), base.get('images_per_s')), '.1f')}×).")
     if "onnx_fp32" in by and "retrained" in by:
         a, b = by["onnx_fp32"].get("AP50"), by["retrained"].get("AP50")
         if a is not None and b is not None:
@@ -107,15 +113,14 @@ def plot_accuracy_latency(path: Path, rows: list[dict[str, Any]]) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in points:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(points):  # a legend, not labels on the points: pruned models sit close together
         deployed = not r["backend"].startswith("PyTorch")
-        ax.scatter(r["latency_ms"], r["AP50"], s=60, marker="o" if deployed else "s",
-                   color="tab:green" if deployed else "tab:blue")
-        ax.annotate(f"{r['artifact']}\n{r['backend']}", (r["latency_ms"], r["AP50"]), fontsize=7,
-                    xytext=(5, 4), textcoords="offset points")
+        ax.scatter(r["latency_ms"], r["AP50"], s=70, marker="o" if deployed else "s", color=f"C{i}",
+                   edgecolor="black" if deployed else "none", label=f"{r['artifact']} ({r['backend']})")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     ax.set_xscale("log")
-    ax.set_xlabel("latency per image, batch 1 (ms, log scale) — deployed backends in green")
+    ax.set_xlabel("latency per image, batch 1 (ms, log scale); circles: deployed backends")
     ax.set_ylabel("AP50")
     ax.set_title("Accuracy against deployed latency")
     ax.grid(True, which="both", alpha=0.3)
@@ -147,7 +152,7 @@ def plot_samples(path: Path, image_dir: Path, limit: int) -> Path | None:
         ax.set_title(p.stem, fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
     return path
 

@@ -45,6 +45,7 @@ def stage_executor(cluster: str, params: dict[str, Any], folder: Path, stage: st
 
     params = dict(params)
     params.pop("submitit_folder", None)
+    params.pop("name", None)  # the job is named after its stage
     init = {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
     if stage not in TRAINING_STAGES:  # one process: the DDP layout is for training only
         params.update(nodes=1, tasks_per_node=1)
