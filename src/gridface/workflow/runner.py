@@ -266,6 +266,7 @@ def selected_stages(spec: Any) -> list[str]:
 
 def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path]) -> dict[str, Path]:
     """One stage in a cluster job (:mod:`gridface.workflow.submit`): the same work as in the pipeline's process."""
+    import gridface.utils.hydra  # noqa: F401  (a fresh job process: the config's resolvers, e.g. ${len:...})
     stage = next(s for s in STAGES if s.name == name)
     return stage.run(PipelineRun(cfg, root), root / name, inputs)
 
