@@ -40,6 +40,10 @@ def test_short_training_writes_checkpoints_logs_and_resumes(tmp_path):
     run(cfg2)
     last = torch.load(tmp_path / "out2" / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 1 and last["global_step"] == 6
+    # The same run again (ckpt_path=auto finds its finished last.ckpt): nothing to train, its metrics still reported
+    again = run(compose_train(tmp_path, over))
+    assert again["resumed_from"].endswith("last.ckpt") and again["global_step"] == 3
+    assert again["metrics"]["val/loss"] == pytest.approx(result["metrics"]["val/loss"], rel=1e-5)
 
 
 @pytest.mark.slow

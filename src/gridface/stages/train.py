@@ -55,6 +55,11 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     elapsed = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not metrics and cfg.get("ckpt_path") and trainer.limit_val_batches:
+        # resumed a run that had already finished: nothing was trained, so report its last weights' metrics
+        rank_zero_info(f"{cfg.ckpt_path} had already finished training; validating it")
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     ckpt_cb = trainer.checkpoint_callback
     result = {
         "metrics": metrics,
