@@ -142,20 +142,20 @@ def test_widerface_layout_at_736x416_trains_through_the_real_parser(tmp_path):
 
 @pytest.mark.slow
 def test_real_faces_flow_through_training_at_736x416(tmp_path, shared_data):
-    """The 19 real mini_val images through experiment=overfit_mini_val for 3 epochs (about 2.5 minutes here):
+    """The 19 real mini_val images through experiment=overfit_mini_val for 2 epochs (about a minute here):
     their invalid and small faces reach the loss as ignore regions, the coverage loss on these real pixels
-    falls epoch by epoch, and validation reports AP50 and the official easy/medium/hard. (Reaching AP50 0.5
+    falls from the first epoch to the second, and validation reports AP50 and the official easy/medium/hard. (Reaching AP50 0.5
     takes far longer than a test on this CPU: experiments/real_data_2026-11-24/README.md has the curve.)"""
     from gridface.train import build
 
     cfg = compose_train(tmp_path, ["experiment=overfit_mini_val", f"paths.shared_data={shared_data}",
-                                   "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3", "print_config=false"])
+                                   "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2", "print_config=false"])
     module, datamodule, trainer = build(cfg)
     datamodule.setup("fit")
     first = collate([datamodule.train_set[i] for i in range(len(datamodule.train_set))])
     assert first["image"].shape == (19, 3, 416, 736) and first["ignore"].sum() > 100  # real ignore cells
     trainer.fit(module, datamodule=datamodule)
     cov = logged_per_epoch(tmp_path / "out" / "csv" / "metrics.csv", "train/loss_cov_epoch")
-    assert len(cov) == 3 and cov[2] < cov[1] < cov[0], f"coverage loss per epoch: {cov}"
+    assert len(cov) == 2 and cov[1] < cov[0], f"coverage loss per epoch: {cov}"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert {"val/AP50", "val/wider_easy", "val/wider_medium", "val/wider_hard"} <= set(metrics)
