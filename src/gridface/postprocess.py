@@ -22,6 +22,9 @@ CLUSTERING = ("dbscan", "nms", "hybrid")
 CONFIDENCE = ("aggregate_cov", "mean_cov")
 NMS_GREEDY_FIRST = 8  # NMS: kept boxes before trying the pairs plan on the rest
 NMS_MAX_CANDIDATES = 60_000  # ... which gives way to the greedy loop above this many candidate pairs
+NMS_HEAD = 128  # NMS: boxes the greedy loop takes at once, at most ...
+NMS_SCATTERED = 16  # ... once the boxes it keeps remove fewer than this many boxes each
+NMS_GROW = 8  # ... growing with the kept count: NMS_GROW boxes per box kept so far
 CROWDED_CELL = 8  # clique groups: a grid cell this full is covered by leader balls, at most MAX_LEADERS of them
 MAX_LEADERS = 256
 LEADER_BATCH = 32
@@ -351,6 +354,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
     alive = np.arange(len(order))
     keep: list[int] = []
     tried_pairs = iou_threshold <= 0  # at 0 every pair overlaps: the loop it is
+    rate = float("inf")  # boxes the last round removed per box it kept
     while len(alive):
         removed_each = (len(order) - len(alive)) / max(len(keep), 1)  # boxes gone per kept box so far
         if len(keep) >= NMS_GREEDY_FIRST and not tried_pairs and len(alive) > NMS_GREEDY_FIRST * removed_each:
@@ -360,10 +364,41 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
             kept_left = None if pairs is None else nms_from_pairs(np.arange(len(left)), *pairs, iou_threshold)
             if kept_left is not None:
                 return np.concatenate([order[np.asarray(keep, np.int64)], left[kept_left]])
-        k, rest = alive[0], alive[1:]
-        keep.append(k)
-        alive = rest[pair_iou(cols, k, rest) <= iou_threshold]
+        # Where each kept box takes few others with it (scattered boxes), the next few boxes in score order go at
+        # once: greedy among themselves on their small IoU matrix, then the kept ones drop what they overlap in one
+        # pass. Boxes after the head are outranked by every head box, so this is the one-box-at-a-time loop's
+        # result. Where boxes crowd (faces), one box a round is already few rounds.
+        before = len(alive)
+        scattered = len(keep) >= NMS_GREEDY_FIRST and rate < NMS_SCATTERED
+        size = min(NMS_HEAD, NMS_GROW * len(keep)) if scattered else 1
+        if size == 1:
+            k, rest = alive[0], alive[1:]
+            keep.append(int(k))
+            alive = rest[pair_iou(cols, k, rest) <= iou_threshold]
+            rate = before - len(alive)
+            continue
+        head, rest = alive[:size], alive[size:]
+        kept = head[greedy_keep(pair_iou(cols, head[:, None], head[None, :]) > iou_threshold)]
+        keep.extend(kept.tolist())
+        alive = rest[(pair_iou(cols, kept[:, None], rest[None, :]) <= iou_threshold).all(0)]
+        rate = (before - len(alive)) / len(kept)  # boxes gone per box kept, in this round
     return order[np.asarray(keep, np.int64)]
+
+
+def greedy_keep(over: np.ndarray) -> np.ndarray:
+    """Greedy NMS on a small score-ordered ``over`` matrix (``over[i, j]``: box i would suppress box j), in rounds:
+    a box is suppressed when a kept better box overlaps it, kept when every better box that overlaps it is
+    suppressed. The first undecided box is always decided, so it ends; a few rounds where boxes are scattered."""
+    better = np.triu(over, 1)  # better[i, j]: i outranks j and overlaps it
+    state = np.zeros(len(over), np.int8)  # 0 undecided, 1 kept, 2 suppressed
+    while True:
+        undecided = state == 0
+        if not undecided.any():
+            return np.flatnonzero(state == 1)
+        by_kept = better[state == 1].any(0)
+        waits = better[undecided].any(0)
+        state[undecided & by_kept] = 2
+        state[undecided & ~by_kept & ~waits] = 1
 
 
 def nms_from_pairs(order: np.ndarray, i: np.ndarray, j: np.ndarray, iou: np.ndarray, iou_threshold: float,
