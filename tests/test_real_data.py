@@ -133,10 +133,14 @@ def test_widerface_layout_at_736x416_trains_through_the_real_parser(tmp_path):
     val = logged_per_epoch(metrics, "val/loss")
     ap = logged_per_epoch(metrics, "val/AP50")
     # AP50 this early is a few hundredths or 0 and moves between runs and CPUs: the losses show that it learned
-    # (test_real_faces_flow_through_training_at_736x416 and the pruning test check AP on a longer run).
+    # (test_real_faces_flow_through_training_at_736x416 and the pruning test check AP on a longer run). The
+    # validation loss is not monotonic under the recipe's one-cycle schedule: the first epoch's can be low while
+    # the head still predicts background everywhere (0.012, 0.83, 0.12 in one run; 0.43, ..., 0.006 in another),
+    # and it rises at the learning-rate peak; it falls again as the rate anneals.
     seen = f"train cov loss {cov}, val loss {val}, val/AP50 {ap}"
     assert len(cov) == len(val) == len(ap) == 3, seen
-    assert cov[2] < cov[0] and val[2] < val[0], seen
+    assert all(np.isfinite([*cov, *val])), seen
+    assert cov[2] < cov[0] and val[2] < val[1], seen
     assert all(0.0 <= a <= 1.0 for a in ap), seen
 
 
@@ -144,8 +148,9 @@ def test_widerface_layout_at_736x416_trains_through_the_real_parser(tmp_path):
 def test_real_faces_flow_through_training_at_736x416(tmp_path, shared_data):
     """The 19 real mini_val images through experiment=overfit_mini_val for 2 epochs (about a minute here):
     their invalid and small faces reach the loss as ignore regions, the coverage loss on these real pixels
-    falls from the first epoch to the second, and validation reports AP50 and the official easy/medium/hard. (Reaching AP50 0.5
-    takes far longer than a test on this CPU: experiments/real_data_2026-11-24/README.md has the curve.)"""
+    falls from the first epoch to the second, and validation reports AP50 and the official easy/medium/hard.
+    (Reaching AP50 0.5 takes far longer than a test on this CPU: experiments/real_data_2026-11-24/README.md has
+    the curve.)"""
     from gridface.train import build
 
     cfg = compose_train(tmp_path, ["experiment=overfit_mini_val", f"paths.shared_data={shared_data}",
