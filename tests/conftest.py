@@ -8,6 +8,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def lightning_rank_restored():
+    """A Trainer built under a simulated multi-rank environment (the Slurm test's rank 5) sets Lightning's global
+    ``rank_zero_only.rank``, and a later single-process Trainer does not reset it: every in-process run after it
+    would skip its rank-zero work (loggers, metrics, checkpoints). Each test leaves the rank as it found it."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    rank = getattr(rank_zero_only, "rank", 0)
+    yield
+    rank_zero_only.rank = rank
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The read-only real WIDER FACE material beside the repo; tests skip where it is absent."""
