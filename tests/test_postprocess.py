@@ -27,7 +27,7 @@ def test_dbscan_equals_scikit_learn(seed):
     dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
     # scikit-learn takes an integer min_samples: a fractional one is the same test on weights / min_samples.
     ref = DBSCAN(eps=eps, min_samples=1, metric="precomputed").fit(dist, sample_weight=w / min_samples).labels_
-    # ours never builds the n x n matrix: clique groups, then the neighbour pairs between groups
+    # ours never builds the n x n matrix: an x1-sorted window per box, compiled loops
     ours = dbscan_boxes(boxes, w, np.zeros(n, np.int64), eps, min_samples)
     np.testing.assert_array_equal(ours, ref)
 
@@ -145,8 +145,7 @@ def test_dbscan_with_classes_duplicates_and_crowds_equals_scikit_learn(seed):
 
 @pytest.mark.parametrize("sigma", [0.05, 0.5])
 def test_nms_on_an_untrained_nets_scattered_boxes_equals_torchvision(sigma):
-    """Every cell passes and regresses a small box of its own (an untrained head): ~1000 kept boxes, the case
-    where NMS resolves the greedy order from the overlapping pairs instead of one pass per kept box."""
+    """Every cell passes and regresses a small box of its own (an untrained head): ~1000 kept boxes."""
     rng = np.random.default_rng(int(sigma * 100))
     boxes = decode_boxes(rng.normal(0, sigma, (1, 4, 26, 46)), 16, HW)[0, 0].reshape(-1, 4)
     scores = rng.permutation(len(boxes)).astype(np.float64) / len(boxes)
@@ -155,3 +154,33 @@ def test_nms_on_an_untrained_nets_scattered_boxes_equals_torchvision(sigma):
     got = nms(boxes, scores, labels, 0.3)
     assert len(got) > 500
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7])
+def test_nms_on_a_full_grid_of_scattered_faces_equals_torchvision(threshold):
+    """Every cell its own 40-200 px box, two classes: hundreds kept, each suppressing a few, in both x directions."""
+    cov, bbox = random_boxes_maps(int(threshold * 10))
+    boxes = decode_boxes(bbox.astype(np.float64), 16, HW)[0, 0].reshape(-1, 4)
+    scores = cov.reshape(-1).astype(np.float64)
+    labels = np.random.default_rng(0).integers(0, 2, len(boxes))
+    ref = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), threshold).numpy()
+    got = nms(boxes, scores, labels, threshold)
+    assert 20 < len(got) < len(boxes) - 100
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_dbscan_boxes_without_area_are_noise_as_in_scikit_learn():
+    """Zero-width and inverted boxes (an untrained head regresses them) overlap nothing, not even themselves:
+    torchvision's IoU is nan or 0 for them, so scikit-learn never counts them; neither does ours."""
+    rng = np.random.default_rng(7)
+    boxes = random_boxes(rng, 200)
+    boxes[:20, 2] = boxes[:20, 0]  # zero width
+    boxes[20:40, 3] = boxes[20:40, 1] - 5  # inverted
+    boxes[40:60] = boxes[:20]  # copies of the zero-width ones
+    w = rng.uniform(0.5, 3.0, len(boxes))
+    dist = 1.0 - box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    dist[np.isnan(dist)] = 2.0
+    ref = DBSCAN(eps=0.15, min_samples=1, metric="precomputed").fit(dist, sample_weight=w).labels_
+    ours = dbscan_boxes(boxes, w, np.zeros(len(boxes), np.int64), 0.15, 1.0)
+    np.testing.assert_array_equal(ours, ref)
+    assert (ours[:60] == -1).all() and (ours[60:] >= 0).any()
