@@ -240,3 +240,49 @@ def test_truncated_video_is_reported_and_a_headerless_one_is_an_error(tmp_path, 
     mp4.write_bytes(mp4.read_bytes()[:1000])
     with pytest.raises(ValueError, match=r"cannot open video .*cut.mp4"):
         Source(str(mp4))
+
+
+@pytest.fixture(scope="module")
+def onnx_model(model):
+    """The module's checkpoint exported to ONNX (with its metadata), as a deployment runs it."""
+    from gridface.stages.export import run as export_run
+
+    from .helpers import compose_config
+
+    _, ckpt, tmp = model
+    cfg = compose_config("export", tmp / "export", tmp / "cache", [f"model={ckpt}", "export=onnx",
+                                                                   "export.verify_images=2"])
+    return export_run(cfg)["onnx"]
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "onnx"])
+def test_infer_gives_the_detectors_boxes_and_keeps_the_colours(tmp_path, model, onnx_model, kind):
+    """gridface.infer keeps frames BGR as OpenCV decodes them, fills each batch itself and (ONNX) runs two batches
+    side by side: the boxes of each image are still the Detector's on the same file, in order, at batch 1 and 3,
+    and the annotated image keeps its colours."""
+    path = model[1] if kind == "checkpoint" else onnx_model
+    det = Detector.load(path, clustering="nms", coverage_threshold=0.0)
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        bgr = np.zeros((240, 320, 3), np.uint8)
+        bgr[:, :160, 2] = 230  # red on the left
+        bgr[:, 160:, 0] = 230  # blue on the right
+        bgr[rng.integers(0, 240, 300), rng.integers(0, 320, 300)] = 255
+        cv2.imwrite(str(src / f"{i}.jpg"), bgr)
+    for batch in (1, 3):
+        out = tmp_path / f"out{batch}"
+        cfg = infer_cfg(tmp_path, (None, path, None), src, [f"batch_size={batch}", "model_workers=2"])
+        cfg.paths.output_dir = str(out)
+        summary = infer_run(cfg)
+        assert summary["frames"] == 5 and summary["faces"] > 0
+        coco = json.loads((out / "detections.json").read_text())
+        assert [c["image_id"] for c in coco] == sorted(c["image_id"] for c in coco)  # written in order
+        for i in range(5):
+            rows = [line.split() for line in (out / "labels" / f"{i}.txt").read_text().splitlines()]
+            expected = det(src / f"{i}.jpg")
+            np.testing.assert_allclose(np.array([r[4:8] for r in rows], float), expected.boxes, atol=0.011)
+        annotated = cv2.imread(str(out / "images" / "0.jpg"))
+        left, right = np.median(annotated[:, :150], (0, 1)), np.median(annotated[:, 170:], (0, 1))
+        assert left[2] > 150 > left[0] and right[0] > 150 > right[2]  # BGR: red stays red, blue stays blue

@@ -4,7 +4,8 @@ import torch
 from sklearn.cluster import DBSCAN
 from torchvision.ops import batched_nms, box_iou
 
-from gridface.postprocess import GridBoxDecoder, dbscan_boxes, nms
+from gridface.box_clustering import dbscan_boxes, nms
+from gridface.postprocess import GridBoxDecoder
 from gridface.targets import GridBoxTargetEncoder, decode_boxes
 from tests.grid_maps import HW, one_face_maps, random_boxes_maps
 

@@ -71,8 +71,9 @@ def jpeg_problem(data: bytes) -> str | None:
     return None
 
 
-def decode_image_rgb(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
-    """Bytes of an image file -> RGB uint8 HWC; :class:`ImageReadError` when they are not a whole image."""
+def decode_image_bgr(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
+    """Bytes of an image file -> BGR uint8 HWC, as OpenCV decodes it; :class:`ImageReadError` when they are not
+    a whole image."""
     if not data:
         raise ImageReadError(path, EMPTY, "0 bytes")
     fmt = image_format(data)
@@ -85,18 +86,33 @@ def decode_image_rgb(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
         if fmt is None:
             raise ImageReadError(path, NOT_IMAGE, f"starts with {data[:8]!r}, not a known image signature")
         raise ImageReadError(path, UNDECODABLE, f"{fmt} decoder failed (corrupt or truncated)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """RGB uint8 HWC from a file; :class:`ImageReadError` (missing, empty, not an image, truncated, undecodable)."""
+def decode_image_rgb(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
+    """Bytes of an image file -> RGB uint8 HWC; :class:`ImageReadError` when they are not a whole image."""
+    return cv2.cvtColor(decode_image_bgr(data, path), cv2.COLOR_BGR2RGB)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """A file's bytes; :class:`ImageReadError` when it is missing or cannot be read."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageReadError(path, MISSING) from None
     except (IsADirectoryError, PermissionError) as e:
         raise ImageReadError(path, UNDECODABLE, e.strerror or type(e).__name__) from None
-    return decode_image_rgb(data, path)
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """RGB uint8 HWC from a file; :class:`ImageReadError` (missing, empty, not an image, truncated, undecodable)."""
+    return decode_image_rgb(read_image_bytes(path), path)
+
+
+def read_image_bgr(path: str | Path) -> np.ndarray:
+    """BGR uint8 HWC from a file, checked as :func:`read_image_rgb` is: for OpenCV consumers (``gridface.infer``
+    draws and encodes in BGR), without a full-size colour conversion each way."""
+    return decode_image_bgr(read_image_bytes(path), path)
 
 
 def array_to_rgb(image: Any, color: str = "RGB") -> np.ndarray:

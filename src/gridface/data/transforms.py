@@ -40,7 +40,9 @@ def letterbox(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray,
     scale = min(tw / w, th / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     if (nw, nh) != (w, h):
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        # Area averaging only where bilinear would skip pixels (under half size): at 1024x700 -> 736x416 it cost
+        # 7.3 core-ms against 0.8 for bilinear, more than the rest of the preprocessing together.
+        interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
         image = cv2.resize(image, (nw, nh), interpolation=interp)
     px, py = (tw - nw) // 2, (th - nh) // 2
     if (nw, nh) != (tw, th):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,12 @@ class Detector:
         self.postprocess = {**backend.postprocess, **postprocess}
         self.decoder = GridBoxDecoder(stride=backend.stride, **self.postprocess)
         self.class_names = backend.class_names
+        self._buffers = threading.local()  # each calling thread's batch buffer (``run``)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True,
              **postprocess: Any) -> Detector:
+        GridBoxDecoder.warm_up()  # the compiled clustering loads beside the model, not on the first image
         return cls(load_backend(path, device, threads, spin), **postprocess)
 
     @staticmethod
@@ -46,15 +49,24 @@ class Detector:
         uint8, uint16, or float in [0, 1]; ``color`` order) -> RGB uint8; anything else is a clear error."""
         return to_rgb(image, color)
 
-    def prepare(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """The network input of one RGB image (CHW float, letterboxed as in training) and how it maps back.
-        Thread-safe: ``gridface.infer`` runs it in the reader threads, beside the model."""
-        net_img, lb = letterbox(image_rgb, self.backend.input_hw)
-        return to_tensor_layout(net_img), lb
+    def prepare(self, image: np.ndarray, color: str = "RGB") -> tuple[np.ndarray, Letterbox]:
+        """One image letterboxed to the network input as in training (HWC uint8, RGB order; for a BGR image a
+        channel-reversed view, no copy) and how it maps back. Thread-safe: ``gridface.infer`` runs it in the
+        reader threads, beside the model."""
+        net_img, lb = letterbox(image, self.backend.input_hw)
+        return (net_img[..., ::-1] if color.upper() == "BGR" else net_img), lb
 
     def run(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The model on prepared inputs: raw ``cov`` and ``bbox`` maps of the batch."""
-        return self.backend.run(np.stack(inputs))
+        """The model on prepared images: raw ``cov`` and ``bbox`` maps of the batch. The images go straight into
+        the batch as CHW float (one pass each, into a buffer the calling thread reuses, so no batch is copied or
+        allocated again)."""
+        h, w = self.backend.input_hw
+        batch = getattr(self._buffers, "batch", None)
+        if batch is None or batch.shape[0] < len(inputs):
+            batch = self._buffers.batch = np.empty((len(inputs), 3, h, w), np.float32)
+        for slot, image in zip(batch, inputs, strict=False):
+            to_tensor_layout(image, out=slot)
+        return self.backend.run(batch[: len(inputs)])
 
     def decode(self, cov: np.ndarray, bbox: np.ndarray, letterboxes: Sequence[Letterbox]) -> list[Detections]:
         """Raw maps -> detections in each original image's coordinates (thread-safe, numpy)."""

@@ -1,6 +1,6 @@
 """Where frames come from: an image, a folder, a glob, a video file or a camera index.
 
-Reading, decoding and the model's preprocessing (``prepare``: letterbox, CHW float) run in background threads
+Reading, decoding and the model's preprocessing (``prepare``: the letterbox) run in background threads
 ahead of the model (``prefetch`` items), so the model, not I/O, sets the pace; OpenCV releases the GIL, so they
 run in parallel with it. Unusable files in a folder (missing, truncated, corrupt: the checks of
 :mod:`gridface.data.images`) are reported and skipped. A frame's ``name`` is its path relative to the folder or
@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gridface.data.images import IMAGE_SUFFIXES, ImageReadError, read_image_rgb
+from gridface.data.images import IMAGE_SUFFIXES, ImageReadError, read_image_bgr, read_image_rgb
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -31,7 +31,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 @dataclass
 class Frame:
-    image: np.ndarray | None  # RGB uint8; None when unusable
+    image: np.ndarray | None  # uint8 in the source's ``color`` order (RGB unless asked); None when unusable
     name: str                 # path relative to the source root without suffix (a/b/photo), or frame_<index>
     path: Path | None         # source file for images
     index: int
@@ -43,9 +43,14 @@ class Source:
     """Iterates frames. ``kind`` is ``images``, ``video`` or ``camera``; ``fps``/``size`` for video."""
 
     def __init__(self, spec: str | int, frame_stride: int = 1, prefetch: int = 8, workers: int = 2,
-                 prepare: Callable[[np.ndarray], Any] | None = None) -> None:
+                 prepare: Callable[[np.ndarray], Any] | None = None, color: str = "RGB") -> None:
+        """``color="BGR"`` keeps frames as OpenCV decodes them: a consumer that draws and encodes with OpenCV
+        then converts nothing at full size."""
+        if color.upper() not in ("RGB", "BGR"):
+            raise ValueError(f"color must be 'RGB' or 'BGR', got '{color}'")
         self.spec = spec
         self.prepare = prepare
+        self.bgr = color.upper() == "BGR"
         self.frame_stride = max(1, int(frame_stride))
         self.prefetch, self.workers = prefetch, workers
         self.fps: float | None = None
@@ -109,7 +114,7 @@ class Source:
         return f.relative_to(self.root).with_suffix("").as_posix() if self.root else f.stem
 
     def _load(self, f: Path) -> tuple[np.ndarray, Any]:
-        image = read_image_rgb(f)
+        image = read_image_bgr(f) if self.bgr else read_image_rgb(f)
         return image, self.prepare(image) if self.prepare else None
 
     def _images(self) -> Iterator[Frame]:
@@ -181,7 +186,7 @@ class Source:
                 if not ok:
                     break
                 if i % self.frame_stride == 0:
-                    yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"frame_{i:06d}", None, i)
+                    yield Frame(bgr if self.bgr else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"frame_{i:06d}", None, i)
                 i += 1
         finally:
             cap.release()

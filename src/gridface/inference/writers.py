@@ -13,9 +13,12 @@ from gridface.postprocess import Detections
 from gridface.utils.io import atomic_path, write_text
 
 
-def draw(image_rgb: np.ndarray, det: Detections, class_names: list[str]) -> np.ndarray:
-    """BGR copy with boxes and scores drawn (line width and font scale follow the image size)."""
-    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+def draw(image: np.ndarray, det: Detections, class_names: list[str], color: str = "RGB", copy: bool = True
+         ) -> np.ndarray:
+    """The image in BGR (for OpenCV's writers) with boxes and scores drawn; line width and font scale follow the
+    image size. A BGR image is drawn on in place with ``copy=False``."""
+    bgr = color.upper() == "BGR"
+    out = (image.copy() if copy else image) if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     t = max(1, round(min(out.shape[:2]) / 400))
     for (x1, y1, x2, y2), s, c in zip(det.boxes, det.scores, det.labels, strict=True):
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
@@ -33,6 +36,9 @@ def kitti_lines(det: Detections, class_names: list[str]) -> str:
 
 
 class OutputWriter:
+    """Writes each frame's outputs as it comes. Frames are BGR (as :class:`Source` gives them with
+    ``color="BGR"``); an annotated frame is drawn on in place, so hand over frames that are not used again."""
+
     def __init__(self, out_dir: Path, class_names: list[str], save_images: bool = True, save_kitti: bool = True,
                  save_json: bool = True, save_wider: bool = False) -> None:
         self.out = Path(out_dir)
@@ -50,11 +56,11 @@ class OutputWriter:
         if not self.video.isOpened():
             raise RuntimeError(f"cannot write video {self.video_path} (no mp4v encoder in this OpenCV build?)")
 
-    def add(self, image_rgb: np.ndarray, det: Detections, name: str, index: int, path: Path | None) -> None:
+    def add(self, image_bgr: np.ndarray, det: Detections, name: str, index: int, path: Path | None) -> None:
         if self.video is not None:
-            self.video.write(draw(image_rgb, det, self.class_names))
+            self.video.write(draw(image_bgr, det, self.class_names, "BGR", copy=False))
         elif self.save_images:
-            ok, jpg = cv2.imencode(".jpg", draw(image_rgb, det, self.class_names))
+            ok, jpg = cv2.imencode(".jpg", draw(image_bgr, det, self.class_names, "BGR", copy=False))
             if not ok:
                 raise RuntimeError(f"could not encode the annotated image for {name}")
             with atomic_path(self.out / "images" / f"{name}.jpg") as tmp:
