@@ -110,6 +110,28 @@ def dbscan_sorted(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray
     return out
 
 
+@njit(**KERNEL)
+def by_x1(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The boxes' order by x1 (stable) and their x1, y1, x2, y2 columns in that order."""
+    order = np.argsort(boxes[:, 0], kind="mergesort")
+    n = len(order)
+    x1, y1, x2, y2 = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    for p in range(n):
+        a = order[p]
+        x1[p], y1[p], x2[p], y2[p] = boxes[a, 0], boxes[a, 1], boxes[a, 2], boxes[a, 3]
+    return order, x1, y1, x2, y2
+
+
+@njit(**KERNEL)
+def dbscan_kernel(boxes: np.ndarray, weights: np.ndarray, labels: np.ndarray, eps: float, min_samples: float
+                  ) -> np.ndarray:
+    order, x1, y1, x2, y2 = by_x1(boxes)
+    by_position = dbscan_sorted(x1, y1, x2, y2, weights[order], labels[order], order, eps, min_samples)
+    out = np.empty(len(order), np.int64)
+    out[order] = by_position
+    return out
+
+
 def dbscan_boxes(boxes: np.ndarray, weights: np.ndarray, labels: np.ndarray, eps: float, min_samples: float
                  ) -> np.ndarray:
     """DBSCAN of ``boxes`` (same class only) under distance 1 - IoU, ``weights`` as sample weights: a box is core
@@ -117,18 +139,10 @@ def dbscan_boxes(boxes: np.ndarray, weights: np.ndarray, labels: np.ndarray, eps
 
     Returns labels like scikit-learn: clusters numbered in order of their first core point, border points joined
     to the earliest-numbered cluster among their core neighbours, noise -1. A box without area is noise."""
-    n = len(boxes)
-    if n == 0:
+    if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    boxes = np.asarray(boxes, np.float64)
-    order = np.argsort(boxes[:, 0], kind="stable")
-    b = boxes[order]
-    by_position = dbscan_sorted(*(np.ascontiguousarray(b[:, k]) for k in range(4)),
-                                np.asarray(weights, np.float64)[order], np.asarray(labels, np.int64)[order], order,
-                                float(eps), float(min_samples))
-    out = np.empty(n, np.int64)
-    out[order] = by_position
-    return out
+    return dbscan_kernel(np.ascontiguousarray(boxes, np.float64), np.ascontiguousarray(weights, np.float64),
+                         np.ascontiguousarray(labels, np.int64), float(eps), float(min_samples))
 
 
 @njit(**KERNEL)
@@ -175,19 +189,21 @@ def nms_sorted(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, c
     return keep[:kept]
 
 
+@njit(**KERNEL)
+def nms_kernel(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+    order, x1, y1, x2, y2 = by_x1(boxes)
+    rank = np.empty(len(order), np.int64)
+    rank[np.argsort(-scores, kind="mergesort")] = np.arange(len(order))
+    return order[nms_sorted(x1, y1, x2, y2, labels[order], rank[order], iou_threshold)]
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy per-class NMS as torchvision's ``batched_nms``: indices kept, by decreasing score (ties in index
     order); a box is suppressed by a kept box of its class with IoU > ``iou_threshold``."""
-    boxes = np.asarray(boxes, np.float64)
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    rank = np.empty(len(boxes), np.int64)
-    rank[np.argsort(-np.asarray(scores), kind="stable")] = np.arange(len(boxes))
-    order = np.argsort(boxes[:, 0], kind="stable")
-    b = boxes[order]
-    kept = nms_sorted(*(np.ascontiguousarray(b[:, k]) for k in range(4)), np.asarray(labels, np.int64)[order],
-                      rank[order], float(iou_threshold))
-    return order[kept]
+    return nms_kernel(np.ascontiguousarray(boxes, np.float64), np.ascontiguousarray(scores, np.float64),
+                      np.ascontiguousarray(labels, np.int64), float(iou_threshold))
 
 
 def warm_up() -> None:
