@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
+from gridface.contract import read_metadata
 from gridface.data.dataset import iter_network_inputs
 from gridface.data.images import read_image_bgr
 from gridface.data.synthetic import SyntheticSpec, generate
@@ -32,11 +33,10 @@ from gridface.utils.machine import machine_line, machine_record
 from gridface.utils.timing import interleaved_latency
 
 
-def model_only(model: str, images: list[Path], batch: int, threads: int) -> dict[str, float]:
-    """The network alone on pre-letterboxed batches, images/s: one run at a time on ``threads`` threads, and
-    ``threads`` single-threaded runs side by side (what ``gridface.infer``'s ``model_workers`` does). The better
-    of the two is the ceiling the pipeline is compared with."""
-    x = np.stack(list(iter_network_inputs(images, load_backend(model).input_hw)))
+def model_only(model: str, x: np.ndarray, batch: int, threads: int) -> dict[str, float]:
+    """The network alone on the pre-letterboxed images ``x``, images/s: one run at a time on ``threads`` threads,
+    and ``threads`` single-threaded runs side by side (what ``gridface.infer``'s ``model_workers`` does). The
+    better of the two is the ceiling the pipeline is compared with."""
     starts = range(0, len(x), batch)
     out = {}
     for name, workers, per_run in (("one_run", 1, threads), ("side_by_side", threads, 1)):
@@ -65,8 +65,7 @@ def stage_costs(model: str, files: list[Path]) -> dict[str, float]:
     x = np.stack([to_tensor_layout(net_img)] * 8)
     cov, bbox = det.backend.run(x[:1])
     dets = det.decode(cov, bbox, [lb])[0]
-    canvas = img.copy()
-    annotated = draw(canvas, dets, det.class_names, "BGR", copy=False)
+    annotated = draw(img.copy(), dets, det.class_names)
     return {
         "read + JPEG decode (with the truncation check)": median_ms(lambda: read_image_bgr(files[0])),
         "  of which cv2.imdecode alone": median_ms(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), 1)),
@@ -75,7 +74,7 @@ def stage_costs(model: str, files: list[Path]) -> dict[str, float]:
         "model (1 thread, batch 8, per image)": median_ms(lambda: det.backend.run(x), 3) / 8,
         "post-processing (model's clustering)": median_ms(lambda: det.decode(cov, bbox, [lb])),
         "KITTI + JSON lines": median_ms(lambda: kitti_lines(dets, det.class_names)),
-        "draw boxes (in place)": median_ms(lambda: draw(canvas, dets, det.class_names, "BGR", copy=False)),
+        "draw boxes (in place)": median_ms(lambda: draw(annotated, dets, det.class_names)),
         "encode annotated JPEG": median_ms(lambda: cv2.imencode(".jpg", annotated)),
     }
 
@@ -112,8 +111,9 @@ def main() -> None:
         video = make_video(files, Path(tmp) / "clip.mp4")
         for model in args.model:
             stages[Path(model).name] = stage_costs(model, files)
+            x = np.stack(list(iter_network_inputs(files, tuple(read_metadata(model)["input_hw"]))))
             for batch in (1, 8):
-                alone = [model_only(model, files, batch, args.threads) for _ in range(args.repeats)]
+                alone = [model_only(model, x, batch, args.threads) for _ in range(args.repeats)]
                 alone = {k: max(a[k] for a in alone) for k in alone[0]}
                 model_ips = alone["best"]
                 for save_images in (False, True):

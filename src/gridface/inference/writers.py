@@ -13,12 +13,9 @@ from gridface.postprocess import Detections
 from gridface.utils.io import atomic_path, write_text
 
 
-def draw(image: np.ndarray, det: Detections, class_names: list[str], color: str = "RGB", copy: bool = True
-         ) -> np.ndarray:
-    """The image in BGR (for OpenCV's writers) with boxes and scores drawn; line width and font scale follow the
-    image size. A BGR image is drawn on in place with ``copy=False``."""
-    bgr = color.upper() == "BGR"
-    out = (image.copy() if copy else image) if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+def draw(out: np.ndarray, det: Detections, class_names: list[str]) -> np.ndarray:
+    """Boxes and scores drawn in place on a BGR image (as OpenCV's writers take it), which is returned; line width
+    and font scale follow the image size."""
     t = max(1, round(min(out.shape[:2]) / 400))
     for (x1, y1, x2, y2), s, c in zip(det.boxes, det.scores, det.labels, strict=True):
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
@@ -58,9 +55,9 @@ class OutputWriter:
 
     def add(self, image_bgr: np.ndarray, det: Detections, name: str, index: int, path: Path | None) -> None:
         if self.video is not None:
-            self.video.write(draw(image_bgr, det, self.class_names, "BGR", copy=False))
+            self.video.write(draw(image_bgr, det, self.class_names))
         elif self.save_images:
-            ok, jpg = cv2.imencode(".jpg", draw(image_bgr, det, self.class_names, "BGR", copy=False))
+            ok, jpg = cv2.imencode(".jpg", draw(image_bgr, det, self.class_names))
             if not ok:
                 raise RuntimeError(f"could not encode the annotated image for {name}")
             with atomic_path(self.out / "images" / f"{name}.jpg") as tmp:
