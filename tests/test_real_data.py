@@ -15,7 +15,6 @@ from gridface.data.synthetic import SyntheticSpec, generate_widerface
 from gridface.data.transforms import letterbox
 from gridface.evaluation.ap import per_class_ap
 from gridface.loss import GridBoxLoss
-from gridface.module import GridBoxModule
 from gridface.postprocess import GridBoxDecoder
 from gridface.targets import GridBoxTargetEncoder, decode_boxes
 
@@ -109,11 +108,10 @@ def test_ground_truth_round_trips_through_letterbox_encoding_and_decoding(shared
 
 
 @pytest.mark.slow
-def test_widerface_layout_trains_through_the_real_parser(tmp_path):
+def test_widerface_layout_at_736x416_trains_through_the_real_parser(tmp_path):
     """Synthetic faces written in WIDER FACE's official layout (events, bbx_gt.txt with invalid flags, tiny
-    faces), trained through dataset=widerface, its parser and the letterbox: the losses fall. dataset=widerface
-    is TAO's 736x416; the run trains at half that (368x208, ~8 s an epoch here; 736x416 took ~30 s), since
-    test_real_faces_flow_through_training_at_736x416 trains at full size already."""
+    faces), trained through dataset=widerface, its parser and the letterbox at 736x416: the losses fall
+    (~30 s an epoch here)."""
     spec = {"width": 800, "height": 600, "min_faces": 1, "max_faces": 3, "min_face": 3.0, "small_face": 60.0,
             "small_fraction": 0.15, "max_face_frac": 0.45}
     root = generate_widerface(tmp_path / "wider", {"train": SyntheticSpec(num_images=20, seed=0, **spec),
@@ -129,9 +127,7 @@ def test_widerface_layout_trains_through_the_real_parser(tmp_path):
                                    "trainer.num_sanity_val_steps=0", "print_config=false",
                                    "postprocess.minimum_bounding_box_height=0"])
     assert (cfg.dataset.input_width, cfg.dataset.input_height) == (736, 416)
-    cfg.dataset.input_width, cfg.dataset.input_height = 368, 208
-    result = run(cfg)
-    assert GridBoxModule.from_checkpoint(result["last_checkpoint"]).input_hw == (208, 368)
+    run(cfg)
     metrics = tmp_path / "out" / "csv" / "metrics.csv"
     cov = logged_per_epoch(metrics, "train/loss_cov_epoch")
     val = logged_per_epoch(metrics, "val/loss")
@@ -142,7 +138,6 @@ def test_widerface_layout_trains_through_the_real_parser(tmp_path):
     # the head still predicts background everywhere (0.012, 0.83, 0.12 in one run; 0.43, ..., 0.006 in another),
     # and it rises at the learning-rate peak; it falls again as the rate anneals.
     seen = f"train cov loss {cov}, val loss {val}, val/AP50 {ap}"
-    print(seen)
     assert len(cov) == len(val) == len(ap) == 3, seen
     assert all(np.isfinite([*cov, *val])), seen
     assert cov[2] < cov[0] and val[2] < val[1], seen
