@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train pipeline test test-fast test-slurm slurm-up slurm-down lint bench clean
+.PHONY: help install train pipeline test test-fast test-gpu test-slurm slurm-up slurm-down lint bench bench-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: $(STAMP) ## run the whole test suite (fast and slow)
 
 test-fast: $(STAMP) ## run only the fast unit tests
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-gpu: $(STAMP) ## run the GPU tests (bf16/fp16 steps, channels_last, CUDA inference, NCCL DDP, the device data path); skipped without CUDA
+	$(PY) -m pytest -m gpu $(ARGS)
 
 test-slurm: $(STAMP) ## bring up a one-node Slurm on localhost (apt, root), run the slurm tests, take it down
 	tests/slurm/cluster.sh up
@@ -57,6 +60,9 @@ bench: $(STAMP) ## speed benchmarks side by side in one record (bench_results/re
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_widerface.py || echo "WIDER FACE benchmark skipped: ../shared/data not found"
 	$(PY) scripts/bench_record.py
+
+bench-gpu: $(STAMP) ## where a GPU training run's time goes: step alone per precision/layout, loaders, end to end per epoch (bench_results/gpu)
+	$(PY) scripts/bench_gpu.py --out bench_results/gpu $(ARGS)
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache bench_results .pytest_cache

@@ -5,7 +5,9 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# beside the checkout (dev and CI machines), or where GRIDFACE_SHARED_DATA points (a GPU machine's copy)
+SHARED_DATA = Path(os.environ.get("GRIDFACE_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(autouse=True)

@@ -48,3 +48,32 @@ def run_smoke_pipeline(root: Path, *args: str) -> tuple[str, float]:
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout, seconds
+
+
+def overfit_fixed_batch(batch: dict, seed: int, steps: int, lr: float = 1e-3, loss_config: dict | None = None,
+                        model_config: dict | None = None) -> list[dict[str, float]]:
+    """The one way a test asserts learning: a fresh network (``seed``) trained on one fixed batch (no augmentation)
+    by Adam at a constant learning rate, deterministic algorithms on; the loss terms of every step. The margins
+    the tests assert were measured over many seeds with ``scripts/learning_margins.py``, which calls this."""
+    import torch
+
+    from gridface.loss import GridBoxLoss
+    from gridface.model import GridBoxNet
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        net = GridBoxNet(**(model_config or {}))
+        loss_fn = GridBoxLoss(**(loss_config or {}))
+        opt = torch.optim.Adam(net.parameters(), lr)
+        history = []
+        for _ in range(steps):
+            out = loss_fn(net(batch["image"]), batch)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            history.append({k: v.item() for k, v in out.items()})
+        return history
+    finally:
+        torch.use_deterministic_algorithms(deterministic)

@@ -93,7 +93,7 @@ def test_configs_are_packaged_with_the_wheel_layout():
     assert '"gridface.configs" = "configs"' in pyproject
 
 
-TAO = {"max_epochs": 120, "accelerator": "gpu", "precision": "16-mixed", "fg_weight": 0.05, "l1": 3e-9,
+TAO = {"max_epochs": 120, "accelerator": "gpu", "precision": "auto", "fg_weight": 0.05, "l1": 3e-9,
        "lr": (5e-7, 5e-5), "eps": 0.15, "min_samples": 1.0, "zoom": [0.7, 1.8]}
 BUILT_IN = {"max_epochs": 3, "accelerator": "cpu", "precision": "32-true", "fg_weight": 0.5, "l1": 0.0,
             "lr": (1e-5, 2e-3), "eps": 0.3, "min_samples": 0.05, "zoom": 1.0}

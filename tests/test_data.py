@@ -44,6 +44,26 @@ def test_synthetic_faces_span_sizes_and_stay_in_image(tmp_path):
     assert min(heights) < 12 and max(heights) > 40 and len(heights) > 80
 
 
+def test_synthetic_sets_are_the_same_files_for_any_number_of_processes(tmp_path):
+    import hashlib
+
+    from gridface.data.synthetic import generate_widerface
+
+    def digest(root):
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (".complete", "spec.json"))
+        return [(p.relative_to(root).as_posix(), hashlib.sha1(p.read_bytes()).hexdigest()) for p in files]
+
+    spec = SyntheticSpec(num_images=12, seed=4, width=160, height=128, min_face=3.0)
+    one, two = generate(tmp_path / "one", spec, processes=1), generate(tmp_path / "two", spec, processes=2)
+    assert len(digest(one)) == 24 and digest(one) == digest(two)
+    wider = {"train": spec}
+    one = generate_widerface(tmp_path / "w1", wider, processes=1)
+    assert digest(one) == digest(generate_widerface(tmp_path / "w2", wider, processes=2))
+    # each image its own stream: the first images of a longer set are the same images
+    longer = generate(tmp_path / "longer", SyntheticSpec(num_images=14, seed=4, width=160, height=128, min_face=3.0))
+    assert digest(longer)[:12] == digest(two)[:12]
+
+
 def make_dataset(tmp_path, samples, augment=None):
     return DetectionDataset(samples, (160, 256), GridBoxTargetEncoder(), augment, "test")
 

@@ -41,10 +41,14 @@ class GridBoxModule(pl.LightningModule):
         optimizer: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         """``model`` holds GridBoxNet's arguments plus ``init_from``; ``loss`` GridBoxLoss's plus
         ``l1_regularization``; ``data`` the dataset config it trains on (see ``data.config``), kept in the
-        checkpoint so later stages default to the same data."""
+        checkpoint so later stages default to the same data. ``channels_last`` and ``compile`` apply on a CUDA
+        device only (tensor cores want NHWC; on the CPU both cost more than they give); checkpoints hold ordinary
+        contiguous fp32 weights either way."""
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -70,6 +74,8 @@ class GridBoxModule(pl.LightningModule):
         self._val_paths: list[str] = []
         # images skipped because they could not be used (path -> kind and where listed), for the run's summary
         self.skipped_images: dict[str, dict[str, str]] = {}
+        self.channels_last, self.compile_net = bool(channels_last), bool(compile)
+        self._memory_format = torch.contiguous_format
         if init_from:
             self.init_weights_from(init_from)
 
@@ -108,6 +114,24 @@ class GridBoxModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(images)
 
+    def configure_model(self) -> None:
+        """On a CUDA device: NHWC weights (batches follow in :meth:`net_input`) and, when asked, a compiled
+        network (``nn.Module.compile`` keeps the state-dict keys, so checkpoints do not change)."""
+        if self.trainer.strategy.root_device.type != "cuda":
+            return
+        if self.channels_last and self._memory_format is not torch.channels_last:
+            self._memory_format = torch.channels_last
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_net and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile()
+
+    def net_input(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["image"].contiguous(memory_format=self._memory_format)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._memory_format is not torch.contiguous_format:  # a checkpoint is read by pruning and export
+            checkpoint["state_dict"] = {k: v.contiguous() for k, v in checkpoint["state_dict"].items()}
+
     # ----------------------------------------------------------------------------------- training
     def note_skips(self, batch: dict[str, Any]) -> None:
         for skip in batch.get("skips", ()):
@@ -120,7 +144,7 @@ class GridBoxModule(pl.LightningModule):
             if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join it with zeros
                 return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
-        out = self.net(batch["image"])
+        out = self.net(self.net_input(batch))
         losses = self.criterion(out, batch)
         total = losses["loss"]
         if self.l1_regularization > 0:
@@ -162,7 +186,7 @@ class GridBoxModule(pl.LightningModule):
         self.note_skips(batch)
         if "image" not in batch:
             return
-        out = self.net(batch["image"])
+        out = self.net(self.net_input(batch))
         bad = non_finite_names(out.items())
         if bad:
             raise NonFiniteError(f"validation at global step {self.global_step}: the network output {bad} is not "

@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +31,10 @@ SKIN_TONES_BGR = np.array(
     [[189, 224, 255], [148, 205, 255], [134, 192, 234], [96, 173, 234], [80, 147, 198],
      [60, 110, 170], [45, 80, 130], [35, 57, 90], [120, 160, 220], [105, 140, 190]], np.float64)
 CANVAS = 96  # face canvas width in px before shrinking
+# Bumped whenever the same spec would draw other images: it is part of the cache key. 2: one random stream per
+# image (seed, index), so images are generated in parallel processes and are the same for any process count.
+GENERATOR_VERSION = 2
+IMAGES_PER_PROCESS = 256  # below this many images per process, starting processes costs more than it gives
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,43 @@ class SyntheticSpec:
     distractors: tuple[int, int] = (2, 8)
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def image_rng(seed: int, index: int) -> np.random.Generator:
+    """Image ``index``'s own random stream: independent of the others, so any process can draw it."""
+    return np.random.default_rng([seed, index])
+
+
+def _render_jpeg(spec: SyntheticSpec, index: int) -> tuple[bytes, np.ndarray]:
+    img, boxes = render_image(image_rng(spec.seed, index), spec)
+    ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise RuntimeError(f"could not encode synthetic image {index} of {spec}")
+    return jpeg.tobytes(), boxes
+
+
+def rendered(spec: SyntheticSpec, desc: str, processes: int | None = None) -> Iterator[tuple[int, bytes, np.ndarray]]:
+    """``(index, jpeg bytes, boxes)`` for every image of ``spec``, in index order, rendered in ``processes``
+    worker processes (default: one per core, when there are enough images to be worth it)."""
+    n = spec.num_images
+    if processes is None:
+        processes = min(os.cpu_count() or 1, n // IMAGES_PER_PROCESS)
+    indices = range(n)
+    if processes <= 1:
+        results: Iterator = (_render_jpeg(spec, i) for i in indices)
+        yield from ((i, *r) for i, r in zip(indices, tqdm(results, total=n, desc=desc, leave=False), strict=True))
+        return
+    import multiprocessing
+
+    # fork where there is one: spawn would re-import a caller's script that has no __main__ guard; the children
+    # run only numpy and OpenCV (on one thread), never the torch or OpenCV pools the parent may hold
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method),
+                             initializer=cv2.setNumThreads, initargs=(1,)) as pool:  # a process per core already
+        results = pool.map(_render_jpeg, [spec] * n, indices, chunksize=32)
+        yield from ((i, *r) for i, r in zip(indices, tqdm(results, total=n, desc=desc, leave=False), strict=True))
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -221,7 +263,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def generate(root: str | Path, spec: SyntheticSpec) -> Path:
+def generate(root: str | Path, spec: SyntheticSpec, processes: int | None = None) -> Path:
     """Write ``spec`` into ``root/<key>/{images,labels}`` (KITTI) once; later calls reuse it.
 
     The set is built in a private temporary folder and renamed into place, so an interrupted run never
@@ -235,10 +277,8 @@ def generate(root: str | Path, spec: SyntheticSpec) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     (tmp / "images").mkdir()
     (tmp / "labels").mkdir()
-    rng = np.random.default_rng(spec.seed)
-    for i in tqdm(range(spec.num_images), desc=f"synthetic faces (seed {spec.seed})", leave=False):
-        img, boxes = render_image(rng, spec)
-        cv2.imwrite(str(tmp / "images" / f"{i:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    for i, jpeg, boxes in rendered(spec, f"synthetic faces (seed {spec.seed})", processes):
+        (tmp / "images" / f"{i:06d}.jpg").write_bytes(jpeg)
         lines = [f"face 0.00 0 0.00 {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f} 0 0 0 0 0 0 0" for b in boxes]
         (tmp / "labels" / f"{i:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
@@ -255,7 +295,7 @@ def generate(root: str | Path, spec: SyntheticSpec) -> Path:
 
 
 def generate_widerface(root: str | Path, splits: dict[str, SyntheticSpec], events: int = 3,
-                       invalid_fraction: float = 0.1) -> Path:
+                       invalid_fraction: float = 0.1, processes: int | None = None) -> Path:
     """Write synthetic faces in WIDER FACE's official layout under ``root``: ``WIDER_<split>/images/<n>--Event<n>/
     *.jpg`` and ``wider_face_split/wider_face_<split>_bbx_gt.txt`` (``x y w h blur expression illumination
     invalid occlusion pose``, the ``0 0 0 ...`` placeholder for an image without faces). A ``invalid_fraction``
@@ -266,16 +306,14 @@ def generate_widerface(root: str | Path, splits: dict[str, SyntheticSpec], event
         return root
     (root / "wider_face_split").mkdir(parents=True, exist_ok=True)
     for split, spec in splits.items():
-        rng = np.random.default_rng(spec.seed)
         flags = np.random.default_rng(spec.seed + 1000)
         lines = []
-        for i in tqdm(range(spec.num_images), desc=f"synthetic WIDER FACE {split}", leave=False):
-            img, boxes = render_image(rng, spec)
+        for i, jpeg, boxes in rendered(spec, f"synthetic WIDER FACE {split}", processes):
             event = f"{i % events}--Event{i % events}"
             name = f"{event}/{i % events}_Event_{i:06d}.jpg"
             path = root / f"WIDER_{split}" / "images" / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            path.write_bytes(jpeg)
             lines += [name, str(len(boxes))]
             for b in boxes:
                 invalid = int(flags.random() < invalid_fraction)

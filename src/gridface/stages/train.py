@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.accelerator import check_gpu_available, resolve_precision
 from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
 from gridface.data.config import training_data_config
 from gridface.data.problems import run_summary, summary_line
@@ -35,8 +36,9 @@ def build(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     if not loggers:  # LearningRateMonitor refuses to run without a logger; logger=none must still train
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    check_gpu_available(cfg.trainer.get("accelerator"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          plugins=[AtomicCheckpointIO(), *cluster_plugins()])
+                          precision=resolve_precision(cfg.trainer), plugins=[AtomicCheckpointIO(), *cluster_plugins()])
     return module, datamodule, trainer
 
 

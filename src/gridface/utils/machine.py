@@ -36,11 +36,31 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def gpu_info() -> dict[str, object]:
+    """The CUDA device torch sees, its driver and torch's CUDA build; empty without one."""
+    import subprocess
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        driver = "unknown"
+    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "gpus": torch.cuda.device_count(), "driver": driver, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
+
+
 def machine_record() -> dict[str, object]:
     """One dict to put at the top of every benchmark record."""
-    return {**cpu_info(), "versions": library_versions()}
+    return {**cpu_info(), **gpu_info(), "versions": library_versions()}
 
 
 def machine_line() -> str:
-    info = cpu_info()
-    return f"{info['cpu']}, {info['cores']} cores, ISA {'/'.join(info['isa']) or 'baseline'}"
+    info = {**cpu_info(), **gpu_info()}
+    gpu = f"{info['gpu']} (driver {info['driver']}, CUDA {info['cuda']}); " if "gpu" in info else ""
+    return f"{gpu}{info['cpu']}, {info['cores']} cores, ISA {'/'.join(info['isa']) or 'baseline'}"
