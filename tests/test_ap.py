@@ -111,5 +111,23 @@ def test_encoded_ground_truth_decodes_to_ap50_1_with_default_settings_at_letterb
     decoder = GridBoxDecoder(**cfg.postprocess)
     dets, gts, paths = predict_dataset(TargetBackend(targets, hw), [sample], decoder, 1, 0)
     assert len(dets[0][1]) == len(big)  # the small faces are under the decoder's cut
-    metrics = detection_metrics(dets, gts, ["face"], cfg.evaluation, paths)
+    metrics = detection_metrics(dets, gts, ["face"], cfg.evaluation, paths, max_detections=decoder.max_detections)
     assert metrics.values["AP50"] == 1.0 and metrics.values["mAP"] == pytest.approx(1.0)
+
+
+def test_coco_metrics_count_every_detection_of_a_crowd_of_more_than_100_faces():
+    """A WIDER crowd image holds more than 100 faces and the decoder keeps up to 1,000 detections: COCO mAP and AR
+    must not stop at 100 (the standard AR1/AR10/AR100 stay reported beside the larger one)."""
+    from gridface.module import GridBoxModule
+
+    xy = np.stack(np.meshgrid(np.arange(15) * 30.0, np.arange(10) * 30.0), -1).reshape(-1, 2)
+    gb = np.concatenate([xy, xy + 20], 1)  # 150 faces of 20x20
+    gts = [(gb, np.zeros(len(gb), int), np.zeros(len(gb), bool))]
+    perfect = [(gb.copy(), np.linspace(1.0, 0.5, len(gb)), np.zeros(len(gb), int))]
+    module = GridBoxModule(input_size=(64, 96))
+    assert module.decoder.max_detections >= len(gb)
+    metrics = module.compute_metrics(perfect, gts)
+    assert metrics["mAP"] == pytest.approx(1.0) and metrics["AR"] == pytest.approx(1.0)
+    coco = coco_metrics(perfect, gts, ["face"], max_dets=module.decoder.max_detections)
+    assert coco["AR1"] == pytest.approx(1 / 150) and coco["AR10"] == pytest.approx(10 / 150)
+    assert coco["AR100"] == pytest.approx(100 / 150) and coco["AR1000"] == pytest.approx(1.0)

@@ -210,4 +210,5 @@ class GridBoxModule(pl.LightningModule):
             from gridface.evaluation.widerface import load_ground_truth
 
             self._wider_gt = load_ground_truth(cfg["wider_gt"])
-        return detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt).values
+        return detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt,
+                                 max_detections=self.decoder.max_detections).values

@@ -2,7 +2,8 @@
 report write them as ``<name>``.
 
 ``AP50`` (mean over classes, VOC all-point by default), ``AP50_<class>`` (every class), ``mAP`` and ``AR`` (COCO
-@[.5:.95]), ``wider_easy|medium|hard`` (official WIDER FACE protocol, when its ground truth is given).
+@[.5:.95], counting up to the decoder's ``max_detections`` per image, not COCO's 100),
+``wider_easy|medium|hard`` (official WIDER FACE protocol, when its ground truth is given).
 """
 
 from __future__ import annotations
@@ -45,16 +46,18 @@ def image_record(det: Detections, lb: Letterbox, gt_boxes: np.ndarray, gt_labels
 
 
 def detection_metrics(dets: list, gts: list, class_names: list[str], evaluation: dict[str, Any],
-                      paths: list[str] | None = None, wider_gt: Any = None) -> DetectionMetrics:
+                      paths: list[str] | None = None, wider_gt: Any = None, *,
+                      max_detections: int) -> DetectionMetrics:
     """``dets`` and ``gts`` as :func:`image_record` makes them (faces under the decoder's minimum height already
     ignored); ``evaluation``: iou, interpolation, coco (the ``evaluation`` config node); ``wider_gt``: loaded
-    WIDER ground truth (:func:`gridface.evaluation.widerface.load_ground_truth`)."""
+    WIDER ground truth (:func:`gridface.evaluation.widerface.load_ground_truth`); ``max_detections``: the decoder's,
+    so COCO counts every detection the model can make (WIDER crowd images hold more than 100 faces)."""
     curves = per_class_ap(dets, gts, len(class_names), evaluation["iou"], evaluation["interpolation"])
     aps = [c.ap for c in curves.values() if not np.isnan(c.ap)]
     values = {"AP50": float(np.mean(aps)) if aps else 0.0}
     values.update({f"AP50_{class_names[c]}": float(curve.ap) for c, curve in curves.items()})
     if evaluation.get("coco", True):
-        coco = coco_metrics(dets, gts, class_names)
+        coco = coco_metrics(dets, gts, class_names, max_detections)
         values.update(mAP=coco["mAP"], AR=coco["AR"])
     wider = {}
     if wider_gt is not None and paths:
