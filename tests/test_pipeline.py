@@ -101,3 +101,47 @@ def test_smoke_pipeline_reports_every_artifact_reruns_nothing_and_rebuilds_only_
 
     stdout, _ = run_smoke_pipeline(root, "pipeline.stages=[report]", "pipeline.samples=2")
     assert ran(stdout) == ["report"]
+
+
+def test_a_stage_that_died_resumes_only_under_the_settings_it_started_with(tmp_path, monkeypatch):
+    """A crashed stage leaves no manifest: its folder resumes when rerun with the same settings, and is set aside
+    (not resumed into a run under new settings, whose manifest would then record the new ones) when they changed."""
+    from omegaconf import OmegaConf
+
+    from gridface.workflow import runner
+
+    seen = []
+
+    def train(ctx, folder, inputs):  # like training: resumes from the checkpoint its folder holds
+        ckpt = folder / "last.ckpt"
+        seen.append(ckpt.read_text() if ckpt.is_file() else None)
+        ckpt.write_text(json.dumps(OmegaConf.to_container(ctx.cfg.pipeline.train)))
+        if ctx.cfg.pipeline.die:
+            raise RuntimeError("killed")
+        return {"checkpoint": ckpt}
+
+    monkeypatch.setattr(runner, "STAGES", [runner.Stage("train", {}, train, lambda ctx, folder, inputs:
+                                                        runner.resolved(ctx.cfg.pipeline.train))])
+
+    def run(lr: float, die: bool) -> None:
+        cfg = OmegaConf.create({"pipeline": {"stages": ["train"], "train": {"optimizer.max_lr": lr}, "die": die}})
+        if die:
+            with pytest.raises(RuntimeError, match="killed"):
+                runner.run_pipeline(cfg, tmp_path)
+        else:
+            runner.run_pipeline(cfg, tmp_path)
+
+    run(1e-4, die=False)
+    run(1e-3, die=True)  # changed settings: the finished run is set aside (as before)
+    run(1e-3, die=True)  # the same settings: resumed
+    assert seen == [None, None, '{"optimizer.max_lr": 0.001}']
+    run(1e-4, die=False)  # changed settings: a fresh folder, the crashed run kept aside
+    assert seen[3] is None, f"resumed the checkpoint of other settings: {seen[3]}"
+    assert (tmp_path / "train.previous" / "last.ckpt").read_text() == '{"optimizer.max_lr": 0.001}'
+    record = read_manifest(tmp_path / "train")
+    assert record.config == {"optimizer.max_lr": 1e-4} and why_stale(record, {}, {"optimizer.max_lr": 1e-4}) is None
+    # a folder that does not say what it was started with (an older gridface, a copy) is not resumed either
+    (tmp_path / "train" / "manifest.json").unlink()
+    (tmp_path / "train" / "started.json").unlink()
+    run(1e-4, die=False)
+    assert seen[4] is None and (tmp_path / "train.previous" / "last.ckpt").is_file()

@@ -295,3 +295,75 @@ def test_prune_callback_prunes_in_setup_and_takes_widths_when_resuming(tmp_path)
     PruneCallback({"mode": "ratio", "ratio": 0.7}, resume_from=str(ckpt)).setup(trainer, resumed, "fit")
     assert channel_widths(resumed.net) == widths  # the checkpoint's widths, not a new pruning
     resumed.load_state_dict(torch.load(ckpt, weights_only=False)["state_dict"])
+
+
+def mark_batchnorms(net: nn.Module) -> None:
+    """Distinct BN scales 1 + c/1024 (exact in float32) name each channel; random running statistics."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+            c = bn.num_features
+            bn.weight.copy_(1 + torch.arange(c, dtype=torch.float32) / 1024)
+            bn.running_mean.copy_(torch.randn(c, generator=gen))
+            bn.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+
+
+def assert_bn_statistics_kept(original: nn.Module, pruned: nn.Module) -> None:
+    """Every kept channel carries its original running mean and variance, bit for bit."""
+    modules = dict(original.named_modules())
+    shrunk = 0
+    for name, bn in pruned.named_modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            ref = modules[name]
+            kept = ((bn.weight.detach() - 1) * 1024).round().long()
+            assert torch.equal(bn.weight.detach(), ref.weight.detach()[kept]), name
+            assert torch.equal(bn.running_mean, ref.running_mean[kept]), f"{name}: running_mean moved"
+            assert torch.equal(bn.running_var, ref.running_var[kept]), f"{name}: running_var moved"
+            shrunk += bn.num_features < ref.num_features
+    assert shrunk, "nothing was pruned"
+
+
+@pytest.fixture(scope="module")
+def taylor_setup(tmp_path_factory):
+    """A module with marked BN layers, its checkpoint, and a loader of 8 synthetic training images (4 batches)."""
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    from gridface.data.config import as_plain, split_samples
+    from gridface.data.dataset import DetectionDataset, collate
+
+    root = tmp_path_factory.mktemp("taylor")
+    cfg = compose_train(root, ["dataset.train.num_images=8", "dataset.val.num_images=2"])
+    module = GridBoxModule(input_size=HW, data=as_plain(cfg.dataset))
+    mark_batchnorms(module.net)
+    path = root / "marked.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    train = DetectionDataset(split_samples(as_plain(cfg.dataset), "train"), HW,
+                             instantiate(cfg.targets, num_classes=1), None, "train")
+    return module, path, DataLoader(train, batch_size=2, collate_fn=collate), cfg
+
+
+def test_taylor_prune_stage_keeps_batchnorm_statistics(tmp_path, taylor_setup):
+    from gridface.prune import run
+
+    module, path, _, train_cfg = taylor_setup
+    cfg = compose_prune(tmp_path, [f"model={path}", "prune=ratio", "prune.criterion=taylor", "prune.ratio=0.5",
+                                   "batch_size=2", "evaluate=false", "latency.reps=0"])
+    with open_dict(cfg):
+        cfg.paths.cache_dir = train_cfg.paths.cache_dir
+    run(cfg)
+    assert_bn_statistics_kept(module.net, GridBoxModule.from_checkpoint(tmp_path / "prune" / "pruned.ckpt").net)
+
+
+def test_taylor_prune_callback_keeps_batchnorm_statistics(taylor_setup):
+    import copy
+    from types import SimpleNamespace
+
+    from gridface.pruning.callback import PruneCallback
+
+    module, _, loader, _ = taylor_setup
+    pruned = copy.deepcopy(module).train()  # Lightning calls setup with the module in training mode
+    trainer = SimpleNamespace(world_size=1, datamodule=SimpleNamespace(train_dataloader=lambda: loader))
+    PruneCallback({"mode": "ratio", "criterion": "taylor", "ratio": 0.5}).setup(trainer, pruned, "fit")
+    assert pruned.training
+    assert_bn_statistics_kept(module.net, pruned.net)

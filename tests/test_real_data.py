@@ -14,6 +14,7 @@ from gridface.data.parsers import read_coco, read_kitti, read_widerface_txt
 from gridface.data.synthetic import SyntheticSpec, generate_widerface
 from gridface.data.transforms import letterbox
 from gridface.evaluation.ap import per_class_ap
+from gridface.evaluation.metrics import image_record
 from gridface.loss import GridBoxLoss
 from gridface.postprocess import GridBoxDecoder
 from gridface.targets import GridBoxTargetEncoder, decode_boxes
@@ -78,14 +79,16 @@ def test_each_formats_ignore_flag_reaches_the_loss(tmp_path, reader):
 
 def test_ground_truth_round_trips_through_letterbox_encoding_and_decoding(shared_data):
     """mini_val's 1024-wide images letterboxed into 736x416 (scale ~0.6, padded), encoded, decoded by the
-    post-processing and mapped back to original pixels: every face the stride-16 grid can hold comes back."""
+    post-processing and mapped back to original pixels: every face the stride-16 grid can hold comes back; with
+    the default post-processing (4 px cut in the network input) every such face that the evaluation counts."""
     mini = shared_data / "widerface" / "mini_val"
     samples = read_widerface_txt(mini / "wider_face_val_bbx_gt.txt", mini / "images", min_size=4.0)
     enc = GridBoxTargetEncoder()
     # NMS at IoU 0.99 removes only a face's own duplicate cells; no height cut (4 px in the network input is
     # 6-7 px here, and the official ground truth counts faces that small)
     decoder = GridBoxDecoder(clustering="nms", nms_iou_threshold=0.99, minimum_bounding_box_height=0.0)
-    dets, gts, counted, held, padded = [], [], 0, 0, 0
+    default = GridBoxDecoder(clustering="nms", nms_iou_threshold=0.99)
+    dets, gts, counted, held, padded, cut = [], [], 0, 0, 0, []
     for s in samples:
         image = cv2.imread(str(s.image))
         _, lb = letterbox(image, HW)
@@ -101,10 +104,14 @@ def test_ground_truth_round_trips_through_letterbox_encoding_and_decoding(shared
         det = decoder(torch.from_numpy(t["cov"])[None], torch.from_numpy(t["bbox"])[None], HW)[0]
         dets.append((lb.to_original(det.boxes), det.scores, det.labels))
         gts.append((s.boxes, s.labels, s.ignore | ~holds))
+        det = default(torch.from_numpy(t["cov"])[None], torch.from_numpy(t["bbox"])[None], HW)[0]
+        cut.append(image_record(det, lb, s.boxes, s.labels, s.ignore | ~holds, default.min_height))
     assert padded == len(samples) == 19 and counted == 748  # 831 faces less 80 invalid, 3 under 4 px
     assert held / counted > 0.97  # crowds of tiny faces: a few share every cell with a nearer face (20 of 748)
-    curve = per_class_ap(dets, gts, 1, 0.5, "all", 4.0)[0]
+    curve = per_class_ap(dets, gts, 1, 0.5, "all")[0]
     assert curve.ap == pytest.approx(1.0)
+    curve = per_class_ap([d for d, _ in cut], [g for _, g in cut], 1, 0.5, "all")[0]
+    assert curve.ap == pytest.approx(1.0) and curve.num_gt < held  # faces of 4-6.8 px no longer count
 
 
 WIDER_SPEC = {"width": 800, "height": 600, "min_faces": 1, "max_faces": 3, "min_face": 3.0, "small_face": 60.0,

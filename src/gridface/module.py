@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 
-from gridface.evaluation.metrics import detection_metrics
+from gridface.evaluation.metrics import detection_metrics, image_record
 from gridface.guards import NonFiniteError, non_finite_names
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
@@ -63,7 +63,7 @@ class GridBoxModule(pl.LightningModule):
         self.decoder = GridBoxDecoder(stride=self.net.stride, **(postprocess or {}))
         self.optim_cfg = {"min_lr": 5e-7, "max_lr": 5e-5, "soft_start": 0.1, "annealing": 0.7,
                           "weight_decay": 0.0, **(optimizer or {})}
-        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "min_height": 4.0, "coco": True, "wider_gt": None,
+        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "coco": True, "wider_gt": None,
                          **(evaluation or {})}
         self._wider_gt = None
         self.l1_regularization = l1_regularization
@@ -198,8 +198,9 @@ class GridBoxModule(pl.LightningModule):
         dets = self.decoder(probs["cov"].float().cpu(), probs["bbox"].float().cpu(), self.input_hw)
         for det, lb, gb, gl, gi in zip(dets, batch["letterbox"], batch["gt_boxes"], batch["gt_labels"],
                                        batch["gt_ignore"], strict=True):
-            self._val_dets.append((lb.to_original(det.boxes), det.scores, det.labels))
-            self._val_gts.append((gb, gl, gi))
+            d, g = image_record(det, lb, gb, gl, gi, self.decoder.min_height)
+            self._val_dets.append(d)
+            self._val_gts.append(g)
         self._val_paths.extend(batch["path"])
 
     def on_validation_epoch_end(self) -> None:
@@ -233,4 +234,5 @@ class GridBoxModule(pl.LightningModule):
             from gridface.evaluation.widerface import load_ground_truth
 
             self._wider_gt = load_ground_truth(cfg["wider_gt"])
-        return detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt).values
+        return detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt,
+                                 max_detections=self.decoder.max_detections).values

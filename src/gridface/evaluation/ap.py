@@ -1,9 +1,10 @@
-"""Per-class average precision at one IoU threshold (detection-style matching, TAO's 4 px minimum).
+"""Per-class average precision at one IoU threshold (detection-style matching).
 
 Matching per image follows COCO: detections in descending score order take the best-IoU unmatched
 ground truth at IoU >= threshold, preferring counted boxes; a detection whose only match is an
-ignored box (invalid, DontCare, crowd, or smaller than ``min_height``) is neither hit nor false
-positive. Interpolation: ``all`` (VOC all-point, the default), ``11`` (VOC 2007) or ``101`` (COCO).
+ignored box (invalid, DontCare, crowd, or under the decoder's minimum height: see
+:func:`gridface.evaluation.metrics.image_record`) is neither hit nor false positive.
+Interpolation: ``all`` (VOC all-point, the default), ``11`` (VOC 2007) or ``101`` (COCO).
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ def per_class_ap(
     num_classes: int,
     iou: float = 0.5,
     interpolation: str = "all",
-    min_height: float = 4.0,
 ) -> dict[int, ClassCurve]:
     """AP per class over a dataset.
 
@@ -102,9 +102,9 @@ def per_class_ap(
         for (db, ds, dl), (gb, gl, gi) in zip(detections, ground_truth, strict=True):
             db, ds, dl = np.asarray(db).reshape(-1, 4), np.asarray(ds).reshape(-1), np.asarray(dl).reshape(-1)
             gb, gl, gi = np.asarray(gb).reshape(-1, 4), np.asarray(gl).reshape(-1), np.asarray(gi, bool).reshape(-1)
-            dm = (dl == c) & ((db[:, 3] - db[:, 1]) >= min_height)
+            dm = dl == c
             gm = gl == c
-            g_ign = gi[gm] | ((gb[gm, 3] - gb[gm, 1]) < min_height)
+            g_ign = gi[gm]
             n_gt += int((~g_ign).sum())
             tp, counted = match_image(db[dm], ds[dm], gb[gm], g_ign, iou)
             scores.append(ds[dm][counted])

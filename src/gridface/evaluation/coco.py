@@ -29,7 +29,12 @@ def coco_metrics(
     class_names: Sequence[str],
     max_dets: int = 100,
 ) -> dict[str, float]:
-    """Boxes xyxy in original pixels; ignore boxes become ``iscrowd`` (COCO's only ignore mechanism)."""
+    """Boxes xyxy in original pixels; ignore boxes become ``iscrowd`` (COCO's only ignore mechanism).
+
+    ``max_dets``: detections counted per image (give the decoder's ``max_detections``: a WIDER crowd image holds
+    more than COCO's 100 faces). ``mAP``, ``AP50``, ``AP75`` and ``AR`` count up to ``max(max_dets, 100)``;
+    ``AR1``, ``AR10``, ``AR100`` (COCO's standard names) and ``AR<max_dets>`` are recall at those limits.
+    """
     from faster_coco_eval import COCO, COCOeval_faster
 
     images, anns, dets = [], [], []
@@ -44,8 +49,10 @@ def coco_metrics(
                                np.asarray(dl).reshape(-1), strict=True):
             dets.append({"image_id": i, "category_id": int(label) + 1, "score": float(s),
                          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+    limits = sorted({1, 10, 100, int(max_dets)})
+    names = ["mAP", "AP50", "AP75", "AR", *(f"AR{n}" for n in limits)]
     if not anns:
-        return {"mAP": float("nan"), "AP50": float("nan"), "AP75": float("nan"), "AR": float("nan")}
+        return dict.fromkeys(names, float("nan"))
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns,
                   "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
@@ -53,11 +60,14 @@ def coco_metrics(
     with quiet_coco():
         dt = gt.loadRes(dets) if dets else COCO()
         ev = COCOeval_faster(gt, dt, iouType="bbox")
-        ev.params.maxDets = [1, 10, max_dets]
+        ev.params.maxDets = limits
         if not dets:
-            return {"mAP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
+            return dict.fromkeys(names, 0.0)
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
+        ev.summarize()  # its AP figures count up to the largest limit
+        # recall at every limit from the evaluator's own summary function (summarize() has only three AR slots
+        # before faster-coco-eval 1.8)
+        recall = {f"AR{n}": float(ev._summarize(0, maxDets=n)) for n in limits}
     s = ev.stats
-    return {"mAP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[8])}
+    return {"mAP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": recall[f"AR{limits[-1]}"], **recall}

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gridface.data.dataset import DetectionDataset, collate
+from gridface.evaluation.metrics import image_record
 from gridface.inference.backends import ModelBackend
 from gridface.postprocess import GridBoxDecoder
 
@@ -31,8 +32,9 @@ def predict_dataset(backend: ModelBackend, samples: list, decoder: GridBoxDecode
         cov, bbox = backend.run(batch["image"].numpy())
         for det, lb, gb, gl, gi, p in zip(decoder(cov, bbox, backend.input_hw), batch["letterbox"], batch["gt_boxes"],
                                           batch["gt_labels"], batch["gt_ignore"], batch["path"], strict=True):
-            dets.append((lb.to_original(det.boxes), det.scores, det.labels))
-            gts.append((gb, gl, gi))
+            d, g = image_record(det, lb, gb, gl, gi, decoder.min_height)
+            dets.append(d)
+            gts.append(g)
             paths.append(p)
     if skipped:
         log.warning("%d unreadable images were skipped (see the warnings above for their paths)", skipped)

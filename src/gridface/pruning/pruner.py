@@ -101,7 +101,9 @@ def excluded_layers(net: nn.Module, names: Sequence[str]) -> list[nn.Module]:
 
 
 def taylor_losses(module: Any, batches: Iterable[dict[str, Any]]) -> Iterator[torch.Tensor]:
-    """Training losses of a GridBoxModule on ``batches`` (batches whose images were all unreadable skipped)."""
+    """Training losses of a GridBoxModule on ``batches`` (batches whose images were all unreadable skipped).
+
+    Lazy: each loss is computed when ``prune_network`` asks for it, with the network in eval mode."""
     for batch in batches:
         if "image" in batch:
             batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -128,14 +130,20 @@ def example_input(net: nn.Module, input_hw: Sequence[int]) -> torch.Tensor:
 
 def prune_network(net: nn.Module, spec: PruneSpec, input_hw: Sequence[int],
                   losses: Iterable[torch.Tensor] | None = None) -> nn.Module:
-    """Prune ``net`` in place (channels removed, not masked) and return it."""
+    """Prune ``net`` in place (channels removed, not masked) and return it, in its former train/eval mode.
+
+    The network is in eval mode from the start, also while ``losses`` run forward and backward for
+    criterion=taylor: BatchNorm then normalises with its running statistics and never updates them, so the
+    few un-augmented importance batches leave the kept channels' statistics exactly as trained, and the
+    gradients score the network as it is evaluated and deployed.
+    """
     spec.validate()
+    was_training = net.training
+    net.eval()
     if spec.criterion == "taylor":
         if losses is None:
             raise ValueError("criterion=taylor needs training batches (give the dataset)")
         accumulate_taylor_gradients(net, losses, spec.taylor_batches)
-    was_training = net.training
-    net.eval()
     importance = TaoImportance(spec.criterion, spec.normalizer, spec.equalization)
     if spec.mode == "threshold":
         prune_by_threshold(net, spec, importance, input_hw)

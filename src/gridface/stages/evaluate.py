@@ -57,7 +57,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers, skips)
         wider_path = cfg.get("gt") or cfg.get("wider_gt") or data.get("eval_gt")
         measured = detection_metrics(dets, gts, backend.class_names, cfg.evaluation, paths,
-                                     load_ground_truth(wider_path) if wider_path else None)
+                                     load_ground_truth(wider_path) if wider_path else None,
+                                     max_detections=decoder.max_detections)
         metrics, curves, results = measured.values, measured.curves, measured.wider
         if cfg.get("write_predictions"):
             for (b, s, _), p in zip(dets, paths, strict=True):

@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         encoder = instantiate(cfg.targets, num_classes=len(module.class_names))
         train = DetectionDataset(split_samples(data, "train"), module.input_hw, encoder, None, "train")
         loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-        losses = taylor_losses(pruned.train(), loader)
+        losses = taylor_losses(pruned, loader)
     prune_module(pruned, spec, losses).eval()
     ckpt_path = out_dir / "pruned.ckpt"
     save_pruned_checkpoint(pruned, ckpt_path, source, spec)

@@ -94,6 +94,8 @@ def check_stage_config(cfg: DictConfig) -> None:
     ev = cfg.get("evaluation")
     if ev is not None:
         check_number("evaluation.iou", ev.get("iou"), 0, 1, low_open=True)
-        check_number("evaluation.min_height", ev.get("min_height"), 0)
+        if ev.get("min_height") is not None:
+            raise ConfigError("evaluation.min_height is gone: faces are counted from postprocess."
+                              "minimum_bounding_box_height, the decoder's cut, in network-input pixels")
     if cfg.get("output_dir"):
         check_writable("output_dir", cfg.output_dir)

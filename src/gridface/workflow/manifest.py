@@ -5,6 +5,9 @@ configuration is the one it was run with, and its inputs are the same files from
 made them. Anything else (a deleted INT8 model, a retrained checkpoint, a changed setting) runs the stage again, and
 with it every stage that reads its outputs: a rebuilt input reruns its readers even when it came out bit-identical,
 as ``make`` would, so what a report shows was measured on the files beside it.
+
+A stage also records, before it works, the configuration and inputs it starts with (``started.json``): a stage
+that died leaves no manifest, and its folder is resumed only by a rerun with the same ones.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from gridface.utils.io import write_json
 from gridface.utils.machine import library_versions
 
 MANIFEST = "manifest.json"
+STARTED = "started.json"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -85,6 +89,41 @@ def read_manifest(folder: Path) -> StageRecord | None:
         return None  # unreadable or from another version: the stage runs again
 
 
+def write_start(folder: Path, stage: str, inputs: dict[str, Path], config: Any,
+                producers: dict[str, str] | None = None) -> None:
+    """Record, before a stage works in ``folder``, the configuration and inputs it starts with: if it dies (no
+    manifest), :func:`why_not_resumable` lets only a rerun with the same ones resume its folder."""
+    write_json(folder / STARTED, {"stage": stage, "config_sha256": config_sha256(config),
+                                  "inputs": file_records(inputs, producers)})
+
+
+def why_not_resumable(folder: Path, inputs: dict[str, Path], config: Any,
+                      producers: dict[str, str] | None = None) -> str | None:
+    """None when the unfinished run in ``folder`` (no manifest) was started with this configuration and these
+    inputs, so a rerun resumes it; else why it must start afresh."""
+    try:
+        started = json.loads((folder / STARTED).read_text())
+        return settings_changed(started["config_sha256"], started["inputs"], inputs, config, producers)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return "it does not record the settings it was started with"
+
+
+def settings_changed(recorded_sha256: str, recorded_inputs: dict[str, dict[str, str]], inputs: dict[str, Path],
+                     config: Any, producers: dict[str, str] | None = None) -> str | None:
+    """Why a recorded configuration hash and input records no longer describe this run of the stage, or None."""
+    if recorded_sha256 != config_sha256(config):
+        return "its configuration changed"
+    current = {name: str(p) for name, p in inputs.items()}
+    if {n: r["path"] for n, r in recorded_inputs.items()} != current:
+        return "its inputs changed"
+    for name, rec in recorded_inputs.items():
+        if not Path(rec["path"]).is_file() or file_sha256(Path(rec["path"])) != rec["sha256"]:
+            return f"input {name} ({rec['path']}) changed"
+        if producers and name in producers and rec.get("run_id") != producers[name]:
+            return f"input {name} ({rec['path']}) was rebuilt"
+    return None
+
+
 def why_stale(record: StageRecord | None, inputs: dict[str, Path], config: Any,
               producers: dict[str, str] | None = None) -> str | None:
     """None when the recorded stage still stands; else the reason it must run again. ``producers``: the run id of
@@ -93,16 +132,9 @@ def why_stale(record: StageRecord | None, inputs: dict[str, Path], config: Any,
         return "not run yet"
     if record.status != "done":
         return f"it was {record.status} before ({record.reason})"
-    if record.config_sha256 != config_sha256(config):
-        return "its configuration changed"
-    current = {name: str(p) for name, p in inputs.items()}
-    if {n: r["path"] for n, r in record.inputs.items()} != current:
-        return "its inputs changed"
-    for name, rec in record.inputs.items():
-        if not Path(rec["path"]).is_file() or file_sha256(Path(rec["path"])) != rec["sha256"]:
-            return f"input {name} ({rec['path']}) changed"
-        if producers and name in producers and rec.get("run_id") != producers[name]:
-            return f"input {name} ({rec['path']}) was rebuilt"
+    changed = settings_changed(record.config_sha256, record.inputs, inputs, config, producers)
+    if changed:
+        return changed
     for name, rec in record.outputs.items():
         path = Path(rec["path"])
         if not path.is_file():

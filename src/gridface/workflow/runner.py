@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from gridface.workflow.artifacts import ARTIFACTS
-from gridface.workflow.manifest import StageRecord, read_manifest, why_stale, write_manifest
+from gridface.workflow.manifest import (
+    StageRecord,
+    read_manifest,
+    why_not_resumable,
+    why_stale,
+    write_manifest,
+    write_start,
+)
 from gridface.workflow.submit import launcher_cluster, submit_stage
 
 log = logging.getLogger(__name__)
@@ -330,8 +337,16 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
             continue
         print(f"pipeline: {stage.name} ({stale})", flush=True)
         if record is not None:
-            set_aside(folder)  # a finished run being redone starts clean; a folder without a record is resumed
+            set_aside(folder)  # a finished run being redone starts clean
+        elif folder.exists():  # a run that died: resumed only under the settings and inputs it started with
+            unresumable = why_not_resumable(folder, inputs, config, producers)
+            if unresumable:
+                print(f"pipeline: {stage.name}: its unfinished run is not resumed: {unresumable}", flush=True)
+                set_aside(folder)
+            else:
+                print(f"pipeline: {stage.name}: resuming its unfinished run", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
+        write_start(folder, stage.name, inputs, config, producers)
         start = time.perf_counter()
         if cluster is not None and stage.name != "report":
             outputs = submit_stage(*cluster, folder, stage.name, run_stage_job, cfg, root, stage.name, inputs)
