@@ -53,11 +53,12 @@ def cpu_and_device(samples: list[Sample], input_hw, device="cpu", min_box_size=2
     return ref, out
 
 
-def assert_same_as_cpu_path(ref, out, pixel_max: float | None):
+def assert_same_as_cpu_path(ref, out, pixel_max: float | None, per_image_mean: float | None = 1 / 255):
     assert out["path"] == ref["path"]
     diff = (out["image"].cpu() - ref["image"]).abs()
     per_image = diff.mean(dim=(1, 2, 3))
-    assert per_image.max() < 1 / 255, per_image * 255
+    if per_image_mean is not None:
+        assert per_image.max() < per_image_mean, per_image * 255
     if pixel_max is not None:
         assert diff.max() <= pixel_max + 1e-5, diff.max() * 255
     for key in TARGETS:
@@ -387,23 +388,41 @@ def test_letterbox_batch_pads_like_the_cpu_path():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")
 def test_nvjpeg_device_path_equals_cpu_path_on_cuda(tmp_path, shared_data, caplog):
-    samples = [*synthetic_samples(tmp_path), *mini_val_samples(shared_data)]
-    ref, out = cpu_and_device(samples, (416, 736), device="cuda")
+    """nvJPEG is not libjpeg: its pixels differ by a level here and there (more at saturated colour edges, which
+    the synthetic faces are full of), so pixels are compared per image on real photos and on average over the
+    synthetic ones; the targets are equal exactly."""
+    synthetic = synthetic_samples(tmp_path)
+    real = mini_val_samples(shared_data)
+    ref, out = cpu_and_device([*synthetic, *real], (416, 736), device="cuda")
     assert out["image"].device.type == "cuda" and out["cov"].device.type == "cuda"
-    per_image = assert_same_as_cpu_path(ref, out, pixel_max=None)  # nvJPEG's IDCT differs from libjpeg's
+    assert_same_as_cpu_path(ref, out, pixel_max=None, per_image_mean=None)
     diff = (out["image"].cpu() - ref["image"]).abs() * 255
-    print(f"cuda vs cpu path: {len(samples)} images, max {diff.max():.1f} levels, mean {diff.mean():.4f} levels, "
-          f"worst image mean {per_image.max() * 255:.4f} levels; targets equal")
+    per_image = diff.mean(dim=(1, 2, 3))
+    n = len(synthetic)
+    print(f"\ncuda vs cpu path, {len(real)} WIDER images: max {diff[n:].max():.0f} levels, mean "
+          f"{diff[n:].mean():.4f} levels, worst image mean {per_image[n:].max():.4f} levels; {n} synthetic images: "
+          f"mean {diff[:n].mean():.4f}, worst image mean {per_image[:n].max():.4f} levels; targets equal")
+    assert per_image[n:].max() < 1 and diff[:n].mean() < 1 and per_image[:n].max() < 3
+    # where the difference comes from: the decoders (luma vs chroma of the decoded images, no letterbox)
+    images = [read_encoded(s.image) for s in [*synthetic[:4], *real[:6]]]
+    for name, sl in (("synthetic", slice(0, 4)), ("WIDER", slice(4, 10))):
+        ycc = []
+        for gpu, cpu in zip(decode_images(images[sl], "cuda"), decode_images(images[sl], "cpu"), strict=True):
+            m = torch.tensor([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]])
+            d = torch.einsum("ij,jhw->ihw", m, gpu.cpu().float() - cpu.float()).abs().mean(dim=(1, 2))
+            ycc.append(d)
+        y, cb, cr = torch.stack(ycc).mean(0).tolist()
+        print(f"decode only, nvJPEG vs libjpeg, {name}: mean |dY| {y:.3f}, |dCb| {cb:.3f}, |dCr| {cr:.3f} levels")
     # a bad file in a CUDA batch: found, reported, skipped
-    data = samples[0].image.read_bytes()
+    data = synthetic[0].image.read_bytes()  # OpenCV's baseline JPEG: its SOF0 marker is there
     bad = bytearray(data)
     bad[bad.find(b"\xff\xc0") + 4] = 3
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(bytes(bad))
     with caplog.at_level(logging.WARNING):
-        _, out = cpu_and_device([samples[0], Sample(corrupt, [], [], origin="x.txt:2"), samples[1]], (416, 736),
+        _, out = cpu_and_device([real[0], Sample(corrupt, [], [], origin="x.txt:2"), real[1]], (416, 736),
                                 device="cuda")
-    assert out["skipped"] == 1 and out["image"].shape[0] == 2 and "corrupt.jpg" in caplog.text
+    assert out["skipped"] == 1 and out["image"].shape[0] == 2 and "corrupt.jpg: undecodable" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------------- config
