@@ -439,3 +439,28 @@ def test_bad_decode_value_is_named(tmp_path):
 
     with pytest.raises(ConfigError, match="dataset.decode = 'nvjpeg'"):
         check_stage_config(compose_train(tmp_path, ["dataset.decode=nvjpeg"]))
+
+
+def test_batches_outside_the_trainer_are_built_on_the_gpu_path_too(tmp_path):
+    """The prune callback's Taylor criterion iterates the train loader itself: it gets built batches."""
+    cfg = compose_train(tmp_path, [*TINY, "dataset.decode=gpu"])
+    dm = instantiate(cfg.datamodule, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.batches_on(dm.train_dataloader(), "cpu")))
+    assert batch["image"].shape == (4, 3, 128, 192) and batch["cov"].shape == (4, 1, 8, 12) and "augment" in batch
+
+
+def test_prune_callback_taylor_criterion_reads_built_batches(tmp_path):
+    from types import SimpleNamespace
+
+    from gridface.module import GridBoxModule
+    from gridface.pruning.callback import PruneCallback
+
+    dm = instantiate(compose_train(tmp_path, [*TINY, "dataset.decode=gpu"]).datamodule, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    module = GridBoxModule(input_size=(128, 192))
+    PruneCallback({"mode": "ratio", "ratio": 0.5, "criterion": "taylor", "taylor_batches": 1}).setup(
+        SimpleNamespace(world_size=1, datamodule=dm), module, "fit")
+    assert module.net.backbone.out_channels == 256

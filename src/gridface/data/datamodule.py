@@ -8,11 +8,13 @@ batched wherever the batch lands (:meth:`GridBoxDataModule.on_after_batch_transf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader
 
 from gridface.data.check import scan_images
@@ -105,6 +107,12 @@ class GridBoxDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size, False)
+
+    def batches_on(self, loader: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
+        """A loader's batches as the steps see them, for code that iterates a loader outside the Trainer's loops
+        (the prune callback's Taylor criterion): moved to ``device``, and built there on the GPU path."""
+        for batch in loader:
+            yield self.on_after_batch_transfer(move_data_to_device(batch, torch.device(device)), 0)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """GPU path: the batch is on the device now; decode, letterbox, augment (training batches) and encode it
