@@ -44,8 +44,13 @@ class PruneCallback(pl.Callback):
                            "pruned; give model=<trained.ckpt> to prune a trained one")
         net = pl_module.net
         before = count_macs_params(net, pl_module.input_hw)
-        losses = taylor_losses(pl_module, trainer.datamodule.train_dataloader()) if self.spec.criterion == "taylor" \
-            else None
+        losses = None
+        if self.spec.criterion == "taylor":
+            dm = trainer.datamodule
+            batches = dm.train_dataloader()
+            if hasattr(dm, "batches_on"):  # as the training steps see them (the GPU data path builds them there)
+                batches = dm.batches_on(batches, pl_module.device)
+            losses = taylor_losses(pl_module, batches)
         prune_module(pl_module, self.spec, losses)
         widths = pl_module.hparams["model"]["widths"]
         if trainer.world_size > 1:  # every rank must hold the same network; stop all of them if not

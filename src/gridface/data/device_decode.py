@@ -1,0 +1,224 @@
+"""The GPU data path's reading half: loader workers read file bytes and labels; JPEGs are decoded on the device.
+
+Why: a CPU worker decodes, letterboxes, augments and encodes ~39 images/s, and one GPU trains on ~1,800. Here a
+worker only reads the file, checks the bytes' structure (:func:`gridface.data.images.jpeg_problem`: a truncated
+JPEG is reported, never decoded into grey) and ships them; the batch is decoded on the device in one
+``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA; on CPU tensors the same call decodes on the CPU, which is how
+the tests run). Other formats (PNG, ...) are decoded in the worker by the CPU path's reader and shipped as pixels.
+
+The CPU path's guarantees hold: an image that cannot be used is reported with its file and the label line that
+lists it, and skipped. A batched decode that raises is retried image by image; an image the device cannot decode
+is tried with the CPU path's reader (OpenCV, the reference: nvJPEG refuses some valid files), and only an image
+neither can decode is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gridface.data.images import (
+    EMPTY,
+    TRUNCATED,
+    ImageReadError,
+    decode_image_rgb,
+    image_format,
+    jpeg_problem,
+    read_image_bytes,
+)
+from gridface.data.sample import Sample
+
+log = logging.getLogger(__name__)
+
+JPEG, PIXELS = "jpeg", "pixels"
+
+
+class EncodedImage:
+    """One image as a worker ships it: ``kind`` JPEG (``data`` = the file's bytes, uint8 [n]) or pixels (``data`` =
+    RGB uint8 [3, H, W]); ``orientation`` the EXIF orientation (1-8) to apply after decoding, as OpenCV does."""
+
+    __slots__ = ("kind", "data", "orientation")
+
+    def __init__(self, kind: str, data: torch.Tensor, orientation: int = 1) -> None:
+        self.kind, self.data, self.orientation = kind, data, orientation
+
+
+class HostImages:
+    """The encoded images of a batch. A plain class on purpose: Lightning's batch transfer moves tensors inside
+    dicts, lists and dataclasses, and ``decode_jpeg`` wants its byte tensors on the CPU whatever the device."""
+
+    __slots__ = ("images",)
+
+    def __init__(self, images: list[EncodedImage]) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag of a JPEG's bytes (1 when absent or unreadable); headers only, no pixels."""
+    if data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block: OpenCV ignores it too
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def read_encoded(path: str | Path) -> EncodedImage:
+    """What a worker ships for one file: JPEG bytes whose structure is whole, or decoded pixels for other formats.
+    :class:`ImageReadError` (missing, empty, truncated, not an image, undecodable) as the CPU path raises it."""
+    data = read_image_bytes(path)
+    if not data:
+        raise ImageReadError(path, EMPTY, "0 bytes")
+    if image_format(data) == "jpeg":
+        problem = jpeg_problem(data)
+        if problem:
+            raise ImageReadError(path, TRUNCATED, problem)
+        return EncodedImage(JPEG, torch.frombuffer(bytearray(data), dtype=torch.uint8), exif_orientation(data))
+    pixels = decode_image_rgb(data, path)  # the CPU path's reader: its checks and its error kinds
+    return EncodedImage(PIXELS, torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
+
+
+class EncodedDataset(Dataset):
+    """Worker side of ``dataset.decode=gpu``: an image's checked bytes and its labels, nothing decoded (JPEG).
+
+    An unusable file gives a skip record (logged once per worker, with the label line that lists it) that
+    :func:`collate_encoded` drops and counts, as :class:`gridface.data.dataset.DetectionDataset` does.
+    """
+
+    def __init__(self, samples: list[Sample], name: str = "dataset", train: bool = False) -> None:
+        if not samples:
+            raise ValueError(f"{name}: no samples; check the dataset paths")
+        self.samples = samples
+        self.name = name
+        self.train = train
+        self._reported: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        try:
+            encoded = read_encoded(s.image)
+        except ImageReadError as e:
+            if index not in self._reported:
+                self._reported.add(index)
+                log.warning("%s: skipping image %s%s", self.name, e, f" (listed at {s.origin})" if s.origin else "")
+            return {"skip": {"kind": e.kind, "path": str(s.image), "origin": s.origin}}
+        return {"encoded": encoded, "sample": s}
+
+
+def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None, train: bool = False
+                    ) -> dict[str, Any]:
+    """A device-path batch: the encoded images (:class:`HostImages`, left on the host) and the boxes of all
+    images concatenated (``boxes`` [M, 4] original pixels, ``labels``, ``ignore``, ``box_image`` the image of each
+    box), which Lightning moves to the device. Skipped files are dropped and listed in ``skips``; the original
+    ground truth (``gt_*``, numpy) and ``path``/``origin`` stay per image on the host."""
+    kept = [it for it in items if "skip" not in it]
+    skips = [it["skip"] for it in items if "skip" in it]
+    batch: dict[str, Any] = {"skipped": len(skips), "skips": skips}
+    if not kept:
+        return batch
+    samples: list[Sample] = [it["sample"] for it in kept]
+    if num_classes is not None:
+        for s in samples:
+            if len(s.labels) and not (s.labels.min() >= 0 and s.labels.max() < num_classes):
+                raise ValueError(f"{s.image}: label outside [0, {num_classes})")
+    counts = [len(s.boxes) for s in samples]
+    batch.update({
+        "host": HostImages([it["encoded"] for it in kept]),
+        "boxes": torch.from_numpy(np.concatenate([s.boxes for s in samples]).reshape(-1, 4)),
+        "labels": torch.from_numpy(np.concatenate([s.labels for s in samples])),
+        "ignore": torch.from_numpy(np.concatenate([s.ignore for s in samples])),
+        "box_image": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
+        "gt_boxes": [s.boxes for s in samples],
+        "gt_labels": [s.labels for s in samples],
+        "gt_ignore": [s.ignore for s in samples],
+        "path": [str(s.image) for s in samples],
+        "origin": [s.origin for s in samples],
+        "train": train,
+    })
+    return batch
+
+
+def decode_images(images: Sequence[EncodedImage], device: torch.device | str, paths: Sequence[str] | None = None
+                  ) -> list[torch.Tensor | ImageReadError]:
+    """RGB uint8 ``[3, H, W]`` on ``device`` per image (EXIF orientation applied), or the :class:`ImageReadError`
+    saying why it could not be decoded. JPEGs are decoded in one batched call; if it raises, one by one."""
+    device = torch.device(device)
+    paths = list(paths) if paths is not None else ["<bytes>"] * len(images)
+    out: list[torch.Tensor | ImageReadError] = []
+    jpegs = [i for i, im in enumerate(images) if im.kind == JPEG]
+    decoded: dict[int, torch.Tensor | ImageReadError] = {}
+    if jpegs:
+        try:
+            decoded = dict(zip(jpegs, _decode_jpeg([images[i].data for i in jpegs], device), strict=True))
+        except (RuntimeError, ValueError):  # one bad file fails the whole call: find it
+            decoded = {i: _decode_one(images[i], device, paths[i]) for i in jpegs}
+    for i, im in enumerate(images):
+        if im.kind == PIXELS:
+            out.append(im.data.to(device, non_blocking=True))
+            continue
+        img = decoded[i]
+        if isinstance(img, torch.Tensor):
+            img = apply_orientation(img, im.orientation)
+        elif isinstance(img, np.ndarray):  # decoded by the CPU reader, which applied the orientation itself
+            img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(device)
+        out.append(img)
+    return out
+
+
+def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec, each call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def _decode_one(image: EncodedImage, device: torch.device, path: str) -> torch.Tensor | np.ndarray | ImageReadError:
+    """One JPEG on the device; else RGB HWC pixels from the CPU path's reader; else the error."""
+    try:
+        return _decode_jpeg([image.data], device)[0]
+    except (RuntimeError, ValueError) as e:
+        device_error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    try:
+        pixels = decode_image_rgb(image.data.numpy().tobytes(), path)
+    except ImageReadError as e:
+        return ImageReadError(path, e.kind, f"{e.detail}; {device.type} decoder: {device_error}")
+    log.warning("%s: the %s JPEG decoder failed (%s); decoded on the CPU instead", path, device.type, device_error)
+    return pixels
+
+
+def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1-8) to a CHW image, as OpenCV's reader does."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-1, -2)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-1, -2)
+    if orientation == 6:  # rotate 90 degrees clockwise
+        return image.transpose(-1, -2).flip(-1)
+    if orientation == 7:
+        return image.transpose(-1, -2).flip(-1, -2)
+    if orientation == 8:  # rotate 90 degrees counter-clockwise
+        return image.transpose(-1, -2).flip(-2)
+    return image
