@@ -201,7 +201,8 @@ def markdown(record: dict[str, Any]) -> str:
     if record.get("train"):
         lines += ["\n## (c) gridface.train dataset=widerface end to end\n",
                   "| data path | epoch | train images/s | whole epoch images/s (incl. val) | epoch s "
-                  "| waiting for data | ms/step | AP50 at the end |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| waiting for data (incl. device prep) | ms/step | AP50 at the end |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in record["train"]:
             for i, e in enumerate(r["epochs"]):
                 ap = f"{r['val/AP50']:.4f}" if i == len(r["epochs"]) - 1 and r["val/AP50"] is not None else ""
@@ -225,6 +226,8 @@ def main() -> None:
     ap.add_argument("--loader-batches", type=int, default=20)
     ap.add_argument("--decodes", default="cpu,gpu", help="data paths to compare in (b) and (c)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile in (a)")
+    ap.add_argument("--compile-only", action="store_true", help="(a) with torch.compile alone, added to an existing "
+                    "record in --out")
     ap.add_argument("--tiny", action="store_true", help="a dry run on the CPU: tiny sizes, every part")
     ap.add_argument("--data", default=None, help="where the synthetic WIDER-layout set is (generated once)")
     args = ap.parse_args()
@@ -238,6 +241,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"machine": machine_line(), **machine_record(), "input": f"{args.width}x{args.height}",
                               "batch": args.batch, "step": [], "loader": [], "train": []}
+    if args.compile_only:
+        if (out / "gpu_bench.json").is_file():
+            record = json.loads((out / "gpu_bench.json").read_text())
+        record["step"].append(step_alone(device, hw, args.batch, args.steps, "bf16-mixed" if device == "cuda"
+                                         else "32-true", True, True))
+        write_json(out / "gpu_bench.json", record)
+        write_text(out / "gpu_bench.md", markdown(record))
+        print(markdown(record), flush=True)
+        return
     parts = set(args.parts.split(","))
 
     def save() -> None:
@@ -279,7 +291,8 @@ def main() -> None:
             over = [*base, f"dataset.num_workers={workers}",
                     *([f"++dataset.decode={decode}"] if decode != "cpu" else [])]
             try:
-                record["loader"].append(loader_alone(compose(over), device, args.loader_batches))
+                batches = args.loader_batches if workers > 1 else max(2, args.loader_batches // 5)
+                record["loader"].append(loader_alone(compose(over), device, batches))
             except Exception as e:  # noqa: BLE001 - a missing data path must not lose the other figures
                 record["loader"].append({"decode": decode, "workers": workers, "images_per_s": float("nan"),
                                          "first_batch_s": float("nan"), "error": repr(e)})

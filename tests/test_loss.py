@@ -22,7 +22,7 @@ def tiny_batch():
     return batch
 
 
-# scripts/learning_margins.py over 20 seeds (experiments/learning_margins.md): the worst seed's last/first ratio is
+# scripts/learning_margins.py over 10 seeds (experiments/learning_margins.md): the worst seed's last/first ratio is
 # LOSS_FALLS_TO (total) and BBOX_FALLS_TO (bbox term) with room to spare
 OVERFIT_STEPS, LOSS_FALLS_TO, BBOX_FALLS_TO = 40, 0.5, 0.8
 

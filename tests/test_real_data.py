@@ -158,7 +158,8 @@ def test_a_fixed_widerface_batch_is_overfit(case, tmp_path, request):
     under COV_FALLS_TO of its start, as it did for every seed measured."""
     shared = request.getfixturevalue("shared_data") if case == "real_mini_val" else None
     batch = overfit_case(case, tmp_path, shared)
-    assert batch["image"].shape == (2, 3, *OVERFIT_HW) and batch["ignore"].sum() > 0
+    assert batch["image"].shape == (2, 3, *OVERFIT_HW)
+    assert case != "real_mini_val" or batch["ignore"].sum() > 0  # the real photos' ignore regions are in the loss
     history = overfit_fixed_batch(batch, seed=0, steps=OVERFIT_STEPS)
     cov = [h["loss_cov"] for h in history]
     assert np.isfinite(cov).all() and cov[-1] < COV_FALLS_TO * cov[0], cov
