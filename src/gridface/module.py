@@ -145,10 +145,17 @@ class GridBoxModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         opt = torch.optim.Adam(self.parameters(), lr=cfg["max_lr"], weight_decay=cfg["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # The run's length is read at the first step, not here: asking for estimated_stepping_batches inside
+        # configure_optimizers makes Lightning (2.6) set the training data up before a resumed checkpoint is
+        # restored, and the loader's saved mid-epoch position is then silently dropped
+        # (Lightning-AI/pytorch-lightning#20550). Step 0 is progress 0 whatever the length.
+        total: list[int] = []
 
         def factor(step: int) -> float:
-            return soft_start_annealing(step / total, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
+            if step and not total:
+                total.append(max(1, int(self.trainer.estimated_stepping_batches)))
+            progress = step / total[0] if step else 0.0
+            return soft_start_annealing(progress, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
                                         cfg["annealing"]) / cfg["max_lr"]
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -1,11 +1,23 @@
-"""LightningDataModule: sources (from config) -> DetectionDataset -> DataLoader."""
+"""LightningDataModule: sources (from config) -> DetectionDataset -> DataLoader.
+
+Training reads through torchdata's ``StatefulDataLoader``. Lightning saves its ``state_dict`` (the position in
+the epoch) in every checkpoint, mid-epoch ones included, and restores it on resume; the epoch's order and every
+sample's augmentation are functions of the seed, the epoch and the sample, never of the process, worker or rank
+that reads it. So a job killed or preempted mid-epoch goes on with the next unseen batch, sees each sample of the
+epoch once, and ends with the weights of the uninterrupted run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from gridface.data.check import scan_images
 from gridface.data.dataset import DetectionDataset, collate
@@ -15,11 +27,63 @@ from gridface.data.transforms import build_augment
 from gridface.targets import GridBoxTargetEncoder
 
 
+class EpochSampler(StatefulDistributedSampler):
+    """torchdata's resumable ``DistributedSampler`` (one replica in a single process) that yields
+    ``(epoch, index)``: the epoch's order is a function of (seed, epoch) and each sample's augmentation of (seed,
+    epoch, index) (:class:`DetectionDataset`), so nothing but the position in the epoch needs restoring. Lightning
+    calls ``set_epoch`` before each epoch (under DDP and without)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        for index in super().__iter__():
+            yield epoch, index
+
+
+class ResumableLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` that starts the next epoch when the state it is given ended one.
+
+    Lightning saves the loader's state with every checkpoint, and a checkpoint written at an epoch's last batch
+    (``step.ckpt``, ``preempted.ckpt``) or at its validation (``last.ckpt``) holds a loader whose epoch is used up.
+    On resume Lightning goes on to the next epoch without asking the loader for a new iterator, so restored as it
+    is, that state would make the next epoch empty (torchdata#1437 is the same trap). ``epoch`` (the trainer's
+    current epoch) and ``limit_batches`` (``trainer.limit_train_batches``: an epoch may end before the loader is
+    exhausted) are set by the datamodule."""
+
+    epoch: int = 0
+    limit_batches: int | float = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated since torch 2.8
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            super().__init__(*args, **kwargs)
+
+    def batches_per_epoch(self) -> int:
+        """What Lightning trains per epoch (its ``limit_train_batches`` rule)."""
+        n, limit = len(self), self.limit_batches
+        return min(n, limit) if isinstance(limit, int) else int(n * limit)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict and batches_yielded(state_dict) >= self.batches_per_epoch():
+            # the saved epoch was finished: begin the next one from its start, as the uninterrupted run does
+            self.sampler.set_epoch(self.epoch + 1)
+            state_dict = {}
+        super().load_state_dict(state_dict)
+
+
+def batches_yielded(state: dict[str, Any]) -> int:
+    """How many batches of its epoch a ``StatefulDataLoader`` state had handed out (torchdata 0.11's keys:
+    ``_num_yielded`` without workers, ``_snapshot._snapshot_step`` plus ``_steps_since_snapshot`` with them)."""
+    if "_num_yielded" in state:
+        return int(state["_num_yielded"])
+    return int(state["_snapshot"]["_snapshot_step"]) + int(state.get("_steps_since_snapshot", 0))
+
+
 class GridBoxDataModule(pl.LightningDataModule):
     """``train_source``/``val_source`` are callables returning ``list[Sample]`` (``problems=`` collects what is
     wrong with the labels); they are called in ``prepare_data`` (rank zero: generation, downloads of nothing)
     and again in ``setup``. ``strict``: every data problem is an error at start-up, and every image is decoded
-    once before training to find them."""
+    once before training to find them. ``seed``: the training order and augmentation (None: a random one, still
+    saved in checkpoints, so a resume stays exact)."""
 
     def __init__(
         self,
@@ -33,6 +97,7 @@ class GridBoxDataModule(pl.LightningDataModule):
         augment: Sequence | None = None,
         min_box_size: float = 2.0,
         strict: bool = False,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.train_source, self.val_source = train_source, val_source
@@ -44,6 +109,7 @@ class GridBoxDataModule(pl.LightningDataModule):
         self.augment = build_augment(augment)
         self.min_box_size = min_box_size
         self.strict = strict
+        self.seed = int(seed) if seed is not None else int(torch.randint(2**62, ()).item())
         self.problems = DataProblems(strict=strict)
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
@@ -66,12 +132,22 @@ class GridBoxDataModule(pl.LightningDataModule):
             self.val_set = DetectionDataset(self.load(self.val_source, "val"), self.input_hw, self.encoder, None,
                                             "val", min_box_size=self.min_box_size)
 
-    def _loader(self, ds: DetectionDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, True)
+        """The resumable training loader: torchdata's ``StatefulDataLoader`` over an :class:`EpochSampler` for
+        this rank (Lightning injects no sampler of its own: it is already a ``DistributedSampler``)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self.train_set.seed = self.seed % 2**63
+        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        limit = trainer.limit_train_batches if trainer is not None else 1.0
+        loader = ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                                 num_workers=self.num_workers, collate_fn=collate,
+                                 persistent_workers=self.num_workers > 0, drop_last=False)
+        loader.epoch = trainer.current_epoch if trainer is not None else 0
+        loader.limit_batches = limit
+        sampler.set_epoch(loader.epoch)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, False)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False)
