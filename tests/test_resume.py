@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from gridface.data.datamodule import GridBoxDataModule
@@ -159,18 +160,35 @@ def test_sigusr2_preemption_resumes_to_the_uninterrupted_weights(tmp_path, cache
     assert_trained_alike(uninterrupted, probe, images=24)
 
 
+class SignalRankZeroAtStep(pl.Callback):
+    """SIGUSR2 to rank 0's process alone after step N: the other rank must still save and stop at the same step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001, ANN002
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
 @pytest.mark.slow
-def test_two_rank_ddp_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, cache):
+def test_two_rank_ddp_killed_or_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, cache):
     """2 CPU ranks (gloo, spawned), no loader workers: 24 images, 3 steps an epoch per rank, step.ckpt every 2
-    steps; both ranks stop at the start of the batch after step 4 (mid-epoch 2 of 3) and the run resumes."""
+    steps. Killed: both ranks stop at the start of the batch after step 4 (mid-epoch 2 of 3). Preempted: SIGUSR2
+    reaches rank 0 alone during step 5; both ranks save preempted.ckpt at step 5 and exit. Each resumes."""
     ddp = ["trainer.strategy=ddp_spawn", "trainer.devices=2", "dataset.num_workers=0", "checkpoint_every_n_steps=2"]
     run(config(tmp_path / "plain", cache, ddp), callbacks=[Probe(str(tmp_path / "plain" / "probe"))])
     assert max(step for _, step in history(tmp_path / "plain" / "probe")) == 9  # (spawned ranks: no global_step here)
-    probe = tmp_path / "killed" / "probe"
-    with pytest.raises(Exception, match="simulated kill"):
-        run(config(tmp_path / "killed", cache, ddp), callbacks=[Probe(str(probe), fail_at=4)])
-    ckpts = tmp_path / "killed" / "out" / "checkpoints"
-    assert torch.load(ckpts / "step.ckpt", weights_only=False)["global_step"] == 4
-    resumed = run(config(tmp_path / "killed", cache, ddp), callbacks=[Probe(str(probe))])
-    assert resumed["resumed_from"] == str(ckpts / "step.ckpt")
-    assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)
+
+    for name, stop, ckpt, step in (("killed", {"fail_at": 4}, "step.ckpt", 4),
+                                   ("preempted", {"signal_at": 4}, "preempted.ckpt", 5)):
+        probe = tmp_path / name / "probe"
+        extra = [SignalRankZeroAtStep(stop["signal_at"])] if "signal_at" in stop else []
+        with pytest.raises(Exception, match="simulated kill|exit code"):
+            run(config(tmp_path / name, cache, ddp),
+                callbacks=[Probe(str(probe), fail_at=stop.get("fail_at")), *extra])
+        ckpts = tmp_path / name / "out" / "checkpoints"
+        assert torch.load(ckpts / ckpt, weights_only=False)["global_step"] == step, name
+        resumed = run(config(tmp_path / name, cache, ddp), callbacks=[Probe(str(probe))])
+        assert resumed["resumed_from"] == str(ckpts / ckpt)
+        assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)

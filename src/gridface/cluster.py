@@ -76,8 +76,12 @@ def check_ddp_launch(trainer_cfg: Any, multirun: bool) -> None:
 class PreemptionCheckpoint(pl.Callback):
     """Saves ``preempted.ckpt`` at the first step boundary after SIGUSR2, then calls the handler that was there
     before (submitit's: requeue on rank 0, then exit); in a plain sbatch job rank 0 requeues it with scontrol.
-    Saving at a boundary, not inside the signal handler, keeps the optimizer step whole; rank 0 writes without a
-    barrier, since only it is exiting."""
+    Saving at a boundary, not inside the signal handler, keeps the optimizer step whole.
+
+    The save is Lightning's public ``trainer.save_checkpoint`` (rank 0 writes through the CheckpointIO plugin,
+    atomic here; every rank takes part and meets at a barrier), so under DDP every rank must save at the same
+    step: the ranks agree each step whether any of them got the signal (one all-reduce of a flag, beside the one
+    Lightning makes for SIGTERM), then all save and hand over together."""
 
     def __init__(self, dirpath: str, signal_name: str = "USR2") -> None:
         self.path = Path(dirpath) / "preempted.ckpt"
@@ -102,13 +106,15 @@ class PreemptionCheckpoint(pl.Callback):
         self._pending = (signum, frame)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self._pending is None:
+        signalled = self._pending is not None
+        if trainer.world_size > 1:
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if not signalled:
             return
-        signum, frame = self._pending
+        signum, frame = self._pending or (self.signum, None)  # (another rank got it first)
         self._pending = None
+        trainer.save_checkpoint(self.path)
         if trainer.is_global_zero:
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
             log.warning("%s received: saved %s at global step %d", signal.Signals(signum).name, self.path,
                         trainer.global_step)
         previous = self._previous
