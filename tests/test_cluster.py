@@ -10,8 +10,10 @@ import pytest
 import pytorch_lightning as pl
 from omegaconf import open_dict
 
-from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
 from gridface.train import run
+from gridface.training.launch import check_ddp_launch, cluster_plugins
+from gridface.training.preemption import PreemptionCheckpoint
+from gridface.training.resume import resolve_ckpt_path
 from gridface.utils.validate import ConfigError
 
 from .helpers import TINY, compose_train
@@ -78,8 +80,6 @@ class PublicTrainer:
 def test_preemption_checkpoint_saves_through_the_public_trainer_api(tmp_path, world_size, signal_here):
     """On the signal (in this process, or under DDP in another rank), every rank saves through
     ``trainer.save_checkpoint`` at the step boundary and then hands over to the previous handler (submitit's)."""
-    from gridface.cluster import PreemptionCheckpoint
-
     handed_over = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: handed_over.append(signum))
     trainer = PublicTrainer(world_size)
@@ -97,6 +97,14 @@ def test_preemption_checkpoint_saves_through_the_public_trainer_api(tmp_path, wo
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert trainer.saved == [tmp_path / "preempted.ckpt"] and handed_over == [signal.SIGUSR2]
+
+
+def test_configs_written_before_the_split_still_name_a_working_preemption_callback(tmp_path):
+    """A requeued job reloads its pickled config, which may still say gridface.cluster.PreemptionCheckpoint."""
+    from hydra.utils import instantiate
+
+    old = instantiate({"_target_": "gridface.cluster.PreemptionCheckpoint", "dirpath": str(tmp_path)})
+    assert isinstance(old, PreemptionCheckpoint) and old.path == tmp_path / "preempted.ckpt"
 
 
 def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):
