@@ -19,7 +19,7 @@ from gridface.data.datamodule import GridBoxDataModule
 from gridface.train import run
 
 from .helpers import TINY, compose_config
-from .resume_probe import Probe, history, max_difference, names_per_epoch
+from .resume_probe import Interrupted, Probe, history, max_difference, names_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 # 24 training images in batches of 4: 6 steps an epoch, 18 in all; step.ckpt every 4 steps (4, 8, 12, 16)
@@ -157,6 +157,26 @@ def test_sigusr2_preemption_resumes_to_the_uninterrupted_weights(tmp_path, cache
     assert torch.load(ckpts / "preempted.ckpt", weights_only=False)["global_step"] == 10
     resumed = run(config(tmp_path, cache), callbacks=[Probe(str(probe))])
     assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt") and resumed["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("every", "stop", "ckpt", "step"), [
+    (0, {"fail_at": 8}, "last.ckpt", 6),  # killed in epoch 2: the newest is last.ckpt, from epoch 1's validation
+    (3, {"fail_in_validation_at": 6}, "step.ckpt", 6),  # killed in epoch 1's validation, after step.ckpt at its end
+], ids=["last.ckpt-at-validation", "step.ckpt-at-an-epoch-end"])
+def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epoch_in_its_order(tmp_path, cache, uninterrupted,
+                                                                               every, stop, ckpt, step):
+    """Checkpoints whose loader had finished its epoch. Restored as they were, the next epoch came out empty (12 of
+    18 steps) or, with a loader worker, in epoch 1's order (the worker draws indices before Lightning's
+    set_epoch)."""
+    probe = tmp_path / "probe"
+    with pytest.raises(Interrupted):
+        run(config(tmp_path, cache, [f"checkpoint_every_n_steps={every}"]), callbacks=[Probe(str(probe), **stop)])
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert torch.load(ckpts / ckpt, weights_only=False)["global_step"] == step
+    resumed = run(config(tmp_path, cache, [f"checkpoint_every_n_steps={every}"]), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"] == str(ckpts / ckpt) and resumed["global_step"] == 18
     assert_trained_alike(uninterrupted, probe, images=24)
 
 

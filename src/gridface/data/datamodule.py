@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
@@ -40,20 +39,20 @@ class EpochSampler(StatefulDistributedSampler):
 
 
 class ResumableLoader(StatefulDataLoader):
-    """A ``StatefulDataLoader`` that starts the next epoch when the state it is given ended one.
+    """A ``StatefulDataLoader`` whose state also names its epoch, and that starts the next epoch when the state it
+    is given had finished one.
 
     Lightning saves the loader's state with every checkpoint, and a checkpoint written at an epoch's last batch
-    (``step.ckpt``, ``preempted.ckpt``) or at its validation (``last.ckpt``) holds a loader whose epoch is used up.
-    On resume Lightning goes on to the next epoch without asking the loader for a new iterator, so restored as it
-    is, that state would make the next epoch empty (torchdata#1437 is the same trap). ``epoch`` (the trainer's
-    current epoch) and ``limit_batches`` (``trainer.limit_train_batches``: an epoch may end before the loader is
-    exhausted) are set by the datamodule."""
+    (``step.ckpt``, ``preempted.ckpt``) holds a loader whose epoch is used up. On resume Lightning goes on to the
+    next epoch without asking the loader for a new iterator, so restored as it is, that state would make the next
+    epoch empty (compare torchdata issue #1437). The epoch is saved because with loader workers the first indices
+    are drawn when Lightning creates the iterator, before it calls ``set_epoch``. ``limit_batches``
+    (``trainer.limit_train_batches``: an epoch may end before the loader is exhausted) is set by the datamodule."""
 
-    epoch: int = 0
     limit_batches: int | float = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated since torch 2.8
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.14 warns is deprecated
             warnings.filterwarnings("ignore", message=".*set_vital.*")
             super().__init__(*args, **kwargs)
 
@@ -62,12 +61,16 @@ class ResumableLoader(StatefulDataLoader):
         n, limit = len(self), self.limit_batches
         return min(n, limit) if isinstance(limit, int) else int(n * limit)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "epoch": self.sampler.epoch}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict and batches_yielded(state_dict) >= self.batches_per_epoch():
-            # the saved epoch was finished: begin the next one from its start, as the uninterrupted run does
-            self.sampler.set_epoch(self.epoch + 1)
-            state_dict = {}
-        super().load_state_dict(state_dict)
+        state = dict(state_dict)
+        epoch = int(state.pop("epoch", self.sampler.epoch))
+        if state and batches_yielded(state) >= self.batches_per_epoch():
+            epoch, state = epoch + 1, {}  # that epoch was finished: the next one from its start
+        self.sampler.set_epoch(epoch)
+        super().load_state_dict(state)
 
 
 def batches_yielded(state: dict[str, Any]) -> int:
@@ -82,8 +85,8 @@ class GridBoxDataModule(pl.LightningDataModule):
     """``train_source``/``val_source`` are callables returning ``list[Sample]`` (``problems=`` collects what is
     wrong with the labels); they are called in ``prepare_data`` (rank zero: generation, downloads of nothing)
     and again in ``setup``. ``strict``: every data problem is an error at start-up, and every image is decoded
-    once before training to find them. ``seed``: the training order and augmentation (None: a random one, still
-    saved in checkpoints, so a resume stays exact)."""
+    once before training to find them. ``seed``: the training order and augmentation (None: 0, as Lightning's own
+    distributed sampler does; every rank must shuffle alike)."""
 
     def __init__(
         self,
@@ -109,7 +112,7 @@ class GridBoxDataModule(pl.LightningDataModule):
         self.augment = build_augment(augment)
         self.min_box_size = min_box_size
         self.strict = strict
-        self.seed = int(seed) if seed is not None else int(torch.randint(2**62, ()).item())
+        self.seed = int(seed) if seed is not None else 0  # the same on every DDP rank, as it must be
         self.problems = DataProblems(strict=strict)
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
@@ -139,13 +142,14 @@ class GridBoxDataModule(pl.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         self.train_set.seed = self.seed % 2**63
         sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        limit = trainer.limit_train_batches if trainer is not None else 1.0
         loader = ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                                  num_workers=self.num_workers, collate_fn=collate,
                                  persistent_workers=self.num_workers > 0, drop_last=False)
-        loader.epoch = trainer.current_epoch if trainer is not None else 0
-        loader.limit_batches = limit
-        sampler.set_epoch(loader.epoch)
+        if trainer is not None:
+            loader.limit_batches = trainer.limit_train_batches
+            # the epoch Lightning trains next (what it passes to set_epoch, after the loader's first indices are
+            # drawn when there are workers): a resumed run's epoch, or the one after a checkpoint taken at validation
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return loader
 
     def val_dataloader(self) -> DataLoader:
