@@ -320,6 +320,35 @@ def test_check_data_exit_status_and_strict_training_stop_at_start(tmp_path):
     assert "Traceback" not in train.stderr
 
 
+def test_validation_with_no_readable_image_warns_and_checkpointing_goes_on(tmp_path, caplog):
+    """Every validation image truncated: each validation logs NaN metrics with a warning naming the epoch, and
+    ModelCheckpoint(monitor=val/AP50) goes on (it raised 'could not find the monitored key' before)."""
+    import logging
+    import math
+
+    import torch
+
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    for image in (root / "val" / "images").glob("*.jpg"):
+        image.write_bytes(image.read_bytes()[:300])
+    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
+                                   "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
+                                   "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false",
+                                   "checkpoint_every_n_steps=0"])
+    with caplog.at_level(logging.WARNING, logger="gridface.module"):
+        result = train_run(cfg)
+    for when in ("the sanity check", "epoch 0", "epoch 1"):
+        assert f"{when}: no validation image could be read" in caplog.text
+    assert result["global_step"] == 4 and result["metrics"]["val/images"] == 0
+    assert math.isnan(result["metrics"]["val/AP50"]) and math.isnan(result["metrics"]["val/mAP"])
+    # last.ckpt: written with best.ckpt at epoch 0 (NaN ranks as the worst score; Lightning 2.6 rewrites last.ckpt
+    # only when that callback saves), not at epoch 1, whose NaN does not replace it
+    saved = torch.load(Path(result["last_checkpoint"]), weights_only=False)
+    assert saved["global_step"] == 2 and Path(result["best_checkpoint"]).is_file()
+
+
 # ------------------------------------------------------------------------------------ config values
 @pytest.mark.parametrize(
     ("overrides", "message"),

@@ -10,8 +10,10 @@ import pytest
 import pytorch_lightning as pl
 from omegaconf import open_dict
 
-from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
 from gridface.train import run
+from gridface.training.launch import check_ddp_launch, cluster_plugins
+from gridface.training.preemption import PreemptionCheckpoint
+from gridface.training.resume import resolve_ckpt_path
 from gridface.utils.validate import ConfigError
 
 from .helpers import TINY, compose_train
@@ -56,6 +58,53 @@ def test_preempted_run_checkpoints_on_the_signal_and_resumes_to_the_same_step(tm
     assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt")
     assert resumed["global_step"] == plain["global_step"]
     assert Path(resumed["best_checkpoint"]).is_file() and resumed["best_score"] is not None
+
+
+class PublicTrainer:
+    """Only what Lightning's Trainer offers publicly (no ``_checkpoint_connector``): what the preemption callback
+    may rely on while ``pytorch-lightning>=2.4`` stays open-ended."""
+
+    is_global_zero, global_step = True, 7
+
+    def __init__(self, world_size: int = 1) -> None:
+        self.world_size, self.saved, self.others_signalled = world_size, [], False
+        # DDP: the strategy's all-reduce of the ranks' flags (any rank signalled: every rank saves)
+        self.strategy = type("Strategy", (), {"reduce_boolean_decision":
+                                              lambda _, mine, all=True: mine or self.others_signalled})()
+
+    def save_checkpoint(self, filepath, weights_only=False, storage_options=None) -> None:  # noqa: ANN001
+        self.saved.append(Path(filepath))
+
+
+@pytest.mark.parametrize(("world_size", "signal_here"), [(1, True), (2, False)])
+def test_preemption_checkpoint_saves_through_the_public_trainer_api(tmp_path, world_size, signal_here):
+    """On the signal (in this process, or under DDP in another rank), every rank saves through
+    ``trainer.save_checkpoint`` at the step boundary and then hands over to the previous handler (submitit's)."""
+    handed_over = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: handed_over.append(signum))
+    trainer = PublicTrainer(world_size)
+    callback = PreemptionCheckpoint(str(tmp_path))
+    try:
+        callback.setup(trainer, None, "fit")
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+        assert trainer.saved == [] and handed_over == []  # nothing yet (DDP: flag only, that rank not signalled)
+        if signal_here:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        else:
+            trainer.others_signalled = True
+        callback.on_train_batch_end(trainer, None, None, None, 1)
+        callback.teardown(trainer, None, "fit")
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert trainer.saved == [tmp_path / "preempted.ckpt"] and handed_over == [signal.SIGUSR2]
+
+
+def test_configs_written_before_the_split_still_name_a_working_preemption_callback(tmp_path):
+    """A requeued job reloads its pickled config, which may still say gridface.cluster.PreemptionCheckpoint."""
+    from hydra.utils import instantiate
+
+    old = instantiate({"_target_": "gridface.cluster.PreemptionCheckpoint", "dirpath": str(tmp_path)})
+    assert isinstance(old, PreemptionCheckpoint) and old.path == tmp_path / "preempted.ckpt"
 
 
 def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):

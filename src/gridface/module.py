@@ -169,10 +169,17 @@ class GridBoxModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         opt = torch.optim.Adam(self.parameters(), lr=cfg["max_lr"], weight_decay=cfg["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # The run's length is read at the first step, not here: asking for estimated_stepping_batches inside
+        # configure_optimizers makes Lightning (2.6) set the training data up before a resumed checkpoint is
+        # restored, and the loader's saved mid-epoch position is then silently dropped
+        # (Lightning-AI/pytorch-lightning#20550). Step 0 is progress 0 whatever the length.
+        total: list[int] = []
 
         def factor(step: int) -> float:
-            return soft_start_annealing(step / total, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
+            if step and not total:
+                total.append(max(1, int(self.trainer.estimated_stepping_batches)))
+            progress = step / total[0] if step else 0.0
+            return soft_start_annealing(progress, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
                                         cfg["annealing"]) / cfg["max_lr"]
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -219,6 +226,18 @@ class GridBoxModule(pl.LightningModule):
                         gts.append(gt)
                         paths.append(path)
         if not gts:
+            # Nothing to measure. NaN, not silence: ModelCheckpoint(monitor=val/AP50) raises when the key it
+            # monitors is missing after validation ran, and NaN is Lightning's own "no score": ModelCheckpoint ranks
+            # it below any real score (it never replaces a measured best.ckpt), loggers show a gap, EarlyStopping
+            # (check_finite) stops. The skipped images were each reported above, with their label lines.
+            when = "the sanity check" if self.trainer.sanity_checking else f"epoch {self.current_epoch}"
+            if self.trainer.is_global_zero:
+                log.warning("%s: no validation image could be read (each unreadable file is named in the warning "
+                            "logged when it was first skipped); val/AP50 and the other detection metrics are NaN "
+                            "for this validation, which never replaces a measured best checkpoint", when)
+            metrics = {**dict.fromkeys(self.metric_names(), float("nan")), "images": 0.0}
+            for k, v in metrics.items():
+                self.log(f"val/{k}", v, rank_zero_only=True)
             return
         metrics = {**self.compute_metrics(dets, gts, paths), "images": float(len(gts))}
         for k, v in metrics.items():
@@ -226,6 +245,15 @@ class GridBoxModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()
                                                                         if k != "images") + f" ({len(gts)} images)")
+
+    def metric_names(self) -> list[str]:
+        """The names :meth:`compute_metrics` returns (without measuring anything)."""
+        names = ["AP50", *(f"AP50_{c}" for c in self.class_names)]
+        if self.eval_cfg.get("coco", True):
+            names += ["mAP", "AR"]
+        if self.eval_cfg["wider_gt"]:
+            names += ["wider_easy", "wider_medium", "wider_hard"]
+        return names
 
     def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
         """The metrics ``gridface.evaluate`` reports, under the same names (logged here as ``val/<name>``)."""

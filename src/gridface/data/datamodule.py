@@ -1,13 +1,21 @@
 """LightningDataModule: sources (from config) -> DetectionDataset -> DataLoader.
 
+Training reads through torchdata's ``StatefulDataLoader``. Lightning saves its ``state_dict`` (the position in
+the epoch) in every checkpoint, mid-epoch ones included, and restores it on resume; the epoch's order and every
+sample's augmentation are functions of the seed, the epoch and the sample, never of the process, worker or rank
+that reads it. So a job killed or preempted mid-epoch goes on with the next unseen batch, sees each sample of the
+epoch once, and ends with the weights of the uninterrupted run.
+
 ``decode="gpu"`` (``dataset.decode=gpu``) swaps in the GPU data path: workers read bytes and labels only
 (:class:`gridface.data.device_decode.EncodedDataset`), and decode, letterbox, augmentation and target encoding run
 batched wherever the batch lands (:meth:`GridBoxDataModule.on_after_batch_transfer`, see
-:mod:`gridface.data.device_batch`).
+:mod:`gridface.data.device_batch`); a batch's augmentation is drawn from (seed, epoch, its samples), so it resumes
+exactly too.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -16,6 +24,8 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from gridface.data.check import scan_images
 from gridface.data.dataset import DetectionDataset, collate
@@ -30,12 +40,68 @@ from gridface.targets import GridBoxTargetEncoder
 DECODE_CHOICES = ("cpu", "gpu")
 
 
+class EpochSampler(StatefulDistributedSampler):
+    """torchdata's resumable ``DistributedSampler`` (one replica in a single process) that yields
+    ``(epoch, index)``: the epoch's order is a function of (seed, epoch) and each sample's augmentation of (seed,
+    epoch, index) (:class:`DetectionDataset`), so nothing but the position in the epoch needs restoring. Lightning
+    calls ``set_epoch`` before each epoch (under DDP and without)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        for index in super().__iter__():
+            yield epoch, index
+
+
+class ResumableLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` whose state also names its epoch, and that starts the next epoch when the state it
+    is given had finished one.
+
+    Lightning saves the loader's state with every checkpoint, and a checkpoint written at an epoch's last batch
+    (``step.ckpt``, ``preempted.ckpt``) holds a loader whose epoch is used up. On resume Lightning goes on to the
+    next epoch without asking the loader for a new iterator, so restored as it is, that state would make the next
+    epoch empty (compare torchdata issue #1437). The epoch is saved because with loader workers the first indices
+    are drawn when Lightning creates the iterator, before it calls ``set_epoch``. ``limit_batches``
+    (``trainer.limit_train_batches``: an epoch may end before the loader is exhausted) is set by the datamodule."""
+
+    limit_batches: int | float = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.14 warns is deprecated
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            super().__init__(*args, **kwargs)
+
+    def batches_per_epoch(self) -> int:
+        """What Lightning trains per epoch (its ``limit_train_batches`` rule)."""
+        n, limit = len(self), self.limit_batches
+        return min(n, limit) if isinstance(limit, int) else int(n * limit)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "epoch": self.sampler.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        epoch = int(state.pop("epoch", self.sampler.epoch))
+        if state and batches_yielded(state) >= self.batches_per_epoch():
+            epoch, state = epoch + 1, {}  # that epoch was finished: the next one from its start
+        self.sampler.set_epoch(epoch)
+        super().load_state_dict(state)
+
+
+def batches_yielded(state: dict[str, Any]) -> int:
+    """How many batches of its epoch a ``StatefulDataLoader`` state had handed out (torchdata 0.11's keys:
+    ``_num_yielded`` without workers, ``_snapshot._snapshot_step`` plus ``_steps_since_snapshot`` with them)."""
+    if "_num_yielded" in state:
+        return int(state["_num_yielded"])
+    return int(state["_snapshot"]["_snapshot_step"]) + int(state.get("_steps_since_snapshot", 0))
+
+
 class GridBoxDataModule(pl.LightningDataModule):
     """``train_source``/``val_source`` are callables returning ``list[Sample]`` (``problems=`` collects what is
     wrong with the labels); they are called in ``prepare_data`` (rank zero: generation, downloads of nothing)
     and again in ``setup``. ``strict``: every data problem is an error at start-up, and every image is decoded
     once before training to find them. ``decode``: ``cpu`` (workers do everything) or ``gpu`` (workers read bytes;
-    the rest runs batched on the device the batch is moved to)."""
+    the rest runs batched on the device the batch is moved to). ``seed``: the training order and augmentation
+    (None: 0, as Lightning's own distributed sampler does; every rank must shuffle alike)."""
 
     def __init__(
         self,
@@ -50,6 +116,7 @@ class GridBoxDataModule(pl.LightningDataModule):
         min_box_size: float = 2.0,
         strict: bool = False,
         decode: str = "cpu",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if decode not in DECODE_CHOICES:
@@ -67,6 +134,9 @@ class GridBoxDataModule(pl.LightningDataModule):
                                                  min_box_size) if decode == "gpu" else None
         self.min_box_size = min_box_size
         self.strict = strict
+        self.seed = int(seed) if seed is not None else 0  # the same on every DDP rank, as it must be
+        if self.device_batches is not None:
+            self.device_batches.seed = self.seed
         self.problems = DataProblems(strict=strict)
         self.train_set: DetectionDataset | EncodedDataset | None = None
         self.val_set: DetectionDataset | EncodedDataset | None = None
@@ -95,18 +165,32 @@ class GridBoxDataModule(pl.LightningDataModule):
             self.val_set = DetectionDataset(self.load(self.val_source, "val"), self.input_hw, self.encoder, None,
                                             "val", min_box_size=self.min_box_size)
 
-    def _loader(self, ds: DetectionDataset | EncodedDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        collate_fn = collate
+    def collate_fn(self, ds: DetectionDataset | EncodedDataset) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         if isinstance(ds, EncodedDataset):
-            collate_fn = partial(collate_encoded, num_classes=self.encoder.num_classes, train=ds.train)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_fn, persistent_workers=self.num_workers > 0, drop_last=False)
+            return partial(collate_encoded, num_classes=self.encoder.num_classes, train=ds.train)
+        return collate
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, True)
+        """The resumable training loader: torchdata's ``StatefulDataLoader`` over an :class:`EpochSampler` for
+        this rank (Lightning injects no sampler of its own: it is already a ``DistributedSampler``)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self.train_set.seed = self.seed % 2**63
+        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        loader = ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                                 num_workers=self.num_workers, collate_fn=self.collate_fn(self.train_set),
+                                 persistent_workers=self.num_workers > 0, drop_last=False)
+        if trainer is not None:
+            loader.limit_batches = trainer.limit_train_batches
+            # the epoch Lightning trains next (what it passes to set_epoch, after the loader's first indices are
+            # drawn when there are workers): a resumed run's epoch, or the one after a checkpoint taken at validation
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, False)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=self.collate_fn(self.val_set), persistent_workers=self.num_workers > 0,
+                          drop_last=False)
 
     def batches_on(self, loader: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
         """A loader's batches as the steps see them, for code that iterates a loader outside the Trainer's loops

@@ -8,6 +8,7 @@ path and the label file line that lists it, and skipped: ``__getitem__`` returns
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,18 @@ class DetectionDataset(Dataset):
         self.name = name
         self.min_box_size = float(min_box_size)
         self._reported: set[int] = set()
+        # The augmentation of a sample is a function of (seed, epoch, index) alone: the same in any worker, rank or
+        # process, before and after a resume. The datamodule sets the seed; its sampler passes (epoch, index).
+        # (albumentations' own default, seed=None, is OS entropy: no two runs would draw alike.)
+        self.seed = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``key``: an index, or ``(epoch, index)`` from :class:`gridface.data.datamodule.EpochSampler` (a bare
+        index augments as in epoch 0)."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         s = self.samples[index]
         try:
             image = read_image_rgb(s.image)
@@ -88,6 +96,9 @@ class DetectionDataset(Dataset):
         net_img, lb = letterbox(image, self.input_hw)
         net_boxes = lb.to_input(boxes)
         if self.augment is not None:
+            entropy = np.random.SeedSequence([self.seed, epoch, index])
+            self.augment.set_random_state(np.random.default_rng(entropy),
+                                          random.Random(int(entropy.generate_state(1, np.uint64)[0])))
             out = self.augment(image=net_img, bboxes=net_boxes, labels=labels, ignore=ignore)
             net_img = out["image"]
             net_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)

@@ -36,7 +36,14 @@ class DeviceBatchBuilder:
         self.encoder = encoder
         self.augment = augment
         self.min_box_size = float(min_box_size)
+        self.seed = 0  # with each batch's (epoch, index) keys: its augmentation, the same before and after a resume
         self._reported: set[str] = set()
+
+    def generator(self, keys: list[tuple[int, int]]) -> torch.Generator:
+        """The random stream of one batch's augmentation: a function of the seed and the batch's (epoch, index)
+        keys alone, not of how many batches this process built before (a resumed run draws the same)."""
+        entropy = np.random.SeedSequence([self.seed % 2**63, *(int(v) for key in keys for v in key)])
+        return torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] % 2**63))
 
     @staticmethod
     def is_encoded(batch: Any) -> bool:
@@ -80,7 +87,7 @@ class DeviceBatchBuilder:
         net = clipped * geometry[:, 2:3] + geometry[:, [3, 4, 3, 4]]
         ignore = batch["ignore"].bool()
         if augment is not None:
-            params = augment.sample(len(kept))
+            params = augment.sample(len(kept), self.generator([batch["keys"][i] for i in kept]))
             dev_params = params.to(device)
             images = augment.apply_images(images, dev_params)
             net = augment.transform_boxes(net, image_index, dev_params, self.input_hw)

@@ -111,7 +111,10 @@ class EncodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``key``: an index, or ``(epoch, index)`` from the resumable sampler (kept with the item: the device
+        step draws the batch's augmentation from it)."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         s = self.samples[index]
         try:
             encoded = read_encoded(s.image)
@@ -120,7 +123,7 @@ class EncodedDataset(Dataset):
                 self._reported.add(index)
                 log.warning("%s: skipping image %s%s", self.name, e, f" (listed at {s.origin})" if s.origin else "")
             return {"skip": {"kind": e.kind, "path": str(s.image), "origin": s.origin}}
-        return {"encoded": encoded, "sample": s}
+        return {"encoded": encoded, "sample": s, "key": (epoch, index)}
 
 
 def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None, train: bool = False
@@ -151,6 +154,7 @@ def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None,
         "gt_ignore": [s.ignore for s in samples],
         "path": [str(s.image) for s in samples],
         "origin": [s.origin for s in samples],
+        "keys": [it.get("key", (0, i)) for i, it in enumerate(kept)],
         "train": train,
     })
     return batch

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.accelerator import check_gpu_available, resolve_precision
-from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
 from gridface.data.config import training_data_config
 from gridface.data.problems import run_summary, summary_line
+from gridface.training.launch import check_ddp_launch, cluster_plugins
+from gridface.training.resume import resolve_ckpt_path
 from gridface.utils.checkpoint import AtomicCheckpointIO
 from gridface.utils.validate import check_stage_config
 

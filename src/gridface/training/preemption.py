@@ -1,0 +1,77 @@
+"""The checkpoint a preempted or timed-out job writes before it goes.
+
+On the pre-timeout or preemption signal (SIGUSR2: Slurm's ``--signal``, ``scancel --signal=USR2``, submitit's),
+:class:`PreemptionCheckpoint` saves ``checkpoints/preempted.ckpt`` at the next step boundary and then hands the
+signal to submitit, which requeues the job and exits. The requeued job reloads the same pickled config, so it runs
+in the same folder, where ``ckpt_path=auto`` (the default, :mod:`gridface.training.resume`) finds the newest
+checkpoint and resumes from it, mid-epoch included (the training loader's position is in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """Saves ``preempted.ckpt`` at the first step boundary after SIGUSR2, then calls the handler that was there
+    before (submitit's: requeue on rank 0, then exit); in a plain sbatch job rank 0 requeues it with scontrol.
+    Saving at a boundary, not inside the signal handler, keeps the optimizer step whole.
+
+    The save is Lightning's public ``trainer.save_checkpoint`` (rank 0 writes through the CheckpointIO plugin,
+    atomic here; every rank takes part and meets at a barrier), so under DDP every rank must save at the same
+    step: the ranks agree each step whether any of them got the signal (one all-reduce of a flag, beside the one
+    Lightning makes for SIGTERM), then all save and hand over together."""
+
+    def __init__(self, dirpath: str, signal_name: str = "USR2") -> None:
+        self.path = Path(dirpath) / "preempted.ckpt"
+        self.signum = getattr(signal, f"SIG{signal_name.upper().removeprefix('SIG')}")
+        self._previous: Any = None
+        self._pending: tuple[int, Any] | None = None
+        self._installed = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.getsignal(self.signum)
+        signal.signal(self.signum, self._note)
+        self._installed = True
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._installed:
+            signal.signal(self.signum, self._previous)
+            self._installed = False
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._pending = (signum, frame)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        signalled = self._pending is not None
+        if trainer.world_size > 1:
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if not signalled:
+            return
+        signum, frame = self._pending or (self.signum, None)  # (another rank got it first)
+        self._pending = None
+        trainer.save_checkpoint(self.path)
+        if trainer.is_global_zero:
+            log.warning("%s received: saved %s at global step %d", signal.Signals(signum).name, self.path,
+                        trainer.global_step)
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)  # submitit: requeue (rank 0) and exit; other ranks carry on until stopped
+            return
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and trainer.is_global_zero:  # a plain sbatch job (scripts/slurm/train.sbatch): Slurm requeues it
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            log.warning("scontrol requeue %s: %s", job, "done" if done.returncode == 0 else done.stderr.strip())
+        raise SystemExit(128 + signum)  # what the signal would have done, after the checkpoint

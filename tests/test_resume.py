@@ -1,0 +1,214 @@
+"""Exact resume: a run killed (SIGKILL after step.ckpt, or preempted with SIGUSR2) mid-epoch and started again
+trains every sample of each epoch once, with the same augmentation, and ends with the uninterrupted run's weights
+and BatchNorm statistics (single process with a loader worker, and 2-rank DDP on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from gridface.data.datamodule import GridBoxDataModule
+from gridface.train import run
+
+from .helpers import TINY, compose_config
+from .resume_probe import Interrupted, Probe, history, max_difference, names_per_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+# 24 training images in batches of 4: 6 steps an epoch, 18 in all; step.ckpt every 4 steps (4, 8, 12, 16)
+OVER = [*TINY, "dataset.num_workers=1", "trainer.max_epochs=3", "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0", "logger=none", "checkpoint_every_n_steps=4", "threads=1",
+        "~callbacks.progress_bar", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("resume_cache")
+
+
+def config(folder: Path, cache: Path, extra: list[str] | None = None):
+    return compose_config("train", folder / "out", cache, [*OVER, *(extra or [])])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache) -> Path:
+    """The reference: the same run, never stopped (in this process). Its probe folder."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    threads = torch.get_num_threads()
+    try:
+        result = run(config(folder, cache), callbacks=[Probe(str(folder / "probe"))])
+    finally:
+        torch.set_num_threads(threads)
+    assert result["global_step"] == 18
+    return folder / "probe"
+
+
+def assert_trained_alike(reference: Path, resumed: Path, images: int, ranks: int = 1) -> float:
+    """Same samples at every step with the same augmented pixels, each sample once an epoch, and the same final
+    weights and buffers. Returns the largest weight difference."""
+    ref, got = history(reference), history(resumed)
+    assert [k for k in got if k not in ref] == [] and [k for k in ref if k not in got] == []
+    for key in ref:
+        assert (got[key]["epoch"], got[key]["names"]) == (ref[key]["epoch"], ref[key]["names"]), key
+        assert got[key]["checksum"] == ref[key]["checksum"], f"{key}: other augmentation"
+    for epoch, names in names_per_epoch(got).items():
+        assert names == sorted(f"{i:06d}.jpg" for i in range(images)), f"epoch {epoch}: not every sample once"
+    difference = max_difference(torch.load(reference / "final.pt"), torch.load(resumed / "final.pt"))
+    print(f"\nlargest difference to the uninterrupted run's weights and buffers ({ranks} rank(s)): {difference:.3g}")
+    assert difference <= TOLERANCE
+    return difference
+
+
+def test_loader_state_resumes_mid_epoch_and_after_a_finished_epoch(tmp_path):
+    """The training loader alone (no trainer): its state after 2 batches gives a fresh loader the other 4 batches,
+    pixels included (one worker), and a state taken after the epoch's last batch begins the next epoch."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", tmp_path / "out", tmp_path / "cache", [*TINY, "dataset.num_workers=1"])
+
+    def loader(state=None):
+        dm: GridBoxDataModule = instantiate(cfg.datamodule, _convert_="all")
+        dm.setup("fit")
+        dl = dm.train_dataloader()
+        if state is not None:
+            dl.load_state_dict(state)
+        return dl
+
+    def seen(batches):
+        return [(b["path"], float(b["image"].double().sum())) for b in batches]
+
+    dl = loader()
+    epoch0 = []
+    it = iter(dl)
+    for _ in range(2):
+        epoch0.append(next(it))
+    mid = dl.state_dict()
+    epoch0 += list(it)
+    end = dl.state_dict()
+    dl.sampler.set_epoch(1)  # what Lightning does before each epoch
+    epoch1 = seen(dl)
+    assert len(epoch0) == 6 and seen(epoch0) != epoch1
+    assert seen(loader(mid)) == seen(epoch0)[2:]
+    assert seen(loader(end)) == epoch1
+
+
+@pytest.mark.slow
+def test_sigkill_after_step_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, cache, uninterrupted):
+    """``python -m gridface.train`` killed with SIGKILL (its whole process group, the loader worker too) right
+    after step.ckpt at step 8, mid-epoch 2 of 3; the same command again resumes from it (ckpt_path=auto)."""
+    out, probe = tmp_path / "out", tmp_path / "probe"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "gridface.train", *OVER, f"hydra.run.dir={out}", f"paths.cache_dir={cache}",
+           "+callbacks.probe._target_=tests.resume_probe.Probe", f"+callbacks.probe.folder={probe}"]
+    job = subprocess.Popen([*cmd, "+callbacks.probe.stall_at=8"], cwd=ROOT, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (probe / "stalled").is_file():
+            assert job.poll() is None, job.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached step 8"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert job.returncode == -signal.SIGKILL
+    step = torch.load(out / "checkpoints" / "step.ckpt", weights_only=False)
+    assert step["global_step"] == 8 and step["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import json
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["resumed_from"] == str(out / "checkpoints" / "step.ckpt") and result["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
+@pytest.mark.slow
+def test_sigusr2_preemption_resumes_to_the_uninterrupted_weights(tmp_path, cache, uninterrupted):
+    """SIGUSR2 during step 9 (mid-epoch 2): preempted.ckpt at step 10, the job exits (submitit's handler), and
+    the same run folder resumes from it."""
+    from .test_cluster import SignalAtStep, submitit_stand_in
+
+    probe = tmp_path / "probe"
+    previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
+    try:
+        with pytest.raises(SystemExit):
+            run(config(tmp_path, cache), callbacks=[SignalAtStep(9), Probe(str(probe))])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert torch.load(ckpts / "preempted.ckpt", weights_only=False)["global_step"] == 10
+    resumed = run(config(tmp_path, cache), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt") and resumed["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("every", "stop", "ckpt", "step"), [
+    (0, {"fail_at": 8}, "last.ckpt", 6),  # killed in epoch 2: the newest is last.ckpt, from epoch 1's validation
+    (3, {"fail_in_validation_at": 6}, "step.ckpt", 6),  # killed in epoch 1's validation, after step.ckpt at its end
+], ids=["last.ckpt-at-validation", "step.ckpt-at-an-epoch-end"])
+def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epoch_in_its_order(tmp_path, cache, uninterrupted,
+                                                                               every, stop, ckpt, step):
+    """Checkpoints whose loader had finished its epoch. Restored as they were, the next epoch came out empty (12 of
+    18 steps) or, with a loader worker, in epoch 1's order (the worker draws indices before Lightning's
+    set_epoch)."""
+    probe = tmp_path / "probe"
+    with pytest.raises(Interrupted):
+        run(config(tmp_path, cache, [f"checkpoint_every_n_steps={every}"]), callbacks=[Probe(str(probe), **stop)])
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert torch.load(ckpts / ckpt, weights_only=False)["global_step"] == step
+    resumed = run(config(tmp_path, cache, [f"checkpoint_every_n_steps={every}"]), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"] == str(ckpts / ckpt) and resumed["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
+class SignalRankZeroAtStep(pl.Callback):
+    """SIGUSR2 to rank 0's process alone after step N: the other rank must still save and stop at the same step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001, ANN002
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_killed_or_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, cache):
+    """2 CPU ranks (gloo, spawned), no loader workers: 24 images, 3 steps an epoch per rank, step.ckpt every 2
+    steps. Killed: both ranks stop at the start of the batch after step 4 (mid-epoch 2 of 3). Preempted: SIGUSR2
+    reaches rank 0 alone during step 5; both ranks save preempted.ckpt at step 5 and exit. Each resumes."""
+    ddp = ["trainer.strategy=ddp_spawn", "trainer.devices=2", "dataset.num_workers=0", "checkpoint_every_n_steps=2"]
+    run(config(tmp_path / "plain", cache, ddp), callbacks=[Probe(str(tmp_path / "plain" / "probe"))])
+    assert max(step for _, step in history(tmp_path / "plain" / "probe")) == 9  # (spawned ranks: no global_step here)
+
+    for name, stop, ckpt, step in (("killed", {"fail_at": 4}, "step.ckpt", 4),
+                                   ("preempted", {"signal_at": 4}, "preempted.ckpt", 5)):
+        probe = tmp_path / name / "probe"
+        extra = [SignalRankZeroAtStep(stop["signal_at"])] if "signal_at" in stop else []
+        with pytest.raises(Exception, match="simulated kill|exit code"):
+            run(config(tmp_path / name, cache, ddp),
+                callbacks=[Probe(str(probe), fail_at=stop.get("fail_at")), *extra])
+        ckpts = tmp_path / name / "out" / "checkpoints"
+        assert torch.load(ckpts / ckpt, weights_only=False)["global_step"] == step, name
+        resumed = run(config(tmp_path / name, cache, ddp), callbacks=[Probe(str(probe))])
+        assert resumed["resumed_from"] == str(ckpts / ckpt)
+        assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)
