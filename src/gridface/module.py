@@ -18,7 +18,6 @@ import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.evaluation.metrics import detection_metrics, image_record
-from gridface.guards import NonFiniteError, non_finite_names
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
 from gridface.model.head import coverage_probabilities
@@ -26,6 +25,7 @@ from gridface.model.widths import apply_widths
 from gridface.postprocess import GridBoxDecoder
 from gridface.schedule import soft_start_annealing
 from gridface.utils.checkpoint import load_checkpoint
+from gridface.utils.finite import NonFiniteError, non_finite_names
 
 log = logging.getLogger(__name__)
 

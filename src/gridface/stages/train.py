@@ -17,8 +17,8 @@ from gridface.accelerator import check_gpu_available, resolve_precision
 from gridface.cluster import check_ddp_launch, cluster_plugins, resolve_ckpt_path
 from gridface.data.config import training_data_config
 from gridface.data.problems import run_summary, summary_line
+from gridface.stages.checks import check_stage_config
 from gridface.utils.checkpoint import AtomicCheckpointIO
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
