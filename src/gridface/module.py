@@ -2,11 +2,15 @@
 
 Its hyper-parameters are plain values (class names, input size, model/loss/postprocess/optimizer
 settings), saved in every checkpoint, so ``GridBoxModule.from_checkpoint(path)`` rebuilds the model in
-a fresh process without the training config.
+a fresh process without the training config. The optimizer and its LR scheduler are config too
+(``optimizer.algorithm`` and ``optimizer.scheduler``, ``_target_`` + ``_partial_``), instantiated in
+:meth:`GridBoxModule.configure_optimizers`; what a module is built without comes from the YAML defaults
+(``configs/optimizer/tao.yaml``, ``configs/evaluation/default.yaml``), never from values repeated here.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +27,24 @@ from gridface.model import GridBoxNet
 from gridface.model.head import coverage_probabilities
 from gridface.model.widths import apply_widths
 from gridface.postprocess import GridBoxDecoder
-from gridface.schedule import soft_start_annealing
 from gridface.utils.checkpoint import load_checkpoint
 from gridface.utils.finite import NonFiniteError, non_finite_names
+from gridface.utils.hydra import group_default
 
 log = logging.getLogger(__name__)
+
+
+
+def optimizer_config(given: dict[str, Any] | None) -> dict[str, Any]:
+    """The full optimizer config, plain values: ``given`` when it names the ``algorithm`` (a config composed from
+    ``configs/optimizer/``; no ``scheduler``, or a null one, keeps the learning rate constant), else ``given`` merged
+    over ``configs/optimizer/tao.yaml``: a module built without an optimizer config trains with TAO's, and an older
+    checkpoint's five values (min_lr, max_lr, soft_start, annealing, weight_decay) feed that file's Adam and
+    soft-start annealing (``lr: ${..max_lr}``, ...) as they did."""
+    given = dict(given or {})
+    if "algorithm" in given:
+        return given
+    return group_default("optimizer", "tao", given)
 
 
 class GridBoxModule(pl.LightningModule):
@@ -61,10 +78,7 @@ class GridBoxModule(pl.LightningModule):
             raise ValueError(f"input size {self.input_hw} must be a multiple of {self.net.stride}")
         self.criterion = GridBoxLoss(**loss)
         self.decoder = GridBoxDecoder(stride=self.net.stride, **(postprocess or {}))
-        self.optim_cfg = {"min_lr": 5e-7, "max_lr": 5e-5, "soft_start": 0.1, "annealing": 0.7,
-                          "weight_decay": 0.0, **(optimizer or {})}
-        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "coco": True, "wider_gt": None,
-                         **(evaluation or {})}
+        self._eval_cfg: dict[str, Any] | None = None  # hparams' evaluation over the YAML default, when first used
         self._wider_gt = None
         self.l1_regularization = l1_regularization
         if l1_regularization < 0:
@@ -167,16 +181,28 @@ class GridBoxModule(pl.LightningModule):
         self.log("train/weight_bbox", self.criterion.weights[1])
 
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        opt = torch.optim.Adam(self.parameters(), lr=cfg["max_lr"], weight_decay=cfg["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        """``optimizer.algorithm`` called with the parameters, ``optimizer.scheduler`` with the optimizer (and
+        ``total_steps``, the trainer's estimated optimizer steps, when it takes that argument), stepped every step."""
+        from hydra.utils import instantiate  # here: loading a checkpoint for inference needs no Hydra
 
-        def factor(step: int) -> float:
-            return soft_start_annealing(step / total, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
-                                        cfg["annealing"]) / cfg["max_lr"]
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        cfg = optimizer_config(self.hparams.get("optimizer"))
+        opt = instantiate(cfg["algorithm"], _convert_="all")(self.parameters())
+        if cfg.get("scheduler") is None:
+            return opt
+        make_scheduler = instantiate(cfg["scheduler"], _convert_="all")
+        kwargs = {}
+        params = inspect.signature(make_scheduler).parameters
+        if "total_steps" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = make_scheduler(opt, **kwargs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @property
+    def eval_cfg(self) -> dict[str, Any]:
+        """The ``evaluation`` hyper-parameters over ``configs/evaluation/default.yaml`` (iou, interpolation, coco)."""
+        if self._eval_cfg is None:
+            self._eval_cfg = group_default("evaluation", "default", self.hparams.get("evaluation") or {})
+        return self._eval_cfg
 
     # --------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -230,7 +256,7 @@ class GridBoxModule(pl.LightningModule):
     def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
         """The metrics ``gridface.evaluate`` reports, under the same names (logged here as ``val/<name>``)."""
         cfg = self.eval_cfg
-        if cfg["wider_gt"] and paths and self._wider_gt is None:
+        if cfg.get("wider_gt") and paths and self._wider_gt is None:
             from gridface.evaluation.widerface import load_ground_truth
 
             self._wider_gt = load_ground_truth(cfg["wider_gt"])
