@@ -92,7 +92,7 @@ def test_encoded_ground_truth_decodes_to_ap50_1_with_default_settings_at_letterb
     from gridface.data.sample import Sample
     from gridface.data.transforms import letterbox
     from gridface.evaluation.metrics import detection_metrics
-    from gridface.evaluation.predict import predict_dataset
+    from gridface.inference.predict import predict_dataset
     from gridface.postprocess import GridBoxDecoder
 
     from .helpers import compose_config

@@ -28,7 +28,8 @@ from gridface.data.images import (
 from gridface.data.parsers import read_coco, read_kitti, read_widerface_txt
 from gridface.data.problems import DataProblems
 from gridface.data.sample import LabelError
-from gridface.utils.validate import ConfigError, check_dataset, check_postprocess, check_writable
+from gridface.stages.checks import check_dataset, check_postprocess
+from gridface.utils.validate import ConfigError, check_writable
 
 from .helpers import compose_config, compose_train
 
@@ -368,7 +369,7 @@ def test_config_values_out_of_range_name_the_key(tmp_path, overrides, message):
 
 
 def test_a_network_block_left_under_model_names_the_new_key(tmp_path):
-    from gridface.utils.validate import check_stage_config
+    from gridface.stages.checks import check_stage_config
 
     cfg = compose_config("train", tmp_path / "out", tmp_path / "cache", ["+model.pretrained=/w/resnet18.pth"])
     with pytest.raises(ConfigError, match=r"model = \['pretrained'\]: model is the input model's path in every "

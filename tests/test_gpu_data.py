@@ -435,7 +435,8 @@ def test_every_augment_option_builds_on_the_gpu_path(tmp_path, augment):
 
 
 def test_bad_decode_value_is_named(tmp_path):
-    from gridface.utils.validate import ConfigError, check_stage_config
+    from gridface.stages.checks import check_stage_config
+    from gridface.utils.validate import ConfigError
 
     with pytest.raises(ConfigError, match="dataset.decode = 'nvjpeg'"):
         check_stage_config(compose_train(tmp_path, ["dataset.decode=nvjpeg"]))

@@ -6,7 +6,7 @@ import torch
 
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
-from gridface.schedule import soft_start_annealing
+from gridface.schedule import SoftStartAnnealingLR, soft_start_annealing
 from gridface.targets import GridBoxTargetEncoder
 
 from .helpers import overfit_fixed_batch
@@ -94,8 +94,41 @@ def test_soft_start_annealing_shape():
     assert f(0) == pytest.approx(1e-6) and f(0.1) == pytest.approx(1e-4) and f(0.5) == pytest.approx(1e-4)
     assert f(1.0) == pytest.approx(1e-6) and f(0.05) == pytest.approx(1e-5)
     with pytest.raises(ValueError):
-        soft_start_annealing(0.5, 1e-4, 1e-6)
+        soft_start_annealing(0.5, 1e-4, 1e-6, 0.1, 0.7)
 
+
+
+def test_the_scheduler_of_the_optimizer_config_steps_through_soft_start_annealing():
+    """configs/optimizer/tao.yaml's Adam and SoftStartAnnealingLR, fed five values as an older checkpoint stores them:
+    the learning rate at every step is soft_start_annealing's, and the LambdaLR the module used before gives the
+    same."""
+    from hydra.utils import instantiate
+
+    from gridface.module import optimizer_config
+
+    values = {"min_lr": 1e-6, "max_lr": 1e-4, "soft_start": 0.2, "annealing": 0.6, "weight_decay": 0.0}
+    cfg = optimizer_config(values)
+    total = 50
+    param, old_param = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = instantiate(cfg["algorithm"])([param])
+    sched = instantiate(cfg["scheduler"])(opt, total_steps=total)
+    assert type(opt) is torch.optim.Adam and type(sched) is SoftStartAnnealingLR
+    old_opt = torch.optim.Adam([old_param], lr=values["max_lr"])
+    old = torch.optim.lr_scheduler.LambdaLR(old_opt, lambda step: soft_start_annealing(
+        step / total, values["min_lr"], values["max_lr"], 0.2, 0.6) / values["max_lr"])
+    lrs, old_lrs = [], []
+    for _ in range(total + 3):  # past the end it stays at min_lr
+        lrs.append(opt.param_groups[0]["lr"])
+        old_lrs.append(old_opt.param_groups[0]["lr"])
+        for o, s in ((opt, sched), (old_opt, old)):
+            o.step()
+            s.step()
+    expected = [soft_start_annealing(k / total, 1e-6, 1e-4, 0.2, 0.6) for k in range(total + 3)]
+    assert lrs == pytest.approx(expected, rel=1e-12) and old_lrs == pytest.approx(expected, rel=1e-12)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[10] == pytest.approx(1e-4) and lrs[total] == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match="min_lr <= max_lr"):  # checked when built, not at the first step
+        SoftStartAnnealingLR(torch.optim.SGD([param], lr=1e-7), total_steps=10, min_lr=1e-6, soft_start=0.1,
+                             annealing=0.7)
 
 def ignore_batch():
     """One counted face and one ignored face (e.g. WIDER invalid), far apart."""

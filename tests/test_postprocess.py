@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,23 @@ def test_dbscan_boxes_without_area_are_noise_as_in_scikit_learn():
     ours = dbscan_boxes(boxes, w, np.zeros(len(boxes), np.int64), 0.15, 1.0)
     np.testing.assert_array_equal(ours, ref)
     assert (ours[:60] == -1).all() and (ours[60:] >= 0).any()
+
+
+def test_the_yaml_postprocess_default_is_the_decoders(tmp_path):
+    """One source for the post-processing defaults: GridBoxDecoder's keyword defaults. configs/postprocess/dbscan.yaml
+    (every recipe's default) repeats them key for key, and the DeepStream config falls back on them."""
+    from omegaconf import OmegaConf
+
+    from gridface.export.deepstream import write_deepstream_config
+    from gridface.postprocess import decoder_defaults
+    from gridface.utils.hydra import config_dir
+
+    yaml_default = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "postprocess" / "dbscan.yaml"))
+    assert yaml_default == decoder_defaults()
+    assert vars(GridBoxDecoder(**yaml_default)) == vars(GridBoxDecoder())
+    cfg, _ = write_deepstream_config(tmp_path / "m.onnx", {"class_names": ["face"], "input_hw": [416, 736]})
+    text = cfg.read_text()
+    d = decoder_defaults()
+    assert f"pre-cluster-threshold={d['coverage_threshold']}\n" in text and f"eps={d['dbscan_eps']}\n" in text
+    assert f"detected-min-h={int(d['minimum_bounding_box_height'])}\n" in text and "cluster-mode=1\n" in text
+

@@ -76,7 +76,8 @@ def test_ddp_sweep_runs_one_job_per_override_each_with_two_ranks(tmp_path):
 def resume_latency(log: Path, signalled_at: float) -> float:
     """Seconds from the signal to the resumed run's 'resuming from' log line."""
     for line in log.read_text().splitlines():
-        m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]\[gridface\.training\.resume\]\[INFO\] - resuming from", line)
+        m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]\[gridface\.training\.resume\]\[INFO\] - resuming "
+                     r"from", line)
         if m:
             return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - signalled_at
     raise AssertionError(f"no 'resuming from' line in {log}")

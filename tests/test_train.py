@@ -11,6 +11,7 @@ import torch
 from omegaconf import open_dict
 
 from gridface.module import GridBoxModule
+from gridface.schedule import SoftStartAnnealingLR, soft_start_annealing
 from gridface.train import run
 
 from .helpers import TINY, compose_train
@@ -23,6 +24,101 @@ def test_fast_dev_run(tmp_path):
     result = run(cfg)
     assert "val/AP50" in result["metrics"] and "val/loss" in result["metrics"]
 
+
+
+def test_the_optimizer_named_in_the_config_is_the_one_that_trains(tmp_path):
+    """optimizer.algorithm is any torch optimizer (here SGD with momentum), built by the module from the config, under
+    the soft-start annealing schedule whose values stay optimizer.max_lr, optimizer.min_lr, ..."""
+    import pytorch_lightning as pl
+
+    class Seen(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.optimizer = trainer.optimizers[0]
+            self.scheduler = trainer.lr_scheduler_configs[0].scheduler
+
+    seen = Seen()
+    cfg = compose_train(tmp_path, [*TINY, "trainer.fast_dev_run=true", "optimizer.max_lr=1e-3", "optimizer.min_lr=1e-5",
+                                   "optimizer.algorithm._target_=torch.optim.SGD", "+optimizer.algorithm.momentum=0.9"])
+    result = run(cfg, callbacks=[seen])
+    assert "val/loss" in result["metrics"]
+    assert type(seen.optimizer) is torch.optim.SGD and seen.optimizer.defaults["momentum"] == 0.9
+    assert seen.optimizer.param_groups[0]["initial_lr"] == 1e-3
+    assert type(seen.scheduler) is SoftStartAnnealingLR and seen.scheduler.min_lr == 1e-5
+
+
+def _attach_trainer(module: GridBoxModule, steps: int) -> None:
+    """configure_optimizers reads only the trainer's step count."""
+    from types import SimpleNamespace
+
+    module._trainer = SimpleNamespace(estimated_stepping_batches=steps)
+
+
+def _lr_steps(conf: dict, steps: int) -> list[float]:
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_a_checkpoint_with_the_flat_optimizer_values_loads_and_trains(tmp_path):
+    """Checkpoints written before the optimizer became config store ``optimizer`` as five values (no algorithm, no
+    scheduler) and ``evaluation`` with every key: they load, and configure_optimizers gives them the Adam and the
+    soft-start annealing they trained with."""
+    old_optimizer = {"min_lr": 1.0e-5, "max_lr": 2.0e-3, "soft_start": 0.1, "annealing": 0.7, "weight_decay": 0.0}
+    old_evaluation = {"iou": 0.5, "interpolation": "11", "coco": False, "wider_gt": None}
+    trained = GridBoxModule(input_size=(64, 96))
+    # the hyper-parameters of a checkpoint `make train` wrote before (commit 34c272e), at this test's input size
+    hp = {"class_names": ["face"], "input_size": [64, 96],
+          "model": {"pretrained": None, "cov_prior": 0.01, "init_from": None},
+          "loss": {"fg_weight": 0.5, "cov_weight": 1.0, "bbox_weight": 10.0, "auto_weight": False,
+                   "target_cov_share": 0.0909, "min_weight": 0.0001, "max_weight": 0.9999, "l1_regularization": 0.0},
+          "postprocess": {"clustering": "dbscan", "coverage_threshold": 0.004, "dbscan_eps": 0.3,
+                          "dbscan_min_samples": 0.05, "confidence_model": "aggregate_cov", "nms_iou_threshold": 0.3,
+                          "confidence_threshold": 0.0, "minimum_bounding_box_height": 4.0},
+          "optimizer": old_optimizer, "evaluation": old_evaluation, "data": None, "channels_last": True,
+          "compile": False}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": hp, "epoch": 2, "global_step": 750}, path)
+
+    module = GridBoxModule.from_checkpoint(path)
+    assert module.hparams["optimizer"] == old_optimizer and module.eval_cfg == old_evaluation
+    _attach_trainer(module, 20)
+    conf = module.configure_optimizers()
+    opt = conf["optimizer"]
+    assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 2e-3 and opt.defaults["weight_decay"] == 0.0
+    assert _lr_steps(conf, 20) == pytest.approx([soft_start_annealing(k / 20, 1e-5, 2e-3, 0.1, 0.7)
+                                                  for k in range(20)], rel=1e-12)
+    # and it trains: one step moves the weights
+    before = module.net.head.cov.weight.detach().clone()
+    conf = module.configure_optimizers()
+    module.net(torch.rand(2, 3, 64, 96))["cov_logits"].sigmoid().mean().backward()
+    conf["optimizer"].step()
+    assert not torch.equal(before, module.net.head.cov.weight)
+
+
+def test_a_module_built_without_optimizer_or_evaluation_takes_the_yaml_defaults():
+    """GridBoxModule() repeats no default: its optimizer is configs/optimizer/tao.yaml's, its evaluation
+    configs/evaluation/default.yaml's; a null scheduler keeps the learning rate at the optimizer's."""
+    from omegaconf import OmegaConf
+
+    from gridface.utils.hydra import config_dir
+
+    module = GridBoxModule(input_size=(64, 96))
+    assert module.eval_cfg == OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "evaluation" / "default.yaml"))
+    _attach_trainer(module, 10)
+    conf = module.configure_optimizers()
+    tao = OmegaConf.load(Path(config_dir()) / "optimizer" / "tao.yaml")
+    assert type(conf["optimizer"]) is torch.optim.Adam and conf["optimizer"].defaults["lr"] == tao.max_lr
+    assert _lr_steps(conf, 10) == pytest.approx([soft_start_annealing(k / 10, tao.min_lr, tao.max_lr, tao.soft_start,
+                                                                      tao.annealing) for k in range(10)], rel=1e-12)
+    constant = GridBoxModule(input_size=(64, 96), optimizer={
+        "algorithm": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}, "scheduler": None})
+    _attach_trainer(constant, 10)
+    opt = constant.configure_optimizers()
+    assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 0.01
 
 @pytest.mark.slow
 def test_short_training_writes_checkpoints_logs_and_resumes(tmp_path):

@@ -2,10 +2,10 @@
 
 import os as _os
 
+from gridface.version import __version__ as __version__
+
 # albumentations checks online for updates on import; this machine (and most clusters) are offline.
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):

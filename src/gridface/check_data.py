@@ -20,10 +20,10 @@ from gridface.data.check import scan_images
 from gridface.data.config import as_plain, split_samples
 from gridface.data.problems import DataProblems, summary_line
 from gridface.data.report import markdown, plot_face_sizes, split_stats
+from gridface.stages.checks import check_stage_config
 from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import write_json, write_text
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from gridface.version import __version__
+
 ONNX_INPUT = "input_1"
 ONNX_OUTPUTS = ("output_cov/Sigmoid", "output_bbox/BiasAdd")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -25,13 +27,11 @@ def deployment_metadata(fmt: str, input_hw: tuple[int, int] | list[int], class_n
                         postprocess: dict[str, Any], source_checkpoint: str | Path, data: dict[str, Any] | None,
                         versions: dict[str, str], **extra: Any) -> dict[str, Any]:
     """The metadata of one deployed model: I/O contract, preprocessing, post-processing, training data, versions."""
-    import gridface
-
     return {"format": fmt, "input_name": ONNX_INPUT, "output_names": list(ONNX_OUTPUTS),
             "input_hw": list(input_hw), "input_scale": 1 / 255, "color": "RGB", "letterbox": "centred",
             "class_names": list(class_names), "stride": int(stride), "postprocess": dict(postprocess or {}),
             "source_checkpoint": str(source_checkpoint), "data": data,
-            "versions": {"gridface": gridface.__version__, "python": platform.python_version(), **versions},
+            "versions": {"gridface": __version__, "python": platform.python_version(), **versions},
             **extra}
 
 

@@ -6,29 +6,12 @@ A NaN loss otherwise trains on silently: the decoder drops non-finite outputs, A
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient, output or weight that is NaN or infinite; the message names where and when."""
-
-
-def non_finite_names(tensors: Iterable[tuple[str, torch.Tensor | None]]) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or an infinity."""
-    return [name for name, t in tensors
-            if t is not None and torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
-
-
-def check_state_finite(state: Mapping[str, Any], what: str) -> None:
-    """Raise :class:`NonFiniteError` if a weight in ``state`` is not finite (checkpoints never carry NaN)."""
-    bad = non_finite_names(state.items())
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise NonFiniteError(f"{what}: non-finite weights in {shown}")
+from gridface.utils.finite import NonFiniteError, non_finite_names
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str:

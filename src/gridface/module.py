@@ -2,11 +2,15 @@
 
 Its hyper-parameters are plain values (class names, input size, model/loss/postprocess/optimizer
 settings), saved in every checkpoint, so ``GridBoxModule.from_checkpoint(path)`` rebuilds the model in
-a fresh process without the training config.
+a fresh process without the training config. The optimizer and its LR scheduler are config too
+(``optimizer.algorithm`` and ``optimizer.scheduler``, ``_target_`` + ``_partial_``), instantiated in
+:meth:`GridBoxModule.configure_optimizers`; what a module is built without comes from the YAML defaults
+(``configs/optimizer/tao.yaml``, ``configs/evaluation/default.yaml``), never from values repeated here.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +22,29 @@ import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.evaluation.metrics import detection_metrics, image_record
-from gridface.guards import NonFiniteError, non_finite_names
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
 from gridface.model.head import coverage_probabilities
 from gridface.model.widths import apply_widths
 from gridface.postprocess import GridBoxDecoder
-from gridface.schedule import soft_start_annealing
 from gridface.utils.checkpoint import load_checkpoint
+from gridface.utils.finite import NonFiniteError, non_finite_names
+from gridface.utils.hydra import group_default
 
 log = logging.getLogger(__name__)
+
+
+
+def optimizer_config(given: dict[str, Any] | None) -> dict[str, Any]:
+    """The full optimizer config, plain values: ``given`` when it names the ``algorithm`` (a config composed from
+    ``configs/optimizer/``; no ``scheduler``, or a null one, keeps the learning rate constant), else ``given`` merged
+    over ``configs/optimizer/tao.yaml``: a module built without an optimizer config trains with TAO's, and an older
+    checkpoint's five values (min_lr, max_lr, soft_start, annealing, weight_decay) feed that file's Adam and
+    soft-start annealing (``lr: ${..max_lr}``, ...) as they did."""
+    given = dict(given or {})
+    if "algorithm" in given:
+        return given
+    return group_default("optimizer", "tao", given)
 
 
 class GridBoxModule(pl.LightningModule):
@@ -61,10 +78,7 @@ class GridBoxModule(pl.LightningModule):
             raise ValueError(f"input size {self.input_hw} must be a multiple of {self.net.stride}")
         self.criterion = GridBoxLoss(**loss)
         self.decoder = GridBoxDecoder(stride=self.net.stride, **(postprocess or {}))
-        self.optim_cfg = {"min_lr": 5e-7, "max_lr": 5e-5, "soft_start": 0.1, "annealing": 0.7,
-                          "weight_decay": 0.0, **(optimizer or {})}
-        self.eval_cfg = {"iou": 0.5, "interpolation": "all", "coco": True, "wider_gt": None,
-                         **(evaluation or {})}
+        self._eval_cfg: dict[str, Any] | None = None  # hparams' evaluation over the YAML default, when first used
         self._wider_gt = None
         self.l1_regularization = l1_regularization
         if l1_regularization < 0:
@@ -167,23 +181,38 @@ class GridBoxModule(pl.LightningModule):
         self.log("train/weight_bbox", self.criterion.weights[1])
 
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        opt = torch.optim.Adam(self.parameters(), lr=cfg["max_lr"], weight_decay=cfg["weight_decay"])
-        # The run's length is read at the first step, not here: asking for estimated_stepping_batches inside
-        # configure_optimizers makes Lightning (2.6) set the training data up before a resumed checkpoint is
-        # restored, and the loader's saved mid-epoch position is then silently dropped
-        # (Lightning-AI/pytorch-lightning#20550). Step 0 is progress 0 whatever the length.
-        total: list[int] = []
+        """``optimizer.algorithm`` called with the parameters, ``optimizer.scheduler`` with the optimizer (and
+        ``total_steps`` when it takes that argument), stepped every step.
 
-        def factor(step: int) -> float:
-            if step and not total:
-                total.append(max(1, int(self.trainer.estimated_stepping_batches)))
-            progress = step / total[0] if step else 0.0
-            return soft_start_annealing(progress, cfg["min_lr"], cfg["max_lr"], cfg["soft_start"],
-                                        cfg["annealing"]) / cfg["max_lr"]
+        ``total_steps`` is the run's length, read at the first step rather than here: asking for
+        ``estimated_stepping_batches`` inside configure_optimizers makes Lightning (2.6) set the training data up
+        before a resumed checkpoint is restored, and the loader's saved mid-epoch position is then silently dropped
+        (Lightning-AI/pytorch-lightning#20550). gridface's schedule takes it as a callable; a scheduler that needs a
+        number (``OneCycleLR``) gets the number, and with it that Lightning behaviour on resume."""
+        from hydra.utils import instantiate  # here: loading a checkpoint for inference needs no Hydra
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        cfg = optimizer_config(self.hparams.get("optimizer"))
+        opt = instantiate(cfg["algorithm"], _convert_="all")(self.parameters())
+        if cfg.get("scheduler") is None:
+            return opt
+        make_scheduler = instantiate(cfg["scheduler"], _convert_="all")
+        kwargs: dict[str, Any] = {}
+        params = inspect.signature(make_scheduler).parameters
+        if "total_steps" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            def total_steps() -> int:
+                return max(1, int(self.trainer.estimated_stepping_batches))
+
+            lazy = getattr(getattr(make_scheduler, "func", None), "accepts_lazy_total_steps", False)
+            kwargs["total_steps"] = total_steps if lazy else total_steps()
+        sched = make_scheduler(opt, **kwargs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @property
+    def eval_cfg(self) -> dict[str, Any]:
+        """The ``evaluation`` hyper-parameters over ``configs/evaluation/default.yaml`` (iou, interpolation, coco)."""
+        if self._eval_cfg is None:
+            self._eval_cfg = group_default("evaluation", "default", self.hparams.get("evaluation") or {})
+        return self._eval_cfg
 
     # --------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -258,7 +287,7 @@ class GridBoxModule(pl.LightningModule):
     def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
         """The metrics ``gridface.evaluate`` reports, under the same names (logged here as ``val/<name>``)."""
         cfg = self.eval_cfg
-        if cfg["wider_gt"] and paths and self._wider_gt is None:
+        if cfg.get("wider_gt") and paths and self._wider_gt is None:
             from gridface.evaluation.widerface import load_ground_truth
 
             self._wider_gt = load_ground_truth(cfg["wider_gt"])

@@ -10,8 +10,10 @@ coverage. Labels follow scikit-learn's order exactly, so results can be checked 
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,9 @@ class Detections:
 
 
 class GridBoxDecoder:
-    """Post-processing of a batch of GridBox outputs into per-image :class:`Detections`."""
+    """Post-processing of a batch of GridBox outputs into per-image :class:`Detections`. Its keyword defaults are the
+    post-processing defaults (TAO's): :func:`decoder_defaults` reads them for the code that needs them without a
+    decoder (the DeepStream config), and ``configs/postprocess/dbscan.yaml`` repeats them (a test keeps them equal)."""
 
     def __init__(
         self,
@@ -141,3 +145,9 @@ class GridBoxDecoder:
         cls = np.zeros(len(ids), np.int64)
         cls[inv] = labels[valid]
         return Detections(mean_box, conf, cls)
+
+
+def decoder_defaults() -> dict[str, Any]:
+    """:class:`GridBoxDecoder`'s post-processing settings and their defaults (``stride`` is the network's, not one)."""
+    params = inspect.signature(GridBoxDecoder.__init__).parameters
+    return {name: p.default for name, p in params.items() if p.default is not p.empty and name != "stride"}

@@ -86,10 +86,9 @@ def rendered(spec: SyntheticSpec, desc: str, processes: int | None = None) -> It
         return
     import multiprocessing
 
-    # fork where there is one: spawn would re-import a caller's script that has no __main__ guard; the children
-    # run only numpy and OpenCV (on one thread), never the torch or OpenCV pools the parent may hold
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method),
+    # spawn, not fork: a forked child inherits the parent's OpenCV and OpenMP thread pools without their threads,
+    # and hung in cv2 in a test run after other tests had used them (a caller's script needs a __main__ guard)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                              initializer=cv2.setNumThreads, initargs=(1,)) as pool:  # a process per core already
         results = pool.map(_render_jpeg, [spec] * n, indices, chunksize=32)
         yield from ((i, *r) for i, r in zip(indices, tqdm(results, total=n, desc=desc, leave=False), strict=True))

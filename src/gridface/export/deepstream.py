@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gridface.contract import ONNX_OUTPUTS
+from gridface.postprocess import decoder_defaults
 from gridface.utils.io import write_text
 
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -18,7 +19,7 @@ def write_deepstream_config(model_path: Path, meta: dict[str, Any], precision: s
     labels = model_path.with_name(model_path.stem + "_labels.txt")
     write_text(labels, "\n".join(meta["class_names"]) + "\n")
     h, w = meta["input_hw"]
-    post = meta.get("postprocess", {})
+    post = {**decoder_defaults(), **(meta.get("postprocess") or {})}  # metadata without a key: the decoder's default
     lines = [
         "# DeepStream nvinfer config written by gridface.export (DetectNet_v2 / GridBox output parser)",
         "[property]",
@@ -37,17 +38,17 @@ def write_deepstream_config(model_path: Path, meta: dict[str, Any], precision: s
         "interval=0",
         "gie-unique-id=1",
         f"output-blob-names={ONNX_OUTPUTS[1]};{ONNX_OUTPUTS[0]}",
-        f"cluster-mode={CLUSTER_MODE[post.get('clustering', 'dbscan')]}",
+        f"cluster-mode={CLUSTER_MODE[post['clustering']]}",
         "maintain-aspect-ratio=1",  # gridface letterboxes, centred
         "symmetric-padding=1",
         "",
         "[class-attrs-all]",
-        f"pre-cluster-threshold={post.get('coverage_threshold', 0.004)}",
-        f"eps={post.get('dbscan_eps', 0.15)}",
+        f"pre-cluster-threshold={post['coverage_threshold']}",
+        f"eps={post['dbscan_eps']}",
         "minBoxes=1",
-        f"dbscan-min-score={post.get('dbscan_min_samples', 1.0)}",
-        f"nms-iou-threshold={post.get('nms_iou_threshold', 0.3)}",
-        f"detected-min-h={int(post.get('minimum_bounding_box_height', 4))}",
+        f"dbscan-min-score={post['dbscan_min_samples']}",
+        f"nms-iou-threshold={post['nms_iou_threshold']}",
+        f"detected-min-h={int(post['minimum_bounding_box_height'])}",
         "topk=100",
     ]
     cfg = model_path.with_name(model_path.stem + "_nvinfer.txt")

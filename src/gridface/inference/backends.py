@@ -9,29 +9,13 @@ beside an exported model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gridface.contract import ENGINE_SUFFIXES, ONNX_INPUT, ONNX_OUTPUTS, check_onnx_contract, read_metadata
-
-
-@dataclass
-class ModelBackend:
-    """Base: subclasses implement ``run``. ``input_hw`` is the network input (H, W)."""
-
-    path: Path
-    input_hw: tuple[int, int]
-    class_names: list[str]
-    stride: int = 16
-    postprocess: dict[str, Any] = field(default_factory=dict)
-    format: str = "checkpoint"
-    data: dict[str, Any] | None = None  # the dataset config the model was trained on (data.config)
-
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+from gridface.inference.base import ModelBackend
 
 
 class TorchBackend(ModelBackend):

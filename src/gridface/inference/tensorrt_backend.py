@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS, read_metadata
-from gridface.inference.backends import ModelBackend
+from gridface.inference.base import ModelBackend
 
 TENSORRT_HINT = (
     "TensorRT engines need NVIDIA TensorRT 10 or 11 and cuda-python (pip install tensorrt cuda-python; TensorRT "

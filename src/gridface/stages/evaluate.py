@@ -27,8 +27,8 @@ from gridface.evaluation.widerface import (
 )
 from gridface.inference.backends import load_backend
 from gridface.postprocess import GridBoxDecoder
+from gridface.stages.checks import check_stage_config
 from gridface.utils.hydra import overrides
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         title = f"WIDER FACE evaluation of {cfg.predictions}"
         details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt)}
     elif cfg.get("model"):
-        from gridface.evaluation.predict import predict_dataset  # torch's DataLoader: not for predictions=
+        from gridface.inference.predict import predict_dataset  # torch's DataLoader: not for predictions=
 
         backend = load_backend(cfg.model, cfg.device, cfg.get("threads"))
         post = {**backend.postprocess, **overrides(cfg.postprocess)}

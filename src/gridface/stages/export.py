@@ -24,8 +24,8 @@ from gridface.data.dataset import iter_network_inputs
 from gridface.export.deepstream import write_deepstream_config
 from gridface.export.onnx_export import export_onnx, verify_onnx
 from gridface.module import GridBoxModule
+from gridface.stages.checks import check_stage_config
 from gridface.utils.io import write_json
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from gridface.data.config import split_samples, stage_data_config
 from gridface.inference.detector import Detector
 from gridface.inference.sources import Source
 from gridface.inference.writers import OutputWriter
+from gridface.stages.checks import check_stage_config
 from gridface.utils.hydra import overrides
 from gridface.utils.io import write_json
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 

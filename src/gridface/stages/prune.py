@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader
 
 from gridface.data.config import split_samples, stage_data_config
 from gridface.data.dataset import DetectionDataset, collate
-from gridface.evaluation.predict import predict_dataset
 from gridface.inference.backends import TorchBackend
+from gridface.inference.predict import predict_dataset
 from gridface.model.widths import channel_widths
 from gridface.module import GridBoxModule
 from gridface.pruning.pruner import PruneSpec, prune_module, taylor_losses
 from gridface.pruning.report import layer_table, size_summary, torch_latency, write_prune_report
+from gridface.stages.checks import check_stage_config
 from gridface.utils.io import atomic_path
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pytorch_lightning.utilities import rank_zero_info
 from gridface.accelerator import check_gpu_available, resolve_precision
 from gridface.data.config import training_data_config
 from gridface.data.problems import run_summary, summary_line
+from gridface.stages.checks import check_stage_config
 from gridface.training.launch import check_ddp_launch, cluster_plugins
 from gridface.training.resume import resolve_ckpt_path
 from gridface.utils.checkpoint import AtomicCheckpointIO
-from gridface.utils.validate import check_stage_config
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from gridface.guards import check_state_finite
+from gridface.utils.finite import check_state_finite
 from gridface.utils.io import atomic_path
 
 

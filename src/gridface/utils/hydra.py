@@ -42,6 +42,18 @@ def config_dir() -> str:
     raise FileNotFoundError(f"gridface configs not found next to {_PACKAGE}; reinstall the package")
 
 
+def group_default(group: str, option: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``configs/<group>/<option>.yaml`` with ``values`` merged over it, interpolations resolved within the file: the
+    defaults of code that runs without a composed config (a module built in a test, an older checkpoint), so each
+    default is written once, in the YAML. A file with a defaults list is refused (compose that one with Hydra)."""
+    node = OmegaConf.load(Path(config_dir()) / group / f"{option}.yaml")
+    if "defaults" in node:
+        raise ValueError(f"configs/{group}/{option}.yaml has a defaults list; group_default reads single files")
+    if values:
+        node = OmegaConf.merge(node, values)
+    return OmegaConf.to_container(node, resolve=True)
+
+
 def overrides(node: Any) -> dict[str, Any]:
     """A config node of optional overrides as a dict, the unset (null) keys dropped."""
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}

@@ -1,6 +1,6 @@
 """Export the run's best (or last) checkpoint when training ends: train -> (prune ->) export in one run.
 
-It calls the same ``gridface.export`` code as the command line, on rank zero only, into
+It calls the export stage the command line calls (:func:`gridface.stages.export.run`), on rank zero only, into
 ``<run dir>/export/``; a failed export is logged and re-raised after training has saved its checkpoints,
 so the trained model is never lost to an export problem.
 """
@@ -14,6 +14,8 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
+
+from gridface.stages.export import run as export_run
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ class ExportCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from gridface.stages.export import run as export_run
-
         ckpt_cb = trainer.checkpoint_callback
         path = getattr(ckpt_cb, f"{self.checkpoint}_model_path", None) or getattr(ckpt_cb, "last_model_path", None)
         if not path or not Path(path).is_file():

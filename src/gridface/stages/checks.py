@@ -1,0 +1,74 @@
+"""What every stage checks in its config first (dataset, post-processing, evaluation, output folder), before any
+heavy work: a value out of range stops it with a :class:`~gridface.utils.validate.ConfigError` naming the key, the
+value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from gridface.postprocess import CLUSTERING, CONFIDENCE
+from gridface.utils.validate import ConfigError, check_number, check_writable
+
+STRIDE = 16
+
+
+def check_dataset(ds: DictConfig) -> None:
+    for key in ("input_width", "input_height"):
+        value = ds.get(key)
+        if value is not None and not (isinstance(value, int) and value > 0 and value % STRIDE == 0):
+            raise ConfigError(f"dataset.{key} = {value!r}: must be a positive multiple of {STRIDE} (the network's "
+                              "output stride), e.g. input_width=736 input_height=416")
+    check_number("dataset.batch_size", ds.get("batch_size"), 1, integer=True)
+    check_number("dataset.num_workers", ds.get("num_workers"), 0, integer=True)
+    check_number("dataset.min_box_size", ds.get("min_box_size"), 0)
+    check_number("dataset.min_face", ds.get("min_face"), 0)
+    decode = ds.get("decode")
+    if decode is not None and decode not in ("cpu", "gpu"):
+        raise ConfigError(f"dataset.decode = {decode!r}: must be cpu (decode and augment in the loader workers) or "
+                          "gpu (batched on the training device)")
+    if "root" in list(ds.keys()):  # ``"root" in ds`` is False when its value is missing (???)
+        if OmegaConf.is_missing(ds, "root"):
+            raise ConfigError(f"dataset.root is not set: give dataset.root=<the folder of the {ds.get('name', '')} "
+                              "data>")
+        root = ds.get("root")
+        if isinstance(root, str) and not Path(root).expanduser().exists():
+            raise ConfigError(f"dataset.root = '{root}' does not exist")
+
+
+def check_postprocess(pp: DictConfig | dict) -> None:
+    """Value ranges of the post-processing keys that are set (null: the model's own value)."""
+    pp = OmegaConf.to_container(pp, resolve=True) if isinstance(pp, DictConfig) else dict(pp)
+    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE)):
+        if pp.get(key) is not None and pp[key] not in choices:
+            raise ConfigError(f"postprocess.{key} = '{pp[key]}': must be one of {', '.join(choices)}")
+    check_number("postprocess.coverage_threshold", pp.get("coverage_threshold"), 0, 1)
+    check_number("postprocess.dbscan_eps", pp.get("dbscan_eps"), 0, 1, low_open=True)
+    check_number("postprocess.dbscan_min_samples", pp.get("dbscan_min_samples"), 0)
+    check_number("postprocess.nms_iou_threshold", pp.get("nms_iou_threshold"), 0, 1)
+    check_number("postprocess.confidence_threshold", pp.get("confidence_threshold"), 0)
+    check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
+
+
+def check_stage_config(cfg: DictConfig) -> None:
+    """What every stage checks first: the dataset (when given), post-processing, evaluation, and ``output_dir``
+    when given (Hydra creates, and so checks, its own run folder before the stage starts)."""
+    model = cfg.get("model")
+    if model is not None and not isinstance(model, str):
+        keys = sorted(model.keys()) if isinstance(model, DictConfig) else model
+        raise ConfigError(f"model = {keys}: model is the input model's path in every stage (gridface 0.2); the "
+                          "network's settings are under network: (e.g. network.pretrained=), the weights to start "
+                          "from are model=<.ckpt>")
+    if cfg.get("dataset") is not None:
+        check_dataset(cfg.dataset)
+    if cfg.get("postprocess") is not None:
+        check_postprocess(cfg.postprocess)
+    ev = cfg.get("evaluation")
+    if ev is not None:
+        check_number("evaluation.iou", ev.get("iou"), 0, 1, low_open=True)
+        if ev.get("min_height") is not None:
+            raise ConfigError("evaluation.min_height is gone: faces are counted from postprocess."
+                              "minimum_bounding_box_height, the decoder's cut, in network-input pixels")
+    if cfg.get("output_dir"):
+        check_writable("output_dir", cfg.output_dir)
