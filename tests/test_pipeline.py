@@ -112,7 +112,7 @@ def test_a_stage_that_died_resumes_only_under_the_settings_it_started_with(tmp_p
 
     seen = []
 
-    def train(ctx, folder, inputs):  # like training: resumes from the checkpoint its folder holds
+    def train(ctx, folder, inputs, cfg):  # like training: resumes from the checkpoint its folder holds
         ckpt = folder / "last.ckpt"
         seen.append(ckpt.read_text() if ckpt.is_file() else None)
         ckpt.write_text(json.dumps(OmegaConf.to_container(ctx.cfg.pipeline.train)))

@@ -1,14 +1,14 @@
 """TAO's FaceDetect notebook as a graph of stages: train -> prune -> retrain -> export (ONNX FP32, INT8; TensorRT
 engines where TensorRT runs) -> evaluate every artifact -> infer on sample images -> benchmark -> report.
 
-Each stage runs one of :mod:`gridface.stages` with a config composed from the same Hydra groups as its command,
-writes into ``<run>/<stage>/``, reads only what the stages before it wrote, and records both in a manifest
-(:mod:`gridface.workflow.manifest`). A rerun skips every stage whose record still stands.
+Each stage runs one of :mod:`gridface.stages` with a config built by :func:`gridface.utils.hydra.stage_config`
+from the overrides its command line would take, once per stage: the object recorded in the manifest is the one the
+stage runs with. It writes into ``<run>/<stage>/``, reads only what the stages before it wrote, and records both in a
+manifest (:mod:`gridface.workflow.manifest`). A rerun skips every stage whose record still stands.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import time
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gridface.utils.hydra import flat_overrides, override, stage_config
 from gridface.workflow.artifacts import ARTIFACTS
 from gridface.workflow.manifest import (
     StageRecord,
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 class Stage:
     name: str
     inputs: dict[str, tuple[str, str]]              # input -> (stage, output)
-    run: Callable[[PipelineRun, Path, dict[str, Path]], dict[str, Path]]
-    config: Callable[[PipelineRun, Path, dict[str, Path]], Any]
+    run: Callable[[PipelineRun, Path, dict[str, Path], Any], dict[str, Path]]  # ..., the config it runs with
+    config: Callable[[PipelineRun, Path, dict[str, Path]], Any]  # built once a stage; its resolve() is recorded
     optional_inputs: bool = False                    # run on whichever inputs exist (benchmark, report)
     unavailable: Callable[[], str | None] | None = None  # why it cannot run on this machine (no TensorRT), or None
 
@@ -51,32 +52,22 @@ class PipelineRun:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    # ---- configs of the stages, from the pipeline's own composition
+    # ---- configs of the stages: gridface.utils.hydra.stage_config, from the overrides of each stage's command
     def training_config(self, folder: Path, model: Path | None, changes: dict[str, Any]) -> DictConfig:
-        """The pipeline's config is a training config plus ``pipeline``: train and retrain take it as it is."""
-        cfg = copy.deepcopy(self.cfg)
-        with open_dict(cfg):
-            cfg.pop("pipeline", None)
-            cfg.paths.output_dir = str(folder)
-            cfg.model = str(model) if model else None
-            cfg.print_config = False
-            for key, value in (changes or {}).items():
-                OmegaConf.update(cfg, key, value, force_add=True)
-        return cfg
+        """The pipeline's config is the user's training command line plus ``pipeline``: train and retrain take it
+        with ``changes`` (``pipeline.train``/``retrain``) as ``++key=value`` overrides, through stage_config's
+        override path. Not re-composed from ``train.yaml``: that would need the command line's overrides (hydra's
+        search path ones too) in every process that builds it, a Slurm job or a caller of run_pipeline included;
+        the pipeline's config already is that composition, so the manifests' configs stay what they were."""
+        args = ["~pipeline", override("model", str(model) if model else None), "print_config=false",
+                *(override(key, value, "++") for key, value in (changes or {}).items())]
+        return stage_config("train", args, base=self.cfg, output_dir=folder)
 
     def stage_config(self, name: str, folder: Path, overrides: list[str]) -> DictConfig:
-        """``configs/<name>.yaml`` composed with ``overrides``, writing into ``folder``."""
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-
-        from gridface.utils.hydra import config_dir
-
-        args = [*overrides, f"paths.output_dir={folder}", f"paths.cache_dir={self.cfg.paths.cache_dir}",
-                f"paths.log_dir={self.cfg.paths.log_dir}"]
-        if GlobalHydra.instance().is_initialized():
-            return compose(name, overrides=args)
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose(name, overrides=args)
+        """``configs/<name>.yaml`` composed with ``overrides``, writing into ``folder``, with the pipeline's
+        cache and log folders."""
+        return stage_config(name, overrides, output_dir=folder, cache_dir=self.cfg.paths.cache_dir,
+                            log_dir=self.cfg.paths.log_dir)
 
 
 def resolved(cfg: Any) -> Any:
@@ -92,21 +83,19 @@ def resolved(cfg: Any) -> Any:
 
 # ---- the stages -------------------------------------------------------------------------------------------------
 
-def train_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-    return resolved(ctx.training_config(folder, None, ctx.cfg.pipeline.train))
+def training_stage_config(changes_key: str) -> Callable[[PipelineRun, Path, dict[str, Path]], DictConfig]:
+    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> DictConfig:
+        changes = OmegaConf.to_container(ctx.cfg.pipeline[changes_key], resolve=True)
+        return ctx.training_config(folder, inputs.get("model"), changes)
+    return config
 
 
-def retrain_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-    return resolved(ctx.training_config(folder, inputs["model"], ctx.cfg.pipeline.retrain))
-
-
-def run_training(changes_key: str) -> Callable[[PipelineRun, Path, dict[str, Path]], dict[str, Path]]:
-    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+def run_training(changes_key: str) -> Callable[[PipelineRun, Path, dict[str, Path], DictConfig], dict[str, Path]]:
+    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: DictConfig) -> dict[str, Path]:
         from gridface.stages.train import is_rank_zero
         from gridface.stages.train import run as train_run
         from gridface.utils.io import write_json
 
-        cfg = ctx.training_config(folder, inputs.get("model"), ctx.cfg.pipeline[changes_key])
         result = train_run(cfg)  # ckpt_path=auto: an interrupted stage resumes from its own last checkpoint
         if is_rank_zero():
             write_json(folder / "result.json", result)
@@ -118,23 +107,21 @@ def run_training(changes_key: str) -> Callable[[PipelineRun, Path, dict[str, Pat
 
 
 def prune_overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> list[str]:
-    return [f"model={inputs['model']}", f"output_dir={folder}", "latency.reps=0", "evaluate=false",
-            *list(ctx.cfg.pipeline.prune_args)]
+    """The prune command line; the pipeline's prune group (``prune@pipeline.prune``) as its option and keys, after
+    ``prune_args`` so that it wins, as it always has."""
+    prune = OmegaConf.to_container(ctx.cfg.pipeline.prune, resolve=True)
+    return [override("model", str(inputs["model"])), override("output_dir", str(folder)), "latency.reps=0",
+            "evaluate=false", *list(ctx.cfg.pipeline.prune_args), f"prune={prune['mode']}",
+            *flat_overrides("prune", prune)]
 
 
-def prune_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-    cfg = ctx.stage_config("prune", folder, prune_overrides(ctx, folder, inputs))
-    with open_dict(cfg):
-        cfg.prune = ctx.cfg.pipeline.prune
-    return resolved(cfg)
+def prune_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> DictConfig:
+    return ctx.stage_config("prune", folder, prune_overrides(ctx, folder, inputs))
 
 
-def run_prune(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+def run_prune(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: DictConfig) -> dict[str, Path]:
     from gridface.stages.prune import run
 
-    cfg = ctx.stage_config("prune", folder, prune_overrides(ctx, folder, inputs))
-    with open_dict(cfg):
-        cfg.prune = ctx.cfg.pipeline.prune
     report = run(cfg)
     return {"checkpoint": Path(report["pruned_checkpoint"]), "report": folder / "prune_report.json"}
 
@@ -151,14 +138,14 @@ def export_overrides(fmt: str) -> Callable[[PipelineRun, Path, dict[str, Path]],
 def export_stage(fmt: str, output: str) -> tuple[Callable, Callable]:
     make_args = export_overrides(fmt)
 
-    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-        return resolved(ctx.stage_config("export", folder, make_args(ctx, folder, inputs)))
+    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> DictConfig:
+        return ctx.stage_config("export", folder, make_args(ctx, folder, inputs))
 
-    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: DictConfig) -> dict[str, Path]:
         from gridface.contract import metadata_path
         from gridface.stages.export import run as export_run
 
-        result = export_run(ctx.stage_config("export", folder, make_args(ctx, folder, inputs)))
+        result = export_run(cfg)
         model = Path(result[output])
         return {"model": model, "metadata": metadata_path(model)}
     return config, run
@@ -180,13 +167,13 @@ def evaluate_stage(artifact: str) -> tuple[Callable, Callable]:
         return [f"model={inputs['model']}", f"split={ctx.cfg.pipeline.split}", "num_workers=0",
                 f"device={ctx.cfg.pipeline.device}", *list(ctx.cfg.pipeline.evaluate_args)]
 
-    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-        return resolved(ctx.stage_config("evaluate", folder, overrides(ctx, folder, inputs)))
+    def config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> DictConfig:
+        return ctx.stage_config("evaluate", folder, overrides(ctx, folder, inputs))
 
-    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    def run(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: DictConfig) -> dict[str, Path]:
         from gridface.stages.evaluate import run as evaluate_run
 
-        evaluate_run(ctx.stage_config("evaluate", folder, overrides(ctx, folder, inputs)))
+        evaluate_run(cfg)
         return {"metrics": folder / "metrics.json"}
     return config, run
 
@@ -196,26 +183,25 @@ def infer_overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> 
             "batch_size=1", f"device={ctx.cfg.pipeline.device}", *list(ctx.cfg.pipeline.infer_args)]
 
 
-def infer_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-    return resolved(ctx.stage_config("infer", folder, infer_overrides(ctx, folder, inputs)))
+def infer_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> DictConfig:
+    return ctx.stage_config("infer", folder, infer_overrides(ctx, folder, inputs))
 
 
-def run_infer(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+def run_infer(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: DictConfig) -> dict[str, Path]:
     from gridface.stages.infer import run
 
-    run(ctx.stage_config("infer", folder, infer_overrides(ctx, folder, inputs)))
+    run(cfg)
     return {"summary": folder / "summary.json"}
 
 
-def benchmark_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-    return resolved(ctx.cfg.pipeline.benchmark)
+def benchmark_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> DictConfig:
+    return ctx.cfg.pipeline.benchmark
 
 
-def run_benchmark(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+def run_benchmark(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], bench: DictConfig) -> dict[str, Path]:
     from gridface.utils.io import write_json
     from gridface.workflow.benchmark import benchmark_artifacts
 
-    bench = ctx.cfg.pipeline.benchmark
     record = benchmark_artifacts(inputs, list(bench.batches), bench.reps, bench.warmup, bench.get("threads"))
     write_json(folder / "benchmark.json", record)
     return {"benchmark": folder / "benchmark.json"}
@@ -225,17 +211,17 @@ def report_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> An
     return {"samples": ctx.cfg.pipeline.samples}
 
 
-def run_report(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+def run_report(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: dict[str, Any]) -> dict[str, Path]:
     from gridface.workflow.report import write_pipeline_report
 
-    return write_pipeline_report(folder, ctx.records, int(ctx.cfg.pipeline.samples))
+    return write_pipeline_report(folder, ctx.records, int(cfg["samples"]))
 
 
 def build_stages() -> list[Stage]:
     stages = [
-        Stage("train", {}, run_training("train"), train_config),
+        Stage("train", {}, run_training("train"), training_stage_config("train")),
         Stage("prune", {"model": ("train", "checkpoint")}, run_prune, prune_config),
-        Stage("retrain", {"model": ("prune", "checkpoint")}, run_training("retrain"), retrain_config),
+        Stage("retrain", {"model": ("prune", "checkpoint")}, run_training("retrain"), training_stage_config("retrain")),
     ]
     for name, fmt, source, output in (("export_fp32", "onnx", ("retrain", "checkpoint"), "onnx"),
                                       ("export_int8", "onnx_int8", ("export_fp32", "model"), "onnx_int8"),
@@ -271,11 +257,12 @@ def selected_stages(spec: Any) -> list[str]:
     return [n for n in STAGE_NAMES if n in names]
 
 
-def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path]) -> dict[str, Path]:
-    """One stage in a cluster job (:mod:`gridface.workflow.submit`): the same work as in the pipeline's process."""
-    import gridface.utils.hydra  # noqa: F401  (a fresh job process: the config's resolvers, e.g. ${len:...})
+def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path], stage_cfg: Any
+                  ) -> dict[str, Path]:
+    """One stage in a cluster job (:mod:`gridface.workflow.submit`): the same work, with the same config object
+    (pickled), as in the pipeline's process. gridface.utils.hydra is imported above: the resolvers (${len:...})."""
     stage = next(s for s in STAGES if s.name == name)
-    return stage.run(PipelineRun(cfg, root), root / name, inputs)
+    return stage.run(PipelineRun(cfg, root), root / name, inputs, stage_cfg)
 
 
 def set_aside(folder: Path) -> None:
@@ -321,7 +308,8 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
                 continue
             raise ValueError(f"pipeline stage {stage.name} needs {missing}, which no run wrote under {root}: "
                              f"include the stages that make them in pipeline.stages")
-        config = stage.config(ctx, folder, inputs)
+        stage_cfg = stage.config(ctx, folder, inputs)  # once: the manifest records the config the stage runs with
+        config = resolved(stage_cfg)
         reason = stage.unavailable() if stage.unavailable else None
         if reason:  # recorded once; a rerun on the same machine says nothing, one where it can run runs it
             if record is None or record.status != "skipped" or record.reason != reason:
@@ -349,9 +337,10 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
         write_start(folder, stage.name, inputs, config, producers)
         start = time.perf_counter()
         if cluster is not None and stage.name != "report":
-            outputs = submit_stage(*cluster, folder, stage.name, run_stage_job, cfg, root, stage.name, inputs)
+            outputs = submit_stage(*cluster, folder, stage.name, run_stage_job, cfg, root, stage.name, inputs,
+                                   stage_cfg)
         else:
-            outputs = stage.run(ctx, folder, inputs)
+            outputs = stage.run(ctx, folder, inputs, stage_cfg)
         ctx.records[stage.name] = write_manifest(folder, stage.name, "done", inputs, outputs, config,
                                                  time.perf_counter() - start, producers=producers)
         ctx.ran.append(stage.name)
