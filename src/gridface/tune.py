@@ -8,18 +8,17 @@ through ``tune.storage``; Optuna does the coordination.
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from gridface.stages.train import run as train_run
 from gridface.utils.errors import user_errors
-from gridface.utils.hydra import config_dir
+from gridface.utils.hydra import config_dir, override, stage_config
 from gridface.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -76,16 +75,17 @@ class ReportToTrial(pl.Callback):
 
 
 def trial_config(cfg: DictConfig, values: dict[str, Any], folder: Path) -> DictConfig:
-    trial_cfg = copy.deepcopy(cfg)
-    with open_dict(trial_cfg):
-        for key, value in values.items():
-            if OmegaConf.select(trial_cfg, key, default="__missing__") == "__missing__":
-                raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
-            OmegaConf.update(trial_cfg, key, value, merge=False)
-        trial_cfg.paths.output_dir = str(folder)
-        trial_cfg.ckpt_path = None  # a trial never resumes another trial's checkpoint
-        del trial_cfg["tune"]
-    return trial_cfg
+    """The study's config with the trial's values as ``key=value`` overrides, through stage_config's override path:
+    the same parser and override step as the command line, so a search-space key means what it means there. Applied
+    to ``cfg`` rather than re-composed: tune receives the study's config already composed (by ``@hydra.main`` from
+    the user's command line, or by a caller who may have changed it), and re-composing would need those overrides
+    again and lose a caller's changes."""
+    for key in values:
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
+    # ckpt_path=null: a trial never resumes another trial's checkpoint
+    args = [*(override(key, value) for key, value in values.items()), "ckpt_path=null", "~tune"]
+    return stage_config("tune", args, base=cfg, output_dir=folder)
 
 
 def best_experiment(values: dict[str, Any], value: float, metric: str, number: int) -> str:

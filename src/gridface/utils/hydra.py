@@ -163,7 +163,8 @@ def _apply(base: DictConfig, overrides: list[str]) -> DictConfig:
     parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
     groups = [o.input_line for o in parsed if o.package is not None or "/" in o.key_or_group or (
         not o.is_delete() and isinstance(o.value(), str)
-        and isinstance(OmegaConf.select(base, o.key_or_group, default=None), DictConfig))]
+        and isinstance(OmegaConf.select(base, o.key_or_group, default=None, throw_on_resolution_failure=False),
+                   DictConfig))]
     if groups:
         raise ConfigCompositionException(f"{groups}: a config group cannot be chosen on a composed config; "
                                          "compose the stage with stage_config(stage, overrides)")
