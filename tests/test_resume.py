@@ -192,23 +192,23 @@ class SignalRankZeroAtStep(pl.Callback):
 
 
 @pytest.mark.slow
-def test_two_rank_ddp_killed_or_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, cache):
+def test_two_rank_ddp_killed_then_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, cache):
     """2 CPU ranks (gloo, spawned), no loader workers: 24 images, 3 steps an epoch per rank, step.ckpt every 2
-    steps. Killed: both ranks stop at the start of the batch after step 4 (mid-epoch 2 of 3). Preempted: SIGUSR2
-    reaches rank 0 alone during step 5; both ranks save preempted.ckpt at step 5 and exit. Each resumes."""
+    steps. One run interrupted twice: killed (both ranks stop at the start of the batch after step 4, mid-epoch 2 of
+    3) and resumed from step.ckpt; then preempted (SIGUSR2 reaches rank 0 alone during step 7, both ranks save
+    preempted.ckpt at step 7, mid-epoch 3, and exit) and resumed again to the end."""
     ddp = ["trainer.strategy=ddp_spawn", "trainer.devices=2", "dataset.num_workers=0", "checkpoint_every_n_steps=2"]
     run(config(tmp_path / "plain", cache, ddp), callbacks=[Probe(str(tmp_path / "plain" / "probe"))])
     assert max(step for _, step in history(tmp_path / "plain" / "probe")) == 9  # (spawned ranks: no global_step here)
 
-    for name, stop, ckpt, step in (("killed", {"fail_at": 4}, "step.ckpt", 4),
-                                   ("preempted", {"signal_at": 4}, "preempted.ckpt", 5)):
-        probe = tmp_path / name / "probe"
-        extra = [SignalRankZeroAtStep(stop["signal_at"])] if "signal_at" in stop else []
-        with pytest.raises(Exception, match="simulated kill|exit code"):
-            run(config(tmp_path / name, cache, ddp),
-                callbacks=[Probe(str(probe), fail_at=stop.get("fail_at")), *extra])
-        ckpts = tmp_path / name / "out" / "checkpoints"
-        assert torch.load(ckpts / ckpt, weights_only=False)["global_step"] == step, name
-        resumed = run(config(tmp_path / name, cache, ddp), callbacks=[Probe(str(probe))])
-        assert resumed["resumed_from"] == str(ckpts / ckpt)
-        assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)
+    folder, probe = tmp_path / "interrupted", tmp_path / "interrupted" / "probe"
+    ckpts = folder / "out" / "checkpoints"
+    with pytest.raises(Exception, match="simulated kill"):
+        run(config(folder, cache, ddp), callbacks=[Probe(str(probe), fail_at=4)])
+    assert torch.load(ckpts / "step.ckpt", weights_only=False)["global_step"] == 4
+    with pytest.raises(Exception, match="exit code"):
+        run(config(folder, cache, ddp), callbacks=[Probe(str(probe)), SignalRankZeroAtStep(6)])
+    assert torch.load(ckpts / "preempted.ckpt", weights_only=False)["global_step"] == 7
+    resumed = run(config(folder, cache, ddp), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt")
+    assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)
