@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_mixed_precision_steps_on_a_fixed_batch_lower_the_loss(dtype):
     """A fixed batch, no augmentation, constant learning rate: 30 steps in autocast with the model and batch in
-    channels_last drive the loss below half its start, every step finite."""
+    channels_last drive the loss below half its start, every step finite. The fp32 CPU analogue of these 30 steps
+    (tests.helpers.overfit_fixed_batch on the same batch) ended at 0.27-0.32 of its start over seeds 0-9; on the H200
+    this test passed once, at seed 0 (experiments/gpu_2026-12-04)."""
     from gridface.loss import GridBoxLoss
     from gridface.model import GridBoxNet
 

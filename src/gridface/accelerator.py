@@ -1,8 +1,8 @@
 """What the training device can do, decided once at start-up: the mixed precision a GPU runs fastest in, and a
 clear stop when a GPU recipe meets a machine without one.
 
-On an H200 one training step at 736x416 ran 702 images/s in fp32, 924 in 16-mixed, 854 in bf16-mixed and 1,836
-in bf16-mixed with the model and batches in channels_last (experiments/gpu_2026-12-04): the layout matters as
+On an H200 one training step at 736x416, batch 32, ran 716 images/s in fp32, 977 in 16-mixed, 859 in bf16-mixed and
+1,874 in bf16-mixed with the model and batches in channels_last (experiments/gpu_2026-12-04): the layout matters as
 much as the precision, so the module applies both (``GridBoxModule(channels_last=...)``).
 """
 

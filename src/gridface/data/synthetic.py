@@ -10,6 +10,7 @@ box of the rotated face ellipse.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -80,17 +81,15 @@ def rendered(spec: SyntheticSpec, desc: str, processes: int | None = None) -> It
     if processes is None:
         processes = min(os.cpu_count() or 1, n // IMAGES_PER_PROCESS)
     indices = range(n)
-    if processes <= 1:
-        results: Iterator = (_render_jpeg(spec, i) for i in indices)
-        yield from ((i, *r) for i, r in zip(indices, tqdm(results, total=n, desc=desc, leave=False), strict=True))
-        return
     import multiprocessing
 
     # spawn, not fork: a forked child inherits the parent's OpenCV and OpenMP thread pools without their threads,
     # and hung in cv2 in a test run after other tests had used them (a caller's script needs a __main__ guard)
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=cv2.setNumThreads, initargs=(1,)) as pool:  # a process per core already
-        results = pool.map(_render_jpeg, [spec] * n, indices, chunksize=32)
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=cv2.setNumThreads, initargs=(1,)) if processes > 1 else None
+    with pool or contextlib.nullcontext():  # a process per core: one OpenCV thread each
+        results = (pool.map(_render_jpeg, [spec] * n, indices, chunksize=32) if pool
+                   else map(_render_jpeg, [spec] * n, indices))
         yield from ((i, *r) for i, r in zip(indices, tqdm(results, total=n, desc=desc, leave=False), strict=True))
 
 
