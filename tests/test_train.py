@@ -196,6 +196,33 @@ def test_non_finite_loss_stops_the_run_and_never_reaches_a_checkpoint(tmp_path):
     assert last["global_step"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+def test_a_deferred_guard_names_the_first_bad_step_and_no_checkpoint_gets_the_nan(tmp_path):
+    """check_every_n_steps > 1 (the GPU recipe's way: no wait for the device per step): the run stops at the next
+    check, names the step where the loss first went bad, and no checkpoint holds the NaN weights."""
+    import pytorch_lightning as pl
+
+    from gridface.guards import NonFiniteError
+    from gridface.train import build
+
+    class InjectNaN(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                with torch.no_grad():
+                    pl_module.net.head.cov.weight.fill_(float("nan"))
+
+    cfg = compose_train(tmp_path, [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+                                   "trainer.limit_val_batches=1", "logger=none",
+                                   "callbacks.non_finite_guard.check_every_n_steps=5"])
+    module, datamodule, trainer = build(cfg)
+    trainer.callbacks.append(InjectNaN())
+    with pytest.raises(NonFiniteError, match=r"global step 3 \(epoch 1\): the training loss is nan\. "
+                                             r"Last good checkpoint: .*last\.ckpt"):
+        trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 5  # stopped at the first read after the bad step, not at the end
+    last = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
 def test_checkpoint_writer_refuses_non_finite_weights(tmp_path):
     from gridface.guards import NonFiniteError
     from gridface.utils.checkpoint import AtomicCheckpointIO

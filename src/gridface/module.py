@@ -168,11 +168,15 @@ class GridBoxModule(pl.LightningModule):
         bs = batch["image"].shape[0]
         # Not sync_dist: a rank whose batch was all unreadable logs none of these at that step, and a per-step
         # all-reduce would then wait for it forever. Under DDP these are rank 0's values; val/* are synced.
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        # Not prog_bar: Lightning reads a bar value every step, a wait for the GPU (gridface.training.progress shows
+        # the loss without one)
+        self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=bs)
         self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs)
         self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs)
         self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
-        self.log("train/clipped_boxes", float(batch["clipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
+        clipped = batch["clipped"]  # a device tensor on the GPU path: logged as it is, float() would wait for it
+        self.log("train/clipped_boxes", clipped.float() if torch.is_tensor(clipped) else float(clipped),
+                 reduce_fx="sum", on_step=False, on_epoch=True)
         return total
 
     def on_train_epoch_end(self) -> None:
