@@ -41,12 +41,13 @@ HW = (160, 256)
 TARGETS = ("cov", "cov_norm", "bbox", "ignore")
 
 
-def cpu_and_device(samples: list[Sample], input_hw, device="cpu", min_box_size=2.0, encoder=None):
-    """The CPU path's batch and the device path's batch of the same samples (no augmentation)."""
+def cpu_and_device(samples: list[Sample], input_hw, device="cpu", min_box_size=2.0, encoder=None, decode="gpu"):
+    """The CPU path's batch and the device path's batch (``decode`` gpu or hybrid) of the same samples (no
+    augmentation)."""
     encoder = encoder or GridBoxTargetEncoder()
     cpu = DetectionDataset(samples, input_hw, encoder, None, "test", min_box_size=min_box_size)
     ref = collate([cpu[i] for i in range(len(samples))])
-    ds = EncodedDataset(samples, "test")
+    ds = EncodedDataset(samples, "test", letterbox_hw=input_hw if decode == "hybrid" else None)
     raw = collate_encoded([ds[i] for i in range(len(samples))], encoder.num_classes)
     raw = {k: v.to(device) if torch.is_tensor(v) else v for k, v in raw.items()}  # what Lightning's transfer does
     out = DeviceBatchBuilder(input_hw, encoder, None, min_box_size)(raw)
@@ -107,19 +108,25 @@ def synthetic_samples(tmp_path: Path) -> list[Sample]:
 
 
 # ------------------------------------------------------------------------------------------------ (a) equality
-def test_device_path_equals_cpu_path_on_synthetic_images(tmp_path):
-    ref, out = cpu_and_device(synthetic_samples(tmp_path), HW)
+# hybrid: the workers decode and letterbox with the CPU path's own code, so its pixels are the CPU path's exactly
+PIXEL_MAX = {"gpu": 1 / 255, "hybrid": 0.0}
+
+
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_device_path_equals_cpu_path_on_synthetic_images(tmp_path, decode):
+    ref, out = cpu_and_device(synthetic_samples(tmp_path), HW, decode=decode)
     assert out["image"].shape == ref["image"].shape == (7, 3, *HW)
     assert ref["clipped"] == 2 and ref["cov"].sum() > 0 and ref["ignore"].sum() > 0
-    assert_same_as_cpu_path(ref, out, pixel_max=1 / 255)
+    assert_same_as_cpu_path(ref, out, pixel_max=PIXEL_MAX[decode])
 
 
-def test_device_path_equals_cpu_path_on_real_widerface_images(shared_data):
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_device_path_equals_cpu_path_on_real_widerface_images(shared_data, decode):
     samples = pick_real(mini_val_samples(shared_data), 4)
-    ref, out = cpu_and_device(samples, (416, 736))
+    ref, out = cpu_and_device(samples, (416, 736), decode=decode)
     assert out["letterbox"][0].scale < 0.5  # the area-averaged one
     assert sum(len(b) for b in ref["gt_boxes"]) > 50 and ref["ignore"].sum() > 0
-    assert_same_as_cpu_path(ref, out, pixel_max=1 / 255)
+    assert_same_as_cpu_path(ref, out, pixel_max=PIXEL_MAX[decode])
 
 
 def test_exif_orientation_is_applied_as_the_cpu_reader_does(tmp_path):
@@ -197,7 +204,8 @@ def test_torch_encoder_masks_and_empty_batches():
 
 
 # ----------------------------------------------------------------------------------------------- (c) bad files
-def test_truncated_and_corrupt_jpegs_are_reported_and_skipped_and_the_rest_trains(tmp_path, caplog):
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_truncated_and_corrupt_jpegs_are_reported_and_skipped_and_the_rest_trains(tmp_path, caplog, decode):
     samples = synthetic_samples(tmp_path)[:3]
     data = samples[0].image.read_bytes()
     cut = tmp_path / "cut.jpg"
@@ -209,7 +217,7 @@ def test_truncated_and_corrupt_jpegs_are_reported_and_skipped_and_the_rest_train
     corrupt.write_bytes(bytes(bad))
     batch_samples = [samples[0], Sample(cut, [[1, 1, 30, 30]], [0], origin="labels.txt:4"), samples[1],
                      Sample(corrupt, [[1, 1, 30, 30]], [0], origin="labels.txt:9"), samples[2]]
-    ds = EncodedDataset(batch_samples, "train", train=True)
+    ds = EncodedDataset(batch_samples, "train", train=True, letterbox_hw=HW if decode == "hybrid" else None)
     builder = DeviceBatchBuilder(HW, GridBoxTargetEncoder(), None, 2.0)
     with caplog.at_level(logging.WARNING):
         batch = builder(collate_encoded([ds[i] for i in range(len(ds))], 1, train=True))
@@ -356,7 +364,8 @@ def test_colour_jitter_changes_colours_not_geometry(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- (e) a real run
-def test_fast_dev_run_with_the_gpu_data_path_on_the_cpu(tmp_path):
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_fast_dev_run_with_the_gpu_data_path_on_the_cpu(tmp_path, decode):
     seen: dict[str, dict] = {}
 
     class Seen(pl.Callback):  # the batches the steps get, after the datamodule's device hook
@@ -366,8 +375,8 @@ def test_fast_dev_run_with_the_gpu_data_path_on_the_cpu(tmp_path):
         def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
             seen["val"] = batch
 
-    cfg = compose_train(tmp_path, [*TINY, "trainer.fast_dev_run=true", "dataset.decode=gpu"])
-    assert cfg.datamodule.decode == "gpu" and cfg.augment.flip is not None  # the built-in run's augmentation
+    cfg = compose_train(tmp_path, [*TINY, "trainer.fast_dev_run=true", f"dataset.decode={decode}"])
+    assert cfg.datamodule.decode == decode and cfg.augment.flip is not None  # the built-in run's augmentation
     result = run(cfg, callbacks=[Seen()])
     assert "val/AP50" in result["metrics"] and np.isfinite(result["metrics"]["val/loss"])
     assert result["global_step"] == 1
@@ -465,3 +474,34 @@ def test_prune_callback_taylor_criterion_reads_built_batches(tmp_path):
     PruneCallback({"mode": "ratio", "ratio": 0.5, "criterion": "taylor", "taylor_batches": 1}).setup(
         SimpleNamespace(world_size=1, datamodule=dm), module, "fit")
     assert module.net.backbone.out_channels == 256
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (side streams)")
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_batches_built_on_the_side_stream_equal_batches_built_in_place_on_cuda(tmp_path, decode):
+    """DevicePrefetchLoader builds batch n+1 on its own stream while step n runs; after the training stream joins
+    it, each batch (augmented: drawn from the batch's keys) is the one built in place on the training stream."""
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
+    from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
+
+    cfg = compose_train(tmp_path, [*TINY, f"dataset.decode={decode}", "dataset.num_workers=0"])
+    dm = instantiate(cfg.datamodule, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()  # no trainer: the plain loader, its epoch fixed
+    cuda = torch.device("cuda")
+    in_place = [dm.device_batches(move_data_to_device(b, cuda)) for b in loader]
+    prefetched = DevicePrefetchLoader(loader, cuda, dm.device_batches)
+    assert len(prefetched) == len(loader) and prefetched.sampler is loader.sampler
+    side = []
+    for b in prefetched:
+        b = join_training_stream(b)
+        side.append({k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()})  # used on the training stream
+    torch.cuda.synchronize()
+    assert len(side) == len(in_place) >= 2
+    for a, b in zip(in_place, side, strict=True):
+        assert a["path"] == b["path"] and "augment" in b
+        for key in ("image", *TARGETS):
+            assert torch.equal(a[key], b[key]), key

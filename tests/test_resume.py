@@ -212,3 +212,30 @@ def test_two_rank_ddp_killed_then_preempted_mid_epoch_resumes_to_the_uninterrupt
     resumed = run(config(folder, cache, ddp), callbacks=[Probe(str(probe))])
     assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt")
     assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)
+
+
+@pytest.mark.slow
+def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_path, cache, monkeypatch):
+    """The device data path as it runs on a GPU (dataset.decode=hybrid, batches built by DevicePrefetchLoader as
+    Lightning fetches them), here on the CPU: Lightning trains through the wrapper (its length, sampler epochs and
+    loader state are the loader's), and a run preempted mid-epoch resumes to the uninterrupted run's weights."""
+    from gridface.data.prefetch import DevicePrefetchLoader
+
+    from .test_cluster import SignalAtStep, submitit_stand_in
+
+    monkeypatch.setattr(GridBoxDataModule, "cuda_device", property(lambda self: torch.device("cpu")))
+    iterated, real_iter = [], DevicePrefetchLoader.__iter__
+    monkeypatch.setattr(DevicePrefetchLoader, "__iter__", lambda self: iterated.append(self) or real_iter(self))
+    hybrid = ["dataset.decode=hybrid"]
+    reference = run(config(tmp_path / "ref", cache, hybrid), callbacks=[Probe(str(tmp_path / "ref_probe"))])
+    assert reference["global_step"] == 18 and iterated  # Lightning's loops read the wrapper
+    probe = tmp_path / "probe"
+    previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
+    try:
+        with pytest.raises(SystemExit):
+            run(config(tmp_path, cache, hybrid), callbacks=[SignalAtStep(9), Probe(str(probe))])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    resumed = run(config(tmp_path, cache, hybrid), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"].endswith("preempted.ckpt") and resumed["global_step"] == 18
+    assert_trained_alike(tmp_path / "ref_probe", probe, images=24)

@@ -17,6 +17,9 @@ from gridface.data.images import IMAGE_SUFFIXES
 from gridface.data.problems import DataProblems
 from gridface.data.sample import Sample
 
+# dataset.decode: where a batch is decoded, letterboxed, augmented and encoded (gridface.data.datamodule)
+DECODE_CHOICES = ("cpu", "gpu", "hybrid")
+
 # keys of a source config that name files or folders (synthetic data is generated, so its root may be new)
 PATH_KEYS = ("root", "image_dir", "label_dir", "annotation_file", "image_root", "gt_file")
 

@@ -9,8 +9,10 @@ epoch once, and ends with the weights of the uninterrupted run.
 ``decode="gpu"`` (``dataset.decode=gpu``) swaps in the GPU data path: workers read bytes and labels only
 (:class:`gridface.data.device_decode.EncodedDataset`), and decode, letterbox, augmentation and target encoding run
 batched wherever the batch lands (:meth:`GridBoxDataModule.on_after_batch_transfer`, see
-:mod:`gridface.data.device_batch`); a batch's augmentation is drawn from (seed, epoch, its samples), so it resumes
-exactly too.
+:mod:`gridface.data.device_batch`); ``decode="hybrid"`` has the workers decode and letterbox (uint8) and the device
+do the rest. A batch's augmentation is drawn from (seed, epoch, its samples), so it resumes exactly too. On a CUDA
+device both pin their batches and build batch n+1 on a side stream while step n runs
+(:mod:`gridface.data.prefetch`).
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from gridface.data.check import scan_images
+from gridface.data.config import DECODE_CHOICES
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.data.device_augment import DeviceAugment
 from gridface.data.device_batch import DeviceBatchBuilder
 from gridface.data.device_decode import EncodedDataset, collate_encoded
+from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
 from gridface.data.problems import DataProblems
 from gridface.data.sample import Sample
 from gridface.data.transforms import build_augment
 from gridface.targets import GridBoxTargetEncoder
-
-DECODE_CHOICES = ("cpu", "gpu")
 
 
 class EpochSampler(StatefulDistributedSampler):
@@ -131,13 +133,15 @@ class GridBoxDataModule(pl.LightningDataModule):
         # The GPU path reads the same augment group; what it cannot reproduce is an error naming the key, here.
         self.augment = build_augment(augment) if decode == "cpu" else None
         self.device_batches = DeviceBatchBuilder(self.input_hw, encoder, DeviceAugment.from_transforms(augment),
-                                                 min_box_size) if decode == "gpu" else None
+                                                 min_box_size) if decode != "cpu" else None
         self.min_box_size = min_box_size
         self.strict = strict
         self.seed = int(seed) if seed is not None else 0  # the same on every DDP rank, as it must be
         if self.device_batches is not None:
             self.device_batches.seed = self.seed
         self.problems = DataProblems(strict=strict)
+        # where batches go when no trainer is attached (benchmarks, code iterating the loaders itself)
+        self.device: torch.device | None = None
         self.train_set: DetectionDataset | EncodedDataset | None = None
         self.val_set: DetectionDataset | EncodedDataset | None = None
 
@@ -152,11 +156,13 @@ class GridBoxDataModule(pl.LightningDataModule):
         return samples
 
     def setup(self, stage: str | None = None) -> None:
-        if self.decode == "gpu":
+        if self.decode != "cpu":
+            hw = self.input_hw if self.decode == "hybrid" else None
             if stage in (None, "fit") and self.train_set is None:
-                self.train_set = EncodedDataset(self.load(self.train_source, "train"), "train", train=True)
+                self.train_set = EncodedDataset(self.load(self.train_source, "train"), "train", train=True,
+                                                letterbox_hw=hw)
             if stage in (None, "fit", "validate") and self.val_set is None:
-                self.val_set = EncodedDataset(self.load(self.val_source, "val"), "val")
+                self.val_set = EncodedDataset(self.load(self.val_source, "val"), "val", letterbox_hw=hw)
             return
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = DetectionDataset(self.load(self.train_source, "train"), self.input_hw, self.encoder,
@@ -179,18 +185,34 @@ class GridBoxDataModule(pl.LightningDataModule):
         sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         loader = ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                                  num_workers=self.num_workers, collate_fn=self.collate_fn(self.train_set),
-                                 persistent_workers=self.num_workers > 0, drop_last=False)
+                                 persistent_workers=self.num_workers > 0, drop_last=False,
+                                 pin_memory=self.cuda_device is not None)
         if trainer is not None:
             loader.limit_batches = trainer.limit_train_batches
             # the epoch Lightning trains next (what it passes to set_epoch, after the loader's first indices are
             # drawn when there are workers): a resumed run's epoch, or the one after a checkpoint taken at validation
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
-        return loader
+        return self.prefetched(loader)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=self.collate_fn(self.val_set), persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+        return self.prefetched(DataLoader(
+            self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
+            collate_fn=self.collate_fn(self.val_set), persistent_workers=self.num_workers > 0, drop_last=False,
+            pin_memory=self.cuda_device is not None))
+
+    @property
+    def cuda_device(self) -> torch.device | None:
+        """The CUDA device this datamodule's trainer (else ``self.device``) runs on; None on the CPU."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        return device if device is not None and torch.device(device).type == "cuda" else None
+
+    def prefetched(self, loader: DataLoader) -> Any:
+        """On a CUDA device, a device path's loader builds each batch on a side stream as it is fetched
+        (:class:`DevicePrefetchLoader`); otherwise the loader as it is (built in ``on_after_batch_transfer``)."""
+        if self.device_batches is None or self.cuda_device is None:
+            return loader
+        return DevicePrefetchLoader(loader, self.cuda_device, self.device_batches)
 
     def batches_on(self, loader: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
         """A loader's batches as the steps see them, for code that iterates a loader outside the Trainer's loops
@@ -203,4 +225,4 @@ class GridBoxDataModule(pl.LightningDataModule):
         there. The CPU path's batches pass unchanged."""
         if self.device_batches is not None and DeviceBatchBuilder.is_encoded(batch):
             return self.device_batches(batch)
-        return batch
+        return join_training_stream(batch)

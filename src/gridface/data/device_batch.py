@@ -1,4 +1,5 @@
-"""The GPU data path's assembly: a worker's batch of bytes and labels -> the batch the module trains on.
+"""The device data paths' assembly: a worker's batch (bytes, or letterboxed pixels, and labels) -> the batch the
+module trains on.
 
 Runs where the batch landed (``GridBoxDataModule.on_after_batch_transfer``: the GPU in training, CPU tensors in the
 tests): decode (:mod:`gridface.data.device_decode`), letterbox and augment (:mod:`gridface.data.device_augment`),
@@ -47,33 +48,48 @@ class DeviceBatchBuilder:
 
     @staticmethod
     def is_encoded(batch: Any) -> bool:
-        return isinstance(batch, dict) and isinstance(batch.get("host"), HostImages)
+        """A batch of :func:`gridface.data.device_decode.collate_encoded` not built yet."""
+        return isinstance(batch, dict) and (isinstance(batch.get("host"), HostImages) or "letterboxed" in batch)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if not self.is_encoded(batch):  # every file of the batch was unusable (or a CPU-path batch)
-            return batch
-        device = batch["boxes"].device
-        host: HostImages = batch.pop("host")
-        paths, origins = batch["path"], batch.pop("origin")
-        decoded = decode_images(host.images, device, paths)
-        kept = [i for i, img in enumerate(decoded) if isinstance(img, torch.Tensor)]
+    def pixels(self, batch: dict[str, Any]) -> tuple[list[int], torch.Tensor | None, list, list[dict[str, Any]]]:
+        """The images of the batch that could be used (their indices), as float32 ``[B, 3, H, W]`` in [0, 1] at the
+        network input, their letterboxes, and the skip records (the loader's plus the files the device could not
+        decode). ``hybrid`` batches arrive letterboxed (uint8); ``gpu`` batches are decoded and letterboxed here."""
         skips = list(batch["skips"])
+        if "letterboxed" in batch:
+            pixels: torch.Tensor = batch.pop("letterboxed")
+            return list(range(pixels.shape[0])), pixels.float().div_(255.0), batch.pop("letterbox"), skips
+        host: HostImages = batch.pop("host")
+        paths, origins = batch["path"], batch["origin"]
+        decoded = decode_images(host.images, batch["boxes"].device, paths)
+        kept = [i for i, img in enumerate(decoded) if isinstance(img, torch.Tensor)]
         for i, img in enumerate(decoded):
             if isinstance(img, ImageReadError):
                 skips.append({"kind": img.kind, "path": paths[i], "origin": origins[i]})
                 if paths[i] not in self._reported:  # once a run, not every epoch
                     self._reported.add(paths[i])
                     log.warning("skipping image %s%s", img, f" (listed at {origins[i]})" if origins[i] else "")
+        if not kept:
+            return kept, None, [], skips
+        images, letterboxes = letterbox_batch([decoded[i] for i in kept], self.input_hw)
+        return kept, images, letterboxes, skips
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not self.is_encoded(batch):  # every file of the batch was unusable (or a CPU-path batch)
+            return batch
+        device = batch["boxes"].device
+        paths = batch["path"]
+        kept, images, letterboxes, skips = self.pixels(batch)
+        batch.pop("origin")
         out: dict[str, Any] = {"skipped": len(skips), "skips": skips}
         if not kept:
             return out
         train = bool(batch.get("train"))
         augment = self.augment if train else None
-        images, letterboxes = letterbox_batch([decoded[i] for i in kept], self.input_hw)
 
         # Boxes: the rules of DetectionDataset.__getitem__, in float64 as numpy computes them there.
         boxes = batch["boxes"].to(torch.float64)
-        remap = torch.full((len(decoded),), -1, dtype=torch.long)
+        remap = torch.full((len(paths),), -1, dtype=torch.long)
         remap[kept] = torch.arange(len(kept))
         image_index = remap.to(device, non_blocking=True)[batch["box_image"]]
         in_batch = image_index >= 0

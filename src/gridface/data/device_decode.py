@@ -1,4 +1,10 @@
-"""The GPU data path's reading half: loader workers read file bytes and labels; JPEGs are decoded on the device.
+"""The device data paths' reading half: what loader workers ship for the device to finish.
+
+``dataset.decode=gpu``: workers read file bytes and labels; JPEGs are decoded on the device (nvJPEG).
+``dataset.decode=hybrid``: workers decode with the CPU path's reader (OpenCV's libjpeg-turbo) and letterbox by its
+rule, and ship uint8 pixels at the network input size (a quarter of the CPU path's float32 bytes, stacked into
+one pinned transfer); augmentation and target encoding run on the device. Which is faster depends on the
+machine's cores against its GPU's decoder (experiments/gpu_*).
 
 Why: a CPU worker decodes, letterboxes, augments and encodes ~39 images/s, and one GPU trains on ~1,800. Here a
 worker only reads the file, checks the bytes' structure (:func:`gridface.data.images.jpeg_problem`: a truncated
@@ -23,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from gridface.data.images import (
     EMPTY,
@@ -32,9 +38,11 @@ from gridface.data.images import (
     decode_image_rgb,
     image_format,
     jpeg_problem,
+    read_image_bgr,
     read_image_bytes,
 )
 from gridface.data.sample import Sample
+from gridface.data.transforms import Letterbox, letterbox
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +101,30 @@ def read_encoded(path: str | Path) -> EncodedImage:
     return EncodedImage(PIXELS, torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
 
 
+def read_letterboxed(path: str | Path, input_hw: tuple[int, int]) -> tuple[torch.Tensor, Letterbox]:
+    """What a ``dataset.decode=hybrid`` worker ships for one file: RGB uint8 ``[3, H, W]`` at the network input
+    size, decoded by the CPU path's reader (its checks and error kinds: a truncated JPEG is an error, never grey
+    pixels) and letterboxed by its rule (the same pixels as the CPU path before augmentation)."""
+    net, lb = letterbox(read_image_bgr(path), input_hw)  # BGR, then one copy to RGB CHW (what cvtColor would do)
+    return torch.from_numpy(np.ascontiguousarray(net.transpose(2, 0, 1)[::-1])), lb
+
+
 class EncodedDataset(Dataset):
-    """Worker side of ``dataset.decode=gpu``: an image's checked bytes and its labels, nothing decoded (JPEG).
+    """Worker side of the device paths: an image's checked bytes (``decode=gpu``) or its letterboxed uint8 pixels
+    (``letterbox_hw`` given: ``decode=hybrid``), and its labels.
 
     An unusable file gives a skip record (logged once per worker, with the label line that lists it) that
     :func:`collate_encoded` drops and counts, as :class:`gridface.data.dataset.DetectionDataset` does.
     """
 
-    def __init__(self, samples: list[Sample], name: str = "dataset", train: bool = False) -> None:
+    def __init__(self, samples: list[Sample], name: str = "dataset", train: bool = False,
+                 letterbox_hw: tuple[int, int] | None = None) -> None:
         if not samples:
             raise ValueError(f"{name}: no samples; check the dataset paths")
         self.samples = samples
         self.name = name
         self.train = train
+        self.letterbox_hw = (int(letterbox_hw[0]), int(letterbox_hw[1])) if letterbox_hw else None
         self._reported: set[int] = set()
 
     def __len__(self) -> int:
@@ -117,6 +136,9 @@ class EncodedDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         s = self.samples[index]
         try:
+            if self.letterbox_hw is not None:
+                pixels, lb = read_letterboxed(s.image, self.letterbox_hw)
+                return {"letterboxed": pixels, "letterbox": lb, "sample": s, "key": (epoch, index)}
             encoded = read_encoded(s.image)
         except ImageReadError as e:
             if index not in self._reported:
@@ -128,10 +150,12 @@ class EncodedDataset(Dataset):
 
 def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None, train: bool = False
                     ) -> dict[str, Any]:
-    """A device-path batch: the encoded images (:class:`HostImages`, left on the host) and the boxes of all
-    images concatenated (``boxes`` [M, 4] original pixels, ``labels``, ``ignore``, ``box_image`` the image of each
-    box), which Lightning moves to the device. Skipped files are dropped and listed in ``skips``; the original
-    ground truth (``gt_*``, numpy) and ``path``/``origin`` stay per image on the host."""
+    """A device-path batch: the encoded images (:class:`HostImages`, left on the host), or the letterboxed pixels
+    (``letterboxed`` uint8 ``[B, 3, H, W]``, stacked into shared memory by torch's own collate, and ``letterbox``
+    per image), and the boxes of all images concatenated (``boxes`` [M, 4] original pixels, ``labels``,
+    ``ignore``, ``box_image`` the image of each box), which Lightning moves to the device. Skipped files are
+    dropped and listed in ``skips``; the original ground truth (``gt_*``, numpy) and ``path``/``origin`` stay per
+    image on the host."""
     kept = [it for it in items if "skip" not in it]
     skips = [it["skip"] for it in items if "skip" in it]
     batch: dict[str, Any] = {"skipped": len(skips), "skips": skips}
@@ -143,8 +167,12 @@ def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None,
             if len(s.labels) and not (s.labels.min() >= 0 and s.labels.max() < num_classes):
                 raise ValueError(f"{s.image}: label outside [0, {num_classes})")
     counts = [len(s.boxes) for s in samples]
+    if "letterboxed" in kept[0]:
+        batch["letterboxed"] = default_collate([it["letterboxed"] for it in kept])
+        batch["letterbox"] = [it["letterbox"] for it in kept]
+    else:
+        batch["host"] = HostImages([it["encoded"] for it in kept])
     batch.update({
-        "host": HostImages([it["encoded"] for it in kept]),
         "boxes": torch.from_numpy(np.concatenate([s.boxes for s in samples]).reshape(-1, 4)),
         "labels": torch.from_numpy(np.concatenate([s.labels for s in samples])),
         "ignore": torch.from_numpy(np.concatenate([s.ignore for s in samples])),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from gridface.data.config import DECODE_CHOICES
 from gridface.postprocess import CLUSTERING, CONFIDENCE
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
@@ -25,9 +26,10 @@ def check_dataset(ds: DictConfig) -> None:
     check_number("dataset.min_box_size", ds.get("min_box_size"), 0)
     check_number("dataset.min_face", ds.get("min_face"), 0)
     decode = ds.get("decode")
-    if decode is not None and decode not in ("cpu", "gpu"):
-        raise ConfigError(f"dataset.decode = {decode!r}: must be cpu (decode and augment in the loader workers) or "
-                          "gpu (batched on the training device)")
+    if decode is not None and decode not in DECODE_CHOICES:
+        raise ConfigError(f"dataset.decode = {decode!r}: must be cpu (decode and augment in the loader workers), "
+                          "gpu (decode (nvJPEG), augment and encode batched on the training device) or hybrid "
+                          "(workers decode and letterbox, the device augments and encodes)")
     if "root" in list(ds.keys()):  # ``"root" in ds`` is False when its value is missing (???)
         if OmegaConf.is_missing(ds, "root"):
             raise ConfigError(f"dataset.root is not set: give dataset.root=<the folder of the {ds.get('name', '')} "
