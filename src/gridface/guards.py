@@ -60,7 +60,9 @@ class NonFiniteGuard(pl.Callback):
             self._first = torch.full((3,), -1, dtype=torch.long, device=bad.device)
             self._loss = torch.zeros((), dtype=torch.float32, device=bad.device)
         new = bad & (self._first[0] < 0)
-        here = torch.tensor([trainer.global_step, what, trainer.current_epoch], device=bad.device)
+        here = torch.empty_like(self._first)  # filled by kernels: torch.tensor([...], device=) would wait for the GPU
+        for i, value in enumerate((trainer.global_step, what, trainer.current_epoch)):
+            here[i] = value
         self._first.copy_(torch.where(new, here, self._first))
         if loss is not None:
             self._loss.copy_(torch.where(new, loss.detach().float(), self._loss))

@@ -151,10 +151,22 @@ class GridBoxModule(pl.LightningModule):
         for skip in batch.get("skips", ()):
             self.skipped_images.setdefault(skip["path"], skip)
 
+    def on_train_epoch_start(self) -> None:
+        # counted on the host (skips) and on the device (clipped boxes of the device paths), logged at the epoch's
+        # end: logging a Python number at each step copies it to the GPU, and that copy waits for the device
+        self._epoch_skipped: int = 0
+        self._epoch_clipped: torch.Tensor | int = 0
+
+    def count_batch_problems(self, batch: dict[str, Any]) -> None:
+        self._epoch_skipped = getattr(self, "_epoch_skipped", 0) + int(batch["skipped"])
+        clipped = batch.get("clipped", 0)
+        self._epoch_clipped = getattr(self, "_epoch_clipped", 0) + (clipped.detach() if torch.is_tensor(clipped)
+                                                                     else int(clipped))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.note_skips(batch)
+        self.count_batch_problems(batch)
         if "image" not in batch:  # every image of the batch was unreadable
-            self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, on_step=False)
             if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join it with zeros
                 return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
@@ -173,13 +185,11 @@ class GridBoxModule(pl.LightningModule):
         self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=bs)
         self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs)
         self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs)
-        self.log("train/skipped_images", float(batch["skipped"]), reduce_fx="sum", on_step=False, on_epoch=True)
-        clipped = batch["clipped"]  # a device tensor on the GPU path: logged as it is, float() would wait for it
-        self.log("train/clipped_boxes", clipped.float() if torch.is_tensor(clipped) else float(clipped),
-                 reduce_fx="sum", on_step=False, on_epoch=True)
         return total
 
     def on_train_epoch_end(self) -> None:
+        self.log("train/skipped_images", float(getattr(self, "_epoch_skipped", 0)))
+        self.log("train/clipped_boxes", float(getattr(self, "_epoch_clipped", 0)))
         self.criterion.update_auto_weights()
         self.log("train/weight_cov", self.criterion.weights[0])
         self.log("train/weight_bbox", self.criterion.weights[1])
