@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from gridface.stages.train import run as train_run
-from gridface.utils.errors import user_errors
+from gridface.utils.errors import optional_import, user_errors
 from gridface.utils.hydra import config_dir, override, stage_config
 from gridface.utils.io import write_json, write_text
 
@@ -113,7 +113,7 @@ def trials_csv(trials: list[Any], keys: list[str]) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    import optuna
+    optuna = optional_import("optuna", "gridface.tune", 'pip install -e ".[tune]"')
 
     tc = cfg.tune
     study_dir = Path(tc.dir)

@@ -12,6 +12,31 @@ from gridface.postprocess import CLUSTERING, CONFIDENCE
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
 STRIDE = 16
+CHECKPOINT = (".ckpt", ".pt", ".pth")
+ENGINE = (".engine", ".plan")
+# the model files each stage reads as model=, by suffix (the backends pick theirs the same way)
+STAGE_MODELS: dict[str, tuple[str, ...]] = {
+    "train": CHECKPOINT, "prune": CHECKPOINT, "export": (*CHECKPOINT, ".onnx"),
+    "evaluate": (*CHECKPOINT, ".onnx", *ENGINE), "infer": (*CHECKPOINT, ".onnx", *ENGINE),
+}
+WHAT = {".ckpt": "a gridface checkpoint (.ckpt)", ".onnx": "an ONNX model gridface.export wrote",
+        ".engine": "a TensorRT engine (.engine, .plan)"}
+
+
+def check_model_file(stage: str, model: str) -> None:
+    """``model=`` exists and is a kind of file ``stage`` reads: a wrong file is one line before any loading."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model = '{model}': no such file")
+    if path.is_dir():
+        raise ConfigError(f"model = '{model}' is a folder: give the model file in it (e.g. checkpoints/best.ckpt)")
+    kinds = STAGE_MODELS.get(stage)
+    if kinds and path.suffix.lower() not in kinds:
+        what = " or ".join(v for k, v in WHAT.items() if k in kinds)
+        hint = (": an exported model cannot be trained or pruned; give the checkpoint it was exported from (its "
+                "metadata JSON names it)" if path.suffix.lower() in (".onnx", *ENGINE) else "")
+        raise ConfigError(f"model = '{model}': gridface.{stage} reads {what}, not a '{path.suffix or 'no suffix'}' "
+                          f"file{hint}")
 
 
 def check_dataset(ds: DictConfig) -> None:
@@ -60,6 +85,8 @@ def check_stage_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model = {keys}: model is the input model's path in every stage (gridface 0.2); the "
                           "network's settings are under network: (e.g. network.pretrained=), the weights to start "
                           "from are model=<.ckpt>")
+    if model is not None:
+        check_model_file(str(cfg.get("task_name") or ""), model)
     if cfg.get("dataset") is not None:
         check_dataset(cfg.dataset)
     if cfg.get("postprocess") is not None:
