@@ -1,8 +1,7 @@
 """A user's mistake reads as one clear message, not as the last line of a traceback.
 
-Every ``@hydra.main`` entry
-point wraps its body in :func:`user_errors`: a bad value, a missing file or a malformed label (``ValueError``,
-``OSError`` and their kinds), a missing optional dependency (:class:`MissingDependency`, from
+Every ``@hydra.main`` entry point wraps its body in :func:`user_errors`: a bad value, a missing file or a malformed
+label (``ValueError``, ``OSError`` and their kinds), a missing optional dependency (:class:`MissingDependency`, from
 :func:`optional_import`) prints ``gridface.<stage>: error: <message>`` and exits with status 2, also when Hydra's
 ``instantiate`` wrapped the error. Hydra creates the run folder before the stage starts, so :class:`RunDirCheck` (a
 Hydra callback, ``configs/hydra/default.yaml``) answers an unwritable ``hydra.run.dir`` the same way.
