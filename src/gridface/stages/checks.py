@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gridface.postprocess import CLUSTERING, CONFIDENCE
+from gridface.postprocess import CLUSTERING, CONFIDENCE, SCORES
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
 STRIDE = 16
@@ -65,7 +65,7 @@ def check_dataset(ds: DictConfig) -> None:
 def check_postprocess(pp: DictConfig | dict) -> None:
     """Value ranges of the post-processing keys that are set (null: the model's own value)."""
     pp = OmegaConf.to_container(pp, resolve=True) if isinstance(pp, DictConfig) else dict(pp)
-    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE)):
+    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE), ("score", SCORES)):
         if pp.get(key) is not None and pp[key] not in choices:
             raise ConfigError(f"postprocess.{key} = '{pp[key]}': must be one of {', '.join(choices)}")
     check_number("postprocess.coverage_threshold", pp.get("coverage_threshold"), 0, 1)
@@ -73,6 +73,7 @@ def check_postprocess(pp: DictConfig | dict) -> None:
     check_number("postprocess.dbscan_min_samples", pp.get("dbscan_min_samples"), 0)
     check_number("postprocess.nms_iou_threshold", pp.get("nms_iou_threshold"), 0, 1)
     check_number("postprocess.confidence_threshold", pp.get("confidence_threshold"), 0)
+    check_number("postprocess.score_threshold", pp.get("score_threshold"), 0)
     check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
 
 
