@@ -165,7 +165,7 @@ def test_pipeline_on_slurm_without_submitit(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible: the GPU recipe runs")
-@pytest.mark.parametrize("stage", ["train", "pipeline"])
+@pytest.mark.parametrize("stage", ["train", "tune", "pipeline"])
 def test_gpu_recipe_without_a_gpu_says_to_add_trainer_cpu(capsys, tmp_path, stage):
     """The real-data recipe on a CPU machine: one line naming trainer=cpu, after the dataset's own checks (a
     missing dataset.root is reported first, not hidden behind the missing GPU)."""
@@ -182,5 +182,6 @@ def test_gpu_recipe_without_a_gpu_says_to_add_trainer_cpu(capsys, tmp_path, stag
         line = err[0]
     else:
         line = one_line(capsys, stage, overrides, tmp_path)
+    if stage == "train":
         assert "dataset.root is not set" in one_line(capsys, stage, ["dataset=kitti"], tmp_path)  # not the GPU line
     assert "trainer.accelerator = gpu" in line and "add trainer=cpu" in line
