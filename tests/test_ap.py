@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gridface.evaluation.ap import average_precision, per_class_ap
+from gridface.evaluation.ap import average_precision, f1_best_threshold, per_class_ap
 from gridface.evaluation.coco import coco_metrics
 
 
@@ -131,3 +131,17 @@ def test_coco_metrics_count_every_detection_of_a_crowd_of_more_than_100_faces():
     coco = coco_metrics(perfect, gts, ["face"], max_dets=module.decoder.max_detections)
     assert coco["AR1"] == pytest.approx(1 / 150) and coco["AR10"] == pytest.approx(10 / 150)
     assert coco["AR100"] == pytest.approx(100 / 150) and coco["AR1000"] == pytest.approx(1.0)
+
+
+def test_f1_best_threshold_is_the_lowest_kept_score_of_the_best_f1():
+    """Three faces; detections scored 0.9 (hit), 0.8 (hit), 0.7 (miss), 0.6 (hit), 0.2 (miss): keeping >= 0.6
+    gives P 3/4, R 3/3, F1 0.857, better than >= 0.8 (P 1, R 2/3, F1 0.8) and >= 0.2 (P 3/5, R 1, F1 0.75)."""
+    gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], float)
+    det = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [60, 0, 70, 10], [40, 0, 50, 10], [80, 0, 90, 10]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    curves = per_class_ap([(det, scores, np.zeros(5, int))], [(gt, np.zeros(3, int), np.zeros(3, bool))], 1)
+    point = f1_best_threshold(curves)
+    assert point["score_threshold"] == 0.6 and point["F1"] == pytest.approx(6 / 7)
+    assert point["precision"] == 0.75 and point["recall"] == 1.0
+    misses = per_class_ap([(det[2:3], scores[2:3], np.zeros(1, int))], [(gt, np.zeros(3, int), np.zeros(3, bool))], 1)
+    assert f1_best_threshold(misses) is None  # nothing matched: no operating point

@@ -389,7 +389,7 @@ def test_user_error_is_one_clear_message_and_full_error_shows_the_trace(tmp_path
            f"hydra.run.dir={tmp_path}"]
     plain = subprocess.run(cmd, capture_output=True, text=True)
     assert plain.returncode == 2
-    assert plain.stderr.strip().splitlines()[0] == "gridface.infer: error: model not found: /no/such/model.onnx"
+    assert plain.stderr.strip().splitlines()[0] == "gridface.infer: error: model = '/no/such/model.onnx': no such file"
     assert "Traceback" not in plain.stderr
     full = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
                                                                      "HYDRA_FULL_ERROR": "1"})

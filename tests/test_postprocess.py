@@ -65,12 +65,44 @@ def test_decoder_recovers_boxes_from_perfect_maps(clustering):
 
 def test_aggregate_and_mean_confidence():
     cov, bbox = perfect_maps([[30.0, 40.0, 130.0, 160.0]], (192, 256))
-    agg = GridBoxDecoder(confidence_model="aggregate_cov")(cov, bbox, (192, 256))[0]
-    mean = GridBoxDecoder(confidence_model="mean_cov")(cov, bbox, (192, 256))[0]
+    agg = GridBoxDecoder(score="aggregate", confidence_model="aggregate_cov")(cov, bbox, (192, 256))[0]
+    mean = GridBoxDecoder(score="aggregate", confidence_model="mean_cov")(cov, bbox, (192, 256))[0]
     kept = cov[cov > 0.004]
     assert agg.scores[0] == pytest.approx(kept.sum().item(), rel=1e-5)
     assert mean.scores[0] == pytest.approx(kept.mean().item(), rel=1e-5)
     assert agg.scores[0] > 1.0  # can exceed 1, as in TAO
+
+
+@pytest.mark.parametrize("clustering", ["dbscan", "nms", "hybrid"])
+def test_default_score_is_the_highest_coverage_of_the_box_in_0_1(clustering):
+    """What a user thresholds: each box's best cell's sigmoid coverage, whatever the clustering; AP's order among
+    boxes of one cluster size is kept, and TAO's aggregate stays available."""
+    cov, bbox = perfect_maps([[30.0, 40.0, 130.0, 160.0], [150.0, 30.0, 200.0, 90.0]], (192, 256))
+    det = GridBoxDecoder(clustering=clustering)(cov, bbox, (192, 256))[0]
+    assert len(det) == 2 and ((det.scores > 0) & (det.scores <= 1)).all()
+    assert det.scores.max() == pytest.approx(float(cov.max()), rel=1e-6)
+    assert GridBoxDecoder(score="aggregate")(cov, bbox, (192, 256))[0].scores.max() > 1.0
+
+
+def test_model_score_threshold_is_recorded_by_the_decoder_and_applied_by_detector_only():
+    from gridface.inference.base import ModelBackend
+    from gridface.inference.detector import Detector
+
+    cov, bbox = (t.numpy() for t in perfect_maps([[30.0, 40.0, 130.0, 160.0], [150.0, 30.0, 200.0, 90.0]],
+                                                  (192, 256)))
+    cov[0, 0] *= np.where(np.arange(256 // 16) < 9, 0.3, 1.0)[None, :]  # the left face weak
+    post = {"score_threshold": 0.5}
+    assert len(GridBoxDecoder(**post)(cov, bbox, (192, 256))[0]) == 2  # evaluation: every box ranked
+
+    class Maps(ModelBackend):
+        def run(self, images):
+            return cov, bbox
+
+    backend = Maps(Path("m.onnx"), (192, 256), ["face"], 16, post)
+    img = np.zeros((192, 256, 3), np.uint8)
+    assert len(Detector(backend)(img)) == 1  # the model's own threshold drops the weak face
+    assert len(Detector(backend, confidence_threshold=0)(img)) == 2  # the caller's cut replaces it
+    assert len(Detector(backend, score="aggregate")(img)) == 2  # chosen for another score: not applied
 
 
 def test_minimum_height_and_confidence_threshold_filter():

@@ -129,6 +129,10 @@ def test_short_training_writes_checkpoints_logs_and_resumes(tmp_path):
     assert Path(result["best_checkpoint"]).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents*")) and (out / "csv" / "metrics.csv").is_file()
     assert not list((out / "checkpoints").glob("*.tmp"))
+    # the checkpoint carries its own operating point, the F1-best threshold its validation logged
+    best = torch.load(result["best_checkpoint"], weights_only=True)["hyper_parameters"]["postprocess"]
+    assert best.get("score_threshold") == (round(result["metrics"]["val/score_threshold"], 6)
+                                           if "val/score_threshold" in result["metrics"] else None)
     # Resume from last.ckpt and train one more epoch.
     cfg2 = compose_train(tmp_path, [*over, "trainer.max_epochs=2", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
     with open_dict(cfg2):

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.evaluation.ap import f1_best_threshold
 from gridface.evaluation.metrics import detection_metrics, image_record
 from gridface.loss import GridBoxLoss, l1_weight_penalty
 from gridface.model import GridBoxNet
@@ -86,6 +87,7 @@ class GridBoxModule(pl.LightningModule):
         self._val_dets: list = []
         self._val_gts: list = []
         self._val_paths: list[str] = []
+        self.operating_point: dict[str, float] | None = None  # the last validation's F1-best threshold
         # images skipped because they could not be used (path -> kind and where listed), for the run's summary
         self.skipped_images: dict[str, dict[str, str]] = {}
         self.channels_last, self.compile_net = bool(channels_last), bool(compile)
@@ -286,6 +288,8 @@ class GridBoxModule(pl.LightningModule):
         for k, v in metrics.items():
             self.log(f"val/{k}", v, prog_bar=k in ("AP50", "mAP"), rank_zero_only=True)
         if not self.trainer.sanity_checking:
+            self.set_score_threshold()
+        if not self.trainer.sanity_checking:
             rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()
                                                                         if k != "images") + f" ({len(gts)} images)")
 
@@ -305,5 +309,21 @@ class GridBoxModule(pl.LightningModule):
             from gridface.evaluation.widerface import load_ground_truth
 
             self._wider_gt = load_ground_truth(cfg["wider_gt"])
-        return detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt,
-                                 max_detections=self.decoder.max_detections).values
+        measured = detection_metrics(dets, gts, list(self.class_names), cfg, paths, self._wider_gt,
+                                     max_detections=self.decoder.max_detections)
+        self.operating_point = f1_best_threshold(measured.curves)
+        return measured.values
+
+    def set_score_threshold(self) -> None:
+        """The model's own operating point: the F1-best score threshold of this validation (every box matched to
+        the faces at the evaluation IoU), recorded as ``postprocess.score_threshold`` in the hyper-parameters, so
+        each checkpoint (and every model exported from it) carries the threshold of its own weights. Logged as
+        ``val/score_threshold`` and ``val/F1``; validation's AP still ranks every box."""
+        point = self.operating_point
+        if point is None:
+            return
+        self.hparams["postprocess"] = {**(self.hparams.get("postprocess") or {}),
+                                       "score_threshold": round(point["score_threshold"], 6)}
+        self.decoder.score_threshold = self.hparams["postprocess"]["score_threshold"]
+        for k in ("score_threshold", "F1"):
+            self.log(f"val/{k}", point[k], rank_zero_only=True)

@@ -1,11 +1,16 @@
 """Turn raw ``{cov, bbox}`` maps into detections: threshold, decode, cluster (DBSCAN, NMS or both).
 
-DBSCAN follows TAO: distance 1 - IoU between cell boxes, coverage as sample weight (a cell is core when
-the coverage summed over its eps-neighbourhood reaches ``min_samples``), noise dropped, a cluster's box
-the coverage-weighted mean, its confidence the summed (``aggregate_cov``) or mean (``mean_cov``)
-coverage. Labels follow scikit-learn's order exactly, so results can be checked against
-``sklearn.cluster.DBSCAN``; NMS keeps what torchvision's ``batched_nms`` keeps. The clustering itself is
-:mod:`gridface.box_clustering` (compiled loops), imported on first use or by :meth:`GridBoxDecoder.warm_up`.
+DBSCAN follows TAO: distance 1 - IoU between cell boxes, coverage as sample weight (a cell is core when the coverage
+summed over its eps-neighbourhood reaches ``min_samples``), noise dropped, a cluster's box the coverage-weighted
+mean. Its score (``score``) is by default ``confidence``: the highest sigmoid coverage among its cells, a number in
+[0, 1] a user can threshold; ``aggregate`` is TAO's, the summed (``aggregate_cov``, which exceeds 1) or mean
+(``mean_cov``) coverage (``confidence_model``). NMS keeps cells, whose score is their coverage either way.
+``score_threshold`` is the model's own operating point on that score, chosen on validation at training time
+(F1-best, :func:`gridface.evaluation.ap.f1_best_threshold`) and recorded with these settings: ``Detector`` and
+``gridface.infer`` apply it; evaluation, which ranks every box, does not. Labels follow scikit-learn's order
+exactly, so results can be checked against ``sklearn.cluster.DBSCAN``; NMS keeps what torchvision's ``batched_nms``
+keeps. The clustering itself is :mod:`gridface.box_clustering` (compiled loops), imported on first use or by
+:meth:`GridBoxDecoder.warm_up`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from gridface.targets import decode_boxes
 
 CLUSTERING = ("dbscan", "nms", "hybrid")
 CONFIDENCE = ("aggregate_cov", "mean_cov")
+SCORES = ("confidence", "aggregate")
 
 
 @dataclass
@@ -52,6 +58,8 @@ class GridBoxDecoder:
         dbscan_eps: float = 0.15,
         dbscan_min_samples: float = 1.0,
         confidence_model: str = "aggregate_cov",
+        score: str = "confidence",
+        score_threshold: float | None = None,
         nms_iou_threshold: float = 0.3,
         confidence_threshold: float = 0.0,
         minimum_bounding_box_height: float = 4.0,
@@ -62,6 +70,8 @@ class GridBoxDecoder:
             raise ValueError(f"postprocess.clustering must be one of {CLUSTERING}, got '{clustering}'")
         if confidence_model not in CONFIDENCE:
             raise ValueError(f"postprocess.confidence_model must be one of {CONFIDENCE}, got '{confidence_model}'")
+        if score not in SCORES:
+            raise ValueError(f"postprocess.score must be one of {SCORES}, got '{score}'")
         if not 0.0 < dbscan_eps <= 1.0:
             raise ValueError(f"postprocess.dbscan_eps must be in (0, 1], got {dbscan_eps}")
         self.stride = stride
@@ -70,6 +80,8 @@ class GridBoxDecoder:
         self.eps = dbscan_eps
         self.min_samples = dbscan_min_samples
         self.confidence_model = confidence_model
+        self.score = score
+        self.score_threshold = score_threshold  # recorded, not applied here: see the module docstring
         self.nms_iou = nms_iou_threshold
         self.confidence_threshold = confidence_threshold
         self.min_height = minimum_bounding_box_height
@@ -141,7 +153,11 @@ class GridBoxDecoder:
         wsum = np.bincount(inv, weights=w)
         count = np.bincount(inv)
         mean_box = np.stack([np.bincount(inv, weights=w * boxes[valid, k]) for k in range(4)], 1) / wsum[:, None]
-        conf = wsum if self.confidence_model == "aggregate_cov" else wsum / count
+        if self.score == "confidence":
+            conf = np.zeros(len(ids))
+            np.maximum.at(conf, inv, w)
+        else:
+            conf = wsum if self.confidence_model == "aggregate_cov" else wsum / count
         cls = np.zeros(len(ids), np.int64)
         cls[inv] = labels[valid]
         return Detections(mean_box, conf, cls)

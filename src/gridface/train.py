@@ -9,6 +9,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.accelerator import check_gpu_available
+from gridface.stages.checks import check_stage_config
 from gridface.stages.train import build, is_rank_zero, run
 from gridface.utils.cli import rename_legacy_arguments
 from gridface.utils.errors import user_errors
@@ -20,6 +22,8 @@ __all__ = ["build", "main", "run"]
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 @user_errors("train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    check_stage_config(cfg)  # a wrong model=, dataset key or missing GPU is one line, before the config is printed
+    check_gpu_available(cfg.trainer.get("accelerator"))
     if cfg.get("print_config", True):
         rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
     result = run(cfg)

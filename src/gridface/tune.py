@@ -16,8 +16,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from gridface.accelerator import check_gpu_available
 from gridface.stages.train import run as train_run
-from gridface.utils.errors import user_errors
+from gridface.utils.errors import optional_import, user_errors
 from gridface.utils.hydra import config_dir, override, stage_config
 from gridface.utils.io import write_json, write_text
 
@@ -113,7 +114,8 @@ def trials_csv(trials: list[Any], keys: list[str]) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    import optuna
+    optuna = optional_import("optuna", "gridface.tune", 'pip install -e ".[tune]"')
+    check_gpu_available(cfg.trainer.get("accelerator"))  # once, not as a failed trial each
 
     tc = cfg.tune
     study_dir = Path(tc.dir)

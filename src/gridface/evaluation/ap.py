@@ -80,6 +80,8 @@ class ClassCurve:
     recall: np.ndarray
     precision: np.ndarray
     num_gt: int
+    scores: np.ndarray | None = None  # the counted detections' scores, highest first (the curve's order)
+    hits: np.ndarray | None = None  # whether each matched a face at the IoU
 
 
 def per_class_ap(
@@ -116,5 +118,26 @@ def per_class_ap(
         recall = tp_cum / max(n_gt, 1)
         precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
         ap = average_precision(recall, precision, interpolation) if n_gt else float("nan")
-        out[c] = ClassCurve(ap, recall, precision, n_gt)
+        out[c] = ClassCurve(ap, recall, precision, n_gt, s[order], h[order])
     return out
+
+
+def f1_best_threshold(curves: dict[int, ClassCurve]) -> dict[str, float] | None:
+    """The score threshold with the best F1 over all classes together (detections matched to faces at the curves'
+    IoU, ignored faces counting neither way): keep the boxes scoring ``>= threshold``. A user's operating point,
+    chosen where precision and recall balance; None without detections or faces."""
+    parts = [c for c in curves.values() if c.scores is not None]
+    n_gt = sum(c.num_gt for c in curves.values())
+    if not parts or n_gt == 0 or not any(c.hits.any() for c in parts):
+        return None  # no detection matched a face: no threshold makes a useful operating point
+    scores = np.concatenate([c.scores for c in parts])
+    hits = np.concatenate([c.hits for c in parts])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, tp = scores[order], np.cumsum(hits[order])
+    kept = np.arange(1, len(scores) + 1)
+    last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every box of equal score: tie groups' ends
+    precision, recall = tp / kept, tp / n_gt
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    best = int(np.flatnonzero(last)[np.argmax(f1[last])])
+    return {"score_threshold": float(scores[best]), "F1": float(f1[best]), "precision": float(precision[best]),
+            "recall": float(recall[best])}

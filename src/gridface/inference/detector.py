@@ -23,16 +23,30 @@ from gridface.postprocess import Detections, GridBoxDecoder
 ImageLike = Any  # str | Path | np.ndarray | PIL.Image.Image
 
 
+def operating_point(model: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The model's post-processing with ``overrides``, its own ``score_threshold`` applied as the confidence cut
+    unless the caller sets ``confidence_threshold`` or asks for another kind of score than it was chosen for."""
+    post = {**model, **overrides}
+    chosen = model.get("score_threshold")
+    same_score = post.get("score", "confidence") == model.get("score", "confidence")
+    if chosen is not None and "confidence_threshold" not in overrides and same_score:
+        post["confidence_threshold"] = max(float(post.get("confidence_threshold") or 0.0), float(chosen))
+    return post
+
+
 class Detector:
     """Letterbox -> model -> GridBox decoding -> boxes mapped back to the original image.
 
     Post-processing defaults to the model's own settings (checkpoint hyper-parameters or export
-    metadata); keyword overrides replace single keys, e.g. ``clustering="nms"``.
+    metadata); keyword overrides replace single keys, e.g. ``clustering="nms"``. Scores are in [0, 1] by default
+    (``score="confidence"``; ``score="aggregate"`` gives TAO's summed coverage), and the model's own threshold
+    (``score_threshold``, chosen on validation when it was trained) drops the weak boxes; ``confidence_threshold=``
+    replaces it (``confidence_threshold=0`` keeps every box).
     """
 
     def __init__(self, backend: ModelBackend, **postprocess: Any) -> None:
         self.backend = backend
-        self.postprocess = {**backend.postprocess, **postprocess}
+        self.postprocess = operating_point(backend.postprocess, postprocess)
         self.decoder = GridBoxDecoder(stride=backend.stride, **self.postprocess)
         self.class_names = backend.class_names
         self._buffers = threading.local()  # each calling thread's batch buffer (``run``)

@@ -12,6 +12,7 @@ import numpy as np
 
 from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS, read_metadata
 from gridface.inference.base import ModelBackend
+from gridface.utils.errors import MissingDependency
 
 TENSORRT_HINT = (
     "TensorRT engines need NVIDIA TensorRT 10 or 11 and cuda-python (pip install tensorrt cuda-python; TensorRT "
@@ -27,7 +28,7 @@ def cuda_runtime() -> Any:
         try:
             from cuda import cudart
         except ImportError as e:
-            raise RuntimeError(f"cuda-python is not installed. {TENSORRT_HINT}") from e
+            raise MissingDependency(f"cuda-python is not installed. {TENSORRT_HINT}") from e
     return cudart
 
 
@@ -44,11 +45,11 @@ def require_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise RuntimeError(f"tensorrt is not installed. {TENSORRT_HINT}") from e
+        raise MissingDependency(f"tensorrt is not installed. {TENSORRT_HINT}") from e
     cudart = cuda_runtime()
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count < 1:
-        raise RuntimeError(f"no CUDA GPU is available ({err}). {TENSORRT_HINT}")
+        raise MissingDependency(f"no CUDA GPU is available ({err}). {TENSORRT_HINT}")
     return trt
 
 

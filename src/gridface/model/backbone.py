@@ -7,17 +7,20 @@ added; its weights are the only ones an ImageNet checkpoint cannot provide.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 IMAGENET_HINT = (
     "Download torchvision's ImageNet ResNet18 weights (resnet18-f37072fd.pth, "
     "https://download.pytorch.org/models/resnet18-f37072fd.pth) on a machine with internet, copy the file "
-    "here, and set model.backbone.pretrained=<path>; or set model.backbone.pretrained=null to train from "
-    "scratch. gridface never downloads weights at run time."
+    "here, and set network.pretrained=<path>; or leave network.pretrained=null to train from scratch. gridface "
+    "never downloads weights at run time."
 )
 
 
@@ -49,7 +52,7 @@ class ResNet18Stride16(nn.Module):
         """Load torchvision ImageNet weights from a local file; returns the keys left at their init."""
         path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"ImageNet weights not found at '{path}'. {IMAGENET_HINT}")
+            raise FileNotFoundError(f"network.pretrained = '{path}': ImageNet weights not found. {IMAGENET_HINT}")
         state = torch.load(path, map_location="cpu", weights_only=True)
         renamed = {
             (f"stem.{ {'conv1': 0, 'bn1': 1}[k.split('.')[0]] }.{k.split('.', 1)[1]}"
@@ -61,6 +64,9 @@ class ResNet18Stride16(nn.Module):
         if result.unexpected_keys:
             raise ValueError(f"{path}: not a torchvision ResNet18 state dict "
                              f"(unexpected keys {result.unexpected_keys[:5]})")
+        loaded = len(renamed) - len(result.unexpected_keys)
+        log.info("network.pretrained: loaded %d ImageNet tensors from %s (%d left at their init: %s)", loaded, path,
+                 len(result.missing_keys), ", ".join(sorted({k.rsplit(".", 1)[0] for k in result.missing_keys})))
         return list(result.missing_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,35 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gridface.data.config import DECODE_CHOICES
-from gridface.postprocess import CLUSTERING, CONFIDENCE
+from gridface.postprocess import CLUSTERING, CONFIDENCE, SCORES
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
 STRIDE = 16
+CHECKPOINT = (".ckpt", ".pt", ".pth")
+ENGINE = (".engine", ".plan")
+# the model files each stage reads as model=, by suffix (the backends pick theirs the same way)
+STAGE_MODELS: dict[str, tuple[str, ...]] = {
+    "train": CHECKPOINT, "prune": CHECKPOINT, "export": (*CHECKPOINT, ".onnx"),
+    "evaluate": (*CHECKPOINT, ".onnx", *ENGINE), "infer": (*CHECKPOINT, ".onnx", *ENGINE),
+}
+WHAT = {".ckpt": "a gridface checkpoint (.ckpt)", ".onnx": "an ONNX model gridface.export wrote",
+        ".engine": "a TensorRT engine (.engine, .plan)"}
+
+
+def check_model_file(stage: str, model: str) -> None:
+    """``model=`` exists and is a kind of file ``stage`` reads: a wrong file is one line before any loading."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model = '{model}': no such file")
+    if path.is_dir():
+        raise ConfigError(f"model = '{model}' is a folder: give the model file in it (e.g. checkpoints/best.ckpt)")
+    kinds = STAGE_MODELS.get(stage)
+    if kinds and path.suffix.lower() not in kinds:
+        what = " or ".join(v for k, v in WHAT.items() if k in kinds)
+        hint = (": an exported model cannot be trained or pruned; give the checkpoint it was exported from (its "
+                "metadata JSON names it)" if path.suffix.lower() in (".onnx", *ENGINE) else "")
+        raise ConfigError(f"model = '{model}': gridface.{stage} reads {what}, not a '{path.suffix or 'no suffix'}' "
+                          f"file{hint}")
 
 
 def check_dataset(ds: DictConfig) -> None:
@@ -42,7 +67,7 @@ def check_dataset(ds: DictConfig) -> None:
 def check_postprocess(pp: DictConfig | dict) -> None:
     """Value ranges of the post-processing keys that are set (null: the model's own value)."""
     pp = OmegaConf.to_container(pp, resolve=True) if isinstance(pp, DictConfig) else dict(pp)
-    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE)):
+    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE), ("score", SCORES)):
         if pp.get(key) is not None and pp[key] not in choices:
             raise ConfigError(f"postprocess.{key} = '{pp[key]}': must be one of {', '.join(choices)}")
     check_number("postprocess.coverage_threshold", pp.get("coverage_threshold"), 0, 1)
@@ -50,6 +75,7 @@ def check_postprocess(pp: DictConfig | dict) -> None:
     check_number("postprocess.dbscan_min_samples", pp.get("dbscan_min_samples"), 0)
     check_number("postprocess.nms_iou_threshold", pp.get("nms_iou_threshold"), 0, 1)
     check_number("postprocess.confidence_threshold", pp.get("confidence_threshold"), 0)
+    check_number("postprocess.score_threshold", pp.get("score_threshold"), 0)
     check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
 
 
@@ -62,6 +88,8 @@ def check_stage_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model = {keys}: model is the input model's path in every stage (gridface 0.2); the "
                           "network's settings are under network: (e.g. network.pretrained=), the weights to start "
                           "from are model=<.ckpt>")
+    if model is not None:
+        check_model_file(str(cfg.get("task_name") or ""), model)
     if cfg.get("dataset") is not None:
         check_dataset(cfg.dataset)
     if cfg.get("postprocess") is not None:

@@ -55,6 +55,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ex = cfg.export
     if not cfg.get("model"):
         raise ValueError("give model=<path to a gridface .ckpt, or an ONNX model gridface.export wrote>")
+    if ex.format == "tensorrt":  # before minutes of ONNX export and INT8 calibration, not after
+        from gridface.inference.tensorrt_backend import require_tensorrt
+
+        require_tensorrt()
     out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     source = Path(cfg.model)
     int8 = ex.format in ("onnx_int8", "tensorrt") and (ex.format == "onnx_int8" or ex.precision == "int8")

@@ -145,7 +145,10 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
                "skipped_by_kind": dict(skipped), "skipped_files": skipped_files, "faces": faces,
                "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0, "output_dir": str(out),
                "video": str(writer.video_path) if writer.video_path else None,
-               "video_frames_missing": source.missing_frames}
+               "video_frames_missing": source.missing_frames,
+               "score": detector.postprocess.get("score", "confidence"),
+               "confidence_threshold": detector.decoder.confidence_threshold,
+               "model_score_threshold": detector.backend.postprocess.get("score_threshold")}
     write_json(out / "summary.json", summary)
     why = f": {', '.join(f'{n} {k}' for k, n in sorted(skipped.items()))}" if n_skipped else ""
     if source.missing_frames:

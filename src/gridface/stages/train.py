@@ -46,6 +46,7 @@ def build(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None
 def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
     """Train, validate, and return the final metrics (floats) plus the best/last checkpoint paths."""
     check_stage_config(cfg)
+    check_gpu_available(cfg.trainer.get("accelerator"))  # first: before the data and the model are built
     check_ddp_launch(cfg.trainer, multirun=is_multirun())
     with open_dict(cfg):  # resolved before the callbacks read it (the prune callback's resume_from)
         cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)

@@ -1,20 +1,62 @@
 """A user's mistake reads as one clear message, not as the last line of a traceback.
 
-Every ``@hydra.main`` entry point wraps its body in :func:`user_errors`: a bad value, a missing file or a
-malformed label (``ValueError``, ``OSError`` and their kinds) prints ``error: <message>`` and exits with status 2.
+Every ``@hydra.main`` entry point wraps its body in :func:`user_errors`: a bad value, a missing file or a malformed
+label (``ValueError``, ``OSError`` and their kinds), a missing optional dependency (:class:`MissingDependency`, from
+:func:`optional_import`) prints ``gridface.<stage>: error: <message>`` and exits with status 2, also when Hydra's
+``instantiate`` wrapped the error. Hydra creates the run folder before the stage starts, so :class:`RunDirCheck` (a
+Hydra callback, ``configs/hydra/default.yaml``) answers an unwritable ``hydra.run.dir`` the same way.
 ``HYDRA_FULL_ERROR=1`` re-raises, with the whole trace, as Hydra does for its own errors.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+from hydra.experimental.callback import Callback
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class MissingDependency(ImportError, RuntimeError):
+    """An optional package (TensorRT, Optuna, submitit, ...) a command needs is not installed, or its hardware is
+    absent. A RuntimeError too, so callers that record a skipped step (the pipeline's engines) keep catching it."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+
+def optional_import(module: str, needed_for: str, install: str) -> Any:
+    """``import module``, or a :class:`MissingDependency` saying what needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependency(f"{needed_for} needs the '{module.split('.')[0]}' package, which is not installed "
+                                f"here: {install}") from e
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The user's mistake behind ``error``: itself, or the cause Hydra's ``instantiate`` wrapped; None for a bug."""
+    if isinstance(error, USER_ERRORS):
+        return error
+    if type(error).__name__ == "InstantiationException" and isinstance(error.__cause__, USER_ERRORS):
+        return error.__cause__
+    return None
+
+
+def report(stage: str, message: Any) -> None:
+    """Print the one line (and how to see more) and exit with status 2."""
+    print(f"gridface.{stage}: error: {message}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    sys.exit(2)
 
 
 def user_errors(stage: str) -> Callable[[F], F]:
@@ -23,10 +65,44 @@ def user_errors(stage: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except USER_ERRORS as e:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            except Exception as e:
+                mistake = user_error(e)
+                if mistake is None or _full_error():
                     raise
-                print(f"gridface.{stage}: error: {e}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-                sys.exit(2)
+                report(stage, mistake)
         return wrapper  # type: ignore[return-value]
     return wrap
+
+
+def unwritable_folder(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be created and written (its nearest existing parent is a file, or not writable), or
+    None. Nothing is created: Hydra makes the folder itself, a moment later."""
+    path = Path(folder).expanduser().absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"'{parent}' is a file, not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"'{parent}' is not writable"
+            return None
+    return None
+
+
+class RunDirCheck(Callback):
+    """Hydra callback: an unwritable ``hydra.run.dir`` / ``hydra.sweep.dir`` is one line, before Hydra's traceback."""
+
+    def _check(self, config: Any, key: str) -> None:
+        from omegaconf import OmegaConf
+
+        folder = OmegaConf.select(config, f"hydra.{key}.dir", throw_on_resolution_failure=False)
+        why = unwritable_folder(folder) if folder and not _full_error() else None
+        if why:
+            stage = OmegaConf.select(config, "task_name", default=None) or "run"
+            report(stage, f"hydra.{key}.dir = '{folder}': this run folder cannot be created ({why}); give a "
+                          f"writable folder with hydra.{key}.dir=<folder>")
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config, "sweep")

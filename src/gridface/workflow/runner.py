@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gridface.accelerator import check_gpu_available
 from gridface.utils.hydra import flat_overrides, override, stage_config
 from gridface.workflow.artifacts import ARTIFACTS
 from gridface.workflow.manifest import (
@@ -280,6 +281,8 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
     ctx = PipelineRun(cfg, root)
     wanted = selected_stages(cfg.pipeline.get("stages"))
     cluster = launcher_cluster()
+    if cluster is None and {"train", "retrain"} & set(wanted):  # a GPU recipe here: one line now, not at train
+        check_gpu_available(OmegaConf.select(cfg, "trainer.accelerator"))
     for stage in STAGES:
         folder = root / stage.name
         record = read_manifest(folder)

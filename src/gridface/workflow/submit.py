@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gridface.utils.errors import optional_import
+
 log = logging.getLogger(__name__)
 
 TRAINING_STAGES = ("train", "retrain")
@@ -40,7 +42,8 @@ def launcher_cluster() -> tuple[str, dict[str, Any]] | None:
 
 def stage_executor(cluster: str, params: dict[str, Any], folder: Path, stage: str) -> Any:
     """A submitit executor for one stage, its logs under ``<stage folder>/submitit/``."""
-    import submitit
+    submitit = optional_import("submitit", "running pipeline stages as Slurm jobs (hydra/launcher=slurm)",
+                               'pip install -e ".[slurm]"')
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     params = dict(params)
