@@ -15,9 +15,8 @@ from gridface.version import __version__
 ONNX_INPUT = "input_1"
 ONNX_OUTPUTS = ("output_cov/Sigmoid", "output_bbox/BiasAdd")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
 METADATA_KEY = "gridface"  # the ONNX metadata_props key holding the contract as JSON
+METADATA_REQUIRED = ("format", "input_name", "output_names", "input_hw", "class_names", "stride")
 
 
 def metadata_path(model_path: str | Path) -> Path:
@@ -28,12 +27,10 @@ def metadata_path(model_path: str | Path) -> Path:
 
 
 def legacy_metadata_path(model_path: str | Path) -> Path:
-    """Where gridface before 0.x wrote the sidecar (``m_int8.json`` for both ``m_int8.onnx`` and ``m_int8.engine``)."""
+    """Where earlier gridface versions wrote the sidecar (``m_int8.json`` for ``m_int8.onnx`` and ``m_int8.engine``
+    alike, so the later export overwrote the other's record)."""
     p = Path(model_path)
     return p.with_name(p.stem + ".json")
-
-
-METADATA_REQUIRED = ("format", "input_name", "output_names", "input_hw", "class_names", "stride")
 
 
 def deployment_metadata(fmt: str, input_hw: tuple[int, int] | list[int], class_names: list[str], stride: int,
