@@ -141,17 +141,20 @@ def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt
     cfg = compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=onnx_int8",
                                                    "export.calibration.images=8"])
     result = export_run(cfg)
-    int8_meta = json.loads((tmp_path / "export" / "last_int8.json").read_text())
+    int8_meta = json.loads((tmp_path / "export" / "last_int8.onnx.json").read_text())
     calib = int8_meta["calibration"]
     assert calib["source"] == "train split of synthetic" and calib["from"] == 24 and calib["drawn"] == 8
     assert calib["seed"] == 0 and int8_meta["data"]["train"]["num_images"] == 24
     assert result["onnx_max_abs_diff"]["bbox"] < 1e-3 and result["int8_correlation"]["cov"] > 0.8
-    meta = json.loads((tmp_path / "export" / "last.json").read_text())
+    assert int8_meta["quantization"]["target"] == "onnxruntime" and int8_meta["precision"] == "int8"
+    meta = json.loads((tmp_path / "export" / "last.onnx.json").read_text())
     assert meta["input_hw"] == [128, 192] and meta["class_names"] == ["face"] and meta["stride"] == 16
     assert meta["output_names"] == list(ONNX_OUTPUTS) and meta["source_checkpoint"] == str(ckpt)
     assert {"torch", "onnx", "onnxruntime"} <= set(meta["versions"])
-    ds = (tmp_path / "export" / "last_int8_nvinfer.txt").read_text()
-    assert "output-blob-names=output_bbox/BiasAdd;output_cov/Sigmoid" in ds and "network-mode=1" in ds
+    # TensorRT refuses the uint8 model: DeepStream's config is the FP32 ONNX's
+    assert not (tmp_path / "export" / "last_int8_nvinfer.txt").exists()
+    ds = (tmp_path / "export" / "last_nvinfer.txt").read_text()
+    assert "output-blob-names=output_bbox/BiasAdd;output_cov/Sigmoid" in ds and "network-mode=0" in ds
     assert "infer-dims=3;128;192" in ds and "net-scale-factor=0.0039215686" in ds
     # The evaluator's backends load both exports with the checkpoint's settings.
     ref = load_backend(ckpt)
@@ -191,12 +194,13 @@ def test_tensorrt_engine_matches_onnx(tmp_path, trained_ckpt):
     ckpt, tmp = trained_ckpt
     cfg = compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=tensorrt_fp32"])
     result = export_run(cfg)
-    meta = json.loads((tmp_path / "export" / "last_fp32.json").read_text())
+    meta = json.loads((tmp_path / "export" / "last_fp32.engine.json").read_text())
     assert meta["precision"] == "fp32" and meta["tensorrt_version"] and meta["gpu"]
     x = np.random.default_rng(0).random((2, 3, 128, 192), dtype=np.float32)
     trt_out = load_backend(result["engine"]).run(x)
     ort_out = load_backend(result["onnx"]).run(x)
-    np.testing.assert_allclose(trt_out[1], ort_out[1], atol=1e-2)
+    np.testing.assert_allclose(trt_out[0], ort_out[0], atol=1e-2)  # the coverage map
+    np.testing.assert_allclose(trt_out[1], ort_out[1], atol=1e-2)  # and the box map
 
 
 DEPLOY_DRIVER = """
@@ -226,3 +230,176 @@ def test_onnx_deployment_imports_neither_torch_nor_lightning(tmp_path, trained_c
                           str(tmp_path / "run")], capture_output=True, text=True, check=True)
     assert "3 images (0 skipped)" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "modules: []"
+
+
+# DeepStream nvinfer's config keys ([property] and [class-attrs-*] groups), as gstnvinfer_property_parser.h names
+# them (DeepStream 6.4-9.x SDK API reference), with the type each value must parse as.
+NVINFER_PROPERTY_KEYS = {
+    "gpu-id": int, "net-scale-factor": float, "offsets": "floats", "model-color-format": int, "onnx-file": str,
+    "model-engine-file": str, "int8-calib-file": str, "labelfile-path": str, "infer-dims": "ints",
+    "batch-size": int, "process-mode": int, "network-type": int, "network-mode": int, "num-detected-classes": int,
+    "interval": int, "gie-unique-id": int, "output-blob-names": str, "cluster-mode": int,
+    "maintain-aspect-ratio": int, "symmetric-padding": int, "parse-bbox-func-name": str, "custom-lib-path": str,
+    "output-tensor-meta": int, "workspace-size": int, "scaling-filter": int, "scaling-compute-hw": int,
+}
+NVINFER_CLASS_KEYS = {
+    "pre-cluster-threshold": float, "post-cluster-threshold": float, "eps": float, "minBoxes": int,
+    "dbscan-min-score": float, "nms-iou-threshold": float, "detected-min-w": int, "detected-min-h": int,
+    "detected-max-w": int, "detected-max-h": int, "topk": int, "group-threshold": int,
+}
+
+
+def check_nvinfer_config(path, meta, network_mode, engine=None):
+    """Every key one nvinfer parses, every value of its type, and the values the model's metadata fixes."""
+    import configparser
+
+    from gridface.postprocess import decoder_defaults
+
+    ini = configparser.ConfigParser(delimiters=("=",))
+    ini.optionxform = str  # nvinfer's keys are case-sensitive (minBoxes)
+    ini.read_string(path.read_text())
+    assert set(ini.sections()) == {"property", "class-attrs-all"}
+    for section, table in (("property", NVINFER_PROPERTY_KEYS), ("class-attrs-all", NVINFER_CLASS_KEYS)):
+        for key, value in ini[section].items():
+            assert key in table, f"{path.name}: [{section}] {key} is not an nvinfer key"
+            kind = table[key]
+            if kind in (int, float):
+                kind(value)
+            elif kind in ("floats", "ints"):
+                [(float if kind == "floats" else int)(v) for v in value.split(";")]
+    prop, cls = ini["property"], ini["class-attrs-all"]
+    post = {**decoder_defaults(), **meta["postprocess"]}
+    assert int(prop["network-mode"]) == network_mode and "int8-calib-file" not in prop
+    assert prop["output-blob-names"].split(";") == [meta["output_names"][1], meta["output_names"][0]]
+    assert int(prop["num-detected-classes"]) == len(meta["class_names"])
+    assert float(prop["net-scale-factor"]) == pytest.approx(meta["input_scale"])
+    assert prop["offsets"] == "0.0;0.0;0.0" and prop["infer-dims"] == f"3;{meta['input_hw'][0]};{meta['input_hw'][1]}"
+    assert int(prop["cluster-mode"]) == {"dbscan": 1, "nms": 2, "hybrid": 3}[post["clustering"]]
+    assert float(cls["eps"]) == post["dbscan_eps"] and float(cls["dbscan-min-score"]) == post["dbscan_min_samples"]
+    assert float(cls["pre-cluster-threshold"]) == post["coverage_threshold"]
+    assert (path.parent / prop["onnx-file"]).is_file() and (path.parent / prop["labelfile-path"]).is_file()
+    assert prop.get("model-engine-file") == (engine.name if engine else None)
+
+
+def _meta(**extra):
+    from gridface.contract import deployment_metadata
+
+    meta = deployment_metadata("onnx_fp32", (128, 192), ["face", "mask"], 16, {"clustering": "dbscan"}, "m.ckpt",
+                               None, {}, precision="fp32")
+    return {k: v for k, v in {**meta, **extra}.items() if v is not None}
+
+
+@pytest.mark.parametrize(("meta", "engine", "mode"), [
+    (_meta(), None, 0),
+    (_meta(format="onnx_int8", precision="int8", quantization={"target": "tensorrt"}), None, 1),
+    (_meta(format="onnx_int8", precision="int8", quantization={"target": "tensorrt"}), "int8", 1),
+    (_meta(), "fp16", 2),
+    (_meta(format="onnx_int8", precision=None, calibration={"activation_type": "int8"}), None, 1),  # an older file
+])
+def test_deepstream_config_matches_model_and_nvinfer_keys(tmp_path, meta, engine, mode):
+    from gridface.export.deepstream import write_deepstream_config
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    engine_path = tmp_path / f"m_{engine}.engine" if engine else None
+    cfg, _ = write_deepstream_config(model, meta, engine_path, {"precision": engine} if engine else None)
+    check_nvinfer_config(cfg, meta, mode, engine_path)
+
+
+def test_deepstream_refuses_onnx_runtime_uint8_model(tmp_path):
+    from gridface.export.deepstream import write_deepstream_config
+
+    meta = _meta(format="onnx_int8", precision="int8", quantization={"target": "onnxruntime"})
+    with pytest.raises(ValueError, match="uint8 INT8 model; TensorRT and DeepStream take only symmetric"):
+        write_deepstream_config(tmp_path / "m_int8.onnx", meta)
+
+
+def test_metadata_inside_the_model_and_sidecars_old_and_new(tmp_path, net):
+    """A model alone runs (its metadata_props), the sidecar is named after the whole file, and the sidecars of
+    earlier versions still load unless they describe another kind of file (an engine's record for the ONNX)."""
+    from gridface.contract import embedded_metadata, metadata_path, read_metadata
+    from gridface.export.onnx_export import write_model_metadata
+
+    path = export_onnx(net, tmp_path / "m_int8.onnx", HW)
+    meta = {**_meta(), "input_hw": list(HW), "class_names": ["face"]}
+    write_model_metadata(path, meta)
+    assert metadata_path(path).name == "m_int8.onnx.json" and embedded_metadata(path) == meta
+    metadata_path(path).unlink()
+    assert read_metadata(path) == meta and load_backend(path).input_hw == HW  # the file alone
+    (tmp_path / "m_int8.json").write_text(json.dumps({**meta, "format": "tensorrt", "input_hw": [32, 32]}))
+    assert read_metadata(path)["input_hw"] == list(HW)  # an engine's old record is not this model's
+    (tmp_path / "m_int8.json").write_text(json.dumps({**meta, "stride": 8}))
+    assert read_metadata(path)["stride"] == 8  # an old sidecar of this model still loads (and wins, as before)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """The stand-in TensorRT (tests/fake_tensorrt.py) in sys.modules for one test; yields its install()."""
+    from tests import fake_tensorrt
+
+    names = ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime")
+    for name in names:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def install(version="10.99"):
+        fake_tensorrt.install(version)
+        return sys.modules["tensorrt"]
+    yield install
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def _files_and_metadata(folder):
+    from gridface.contract import read_metadata
+
+    return {p.name: read_metadata(p) for p in sorted(folder.iterdir()) if p.suffix in (".onnx", ".engine")}
+
+
+@pytest.mark.slow
+def test_tensorrt_int8_twice_keeps_every_files_metadata(tmp_path, trained_ckpt, fake_trt):
+    """export=tensorrt_int8 on the stand-in TensorRT: the engine comes from the symmetric *_int8_trt.onnx (checked,
+    strongly typed, no INT8 flag or calibrator), every file keeps its own metadata when run twice, DeepStream's config
+    says INT8 with the engine and no calibration file."""
+    ckpt, tmp = trained_ckpt
+    trt = fake_trt("10.99")
+    out = tmp_path / "export"
+    args = [f"model={ckpt}", "export=tensorrt_int8", "export.calibration.images=8", "export.batch_profile=[1,2,4]"]
+    first = export_run(compose_export(tmp_path, tmp / "cache", args))
+    before = _files_and_metadata(out)
+    assert sorted(before) == ["last.onnx", "last_int8.engine", "last_int8_trt.onnx"]
+    assert before["last.onnx"]["precision"] == "fp32" and before["last_int8_trt.onnx"]["quantization"] == {
+        "target": "tensorrt", "activations": "int8", "symmetric_activations": True, "weights": "int8 symmetric",
+        "bias": "float", "format": "QDQ"}
+    engine_meta = before["last_int8.engine"]
+    assert engine_meta["format"] == "tensorrt" and engine_meta["onnx"] == "last_int8_trt.onnx"
+    assert engine_meta["calibration"]["drawn"] == 8 and engine_meta["tensorrt_check"]["quantize"] > 0
+    assert trt.builds == [{"strongly_typed": True, "flags": [], "calibrator": False, "qdq": True,
+                           "profile": {"input_1": ((1, 3, 128, 192), (2, 3, 128, 192), (4, 3, 128, 192))}}]
+    check_nvinfer_config(out / "last_int8_trt_nvinfer.txt", before["last_int8_trt.onnx"], 1, out / "last_int8.engine")
+    export_run(compose_export(tmp_path, tmp / "cache", args))
+    assert _files_and_metadata(out) == before and len(trt.builds) == 2
+    # the TensorRT-bound ONNX given as it is, to TensorRT 11 (no INT8 flag exists): built without quantizing again
+    trt11 = fake_trt("11.0")
+    again = export_run(compose_export(tmp_path, tmp / "cache", [f"model={first['onnx_int8']}", "export=tensorrt_int8",
+                                                                "export.batch_profile=[1,2,4]"]))
+    assert "onnx_int8" not in again and trt11.builds == [{**trt.builds[0]}]
+    # ORT's uint8 model is refused
+    export_run(compose_export(tmp_path, tmp / "cache", [f"model={first['onnx']}", "export=onnx_int8",
+                                                        "export.calibration.images=8"]))
+    with pytest.raises(ValueError, match="ONNX Runtime's uint8 INT8 model, which TensorRT refuses"):
+        export_run(compose_export(tmp_path, tmp / "cache", [f"model={out / 'last_int8.onnx'}", "export=tensorrt_int8"]))
+    assert _files_and_metadata(out)["last_int8_trt.onnx"] == before["last_int8_trt.onnx"]
+
+
+@pytest.mark.slow
+def test_tensorrt10_fp16_builder_path(tmp_path, trained_ckpt, fake_trt):
+    ckpt, tmp = trained_ckpt
+    trt = fake_trt("10.99")
+    result = export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=tensorrt_fp16"]))
+    assert trt.builds[0]["flags"] == ["FP16"] and not trt.builds[0]["strongly_typed"] and not trt.builds[0]["qdq"]
+    from gridface.contract import read_metadata
+
+    meta = read_metadata(result["engine"])
+    assert meta["precision"] == "fp16" and meta["format"] == "tensorrt" and meta["gpu"] == "Fake GPU"
+    check_nvinfer_config(tmp_path / "export" / "last_nvinfer.txt", read_metadata(result["onnx"]), 2,
+                         tmp_path / "export" / "last_fp16.engine")

@@ -65,15 +65,19 @@ def test_smoke_pipeline_reports_every_artifact_reruns_nothing_and_rebuilds_only_
     report = run_dir / "report" / "report.md"
     assert f"report: {report}" in stdout
     rows = {r["artifact"]: r for r in json.loads((run_dir / "report" / "rows.json").read_text())}
-    assert list(rows) == ["checkpoint", "pruned", "retrained", "onnx_fp32", "onnx_int8", "engine_fp16",
-                          "engine_int8"]
-    for name in ("checkpoint", "pruned", "retrained", "onnx_fp32", "onnx_int8"):
+    assert list(rows) == ["checkpoint", "pruned", "retrained", "onnx_fp32", "onnx_int8", "onnx_int8_trt",
+                          "engine_fp16", "engine_int8"]
+    for name in ("checkpoint", "pruned", "retrained", "onnx_fp32", "onnx_int8", "onnx_int8_trt"):
         row = rows[name]
         assert row["status"] == "done" and row["AP50"] is not None and row["mAP"] is not None, row
         assert row["latency_ms"] > 0 and row["images_per_s"] > 0 and row["params"] > 0 and row["macs"] > 0, row
     assert rows["pruned"]["params"] < 0.5 * rows["checkpoint"]["params"]  # pipeline.prune.ratio 0.7
     assert rows["retrained"]["params"] == rows["onnx_int8"]["params"] == rows["pruned"]["params"]
     assert rows["onnx_int8"]["file_mb"] < rows["onnx_fp32"]["file_mb"]
+    # both INT8 models, each for its runtime: ONNX Runtime's uint8 one and TensorRT's symmetric one (checked)
+    assert (run_dir / "export_int8" / "best_int8.onnx").is_file()
+    assert (run_dir / "export_int8_trt" / "best_int8_trt.onnx").is_file()
+    assert rows["onnx_int8_trt"]["file_mb"] < rows["onnx_fp32"]["file_mb"]
     # the FP32 ONNX model is its checkpoint: the same AP
     assert rows["onnx_fp32"]["AP50"] == pytest.approx(rows["retrained"]["AP50"], abs=1e-6)
     trt = tensorrt_unavailable() is None
@@ -83,6 +87,7 @@ def test_smoke_pipeline_reports_every_artifact_reruns_nothing_and_rebuilds_only_
             assert "tensorrt is not installed" in rows[engine]["reason"]
     text = report.read_text()
     assert "| onnx_int8 | ONNX Runtime INT8 |" in text
+    assert "| onnx_int8_trt | ONNX Runtime INT8 (TensorRT's symmetric QDQ) |" in text
     assert trt or "| engine_int8 | TensorRT INT8 | skipped: tensorrt is not installed |" in text
     for picture in ("accuracy_latency.png", "samples.png"):
         assert (run_dir / "report" / picture).stat().st_size > 10_000

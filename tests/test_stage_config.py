@@ -156,14 +156,15 @@ def test_pipeline_builds_each_stage_config_once_and_runs_the_object_it_records(t
     result = runner.run_pipeline(cfg, tmp_path)
 
     assert result["ran"][:5] == ["train", "prune", "retrain", "export_fp32", "export_int8"]
-    # prune; export fp32, int8 and the two engines (recorded as skipped); 5 evaluations; infer: once each
-    assert sorted(composed) == sorted(["prune", *["export"] * 4, *["evaluate"] * 5, "infer"])
+    # prune; export fp32, int8 (ORT), int8 (TensorRT) and the two engines (recorded as skipped); 6 evaluations;
+    # infer: once each
+    assert sorted(composed) == sorted(["prune", *["export"] * 5, *["evaluate"] * 6, "infer"])
     for name, cfg_run in received.items():
         assert cfg_run is built[name], f"{name} ran with another config than the one it recorded"
         assert read_manifest(tmp_path / name).config == runner.resolved(built[name])
-    assert set(received) >= {"train", "prune", "retrain", "export_fp32", "export_int8", "infer",
+    assert set(received) >= {"train", "prune", "retrain", "export_fp32", "export_int8", "export_int8_trt", "infer",
                              *(f"evaluate_{a}" for a in ("checkpoint", "pruned", "retrained", "onnx_fp32",
-                                                         "onnx_int8"))}
+                                                         "onnx_int8", "onnx_int8_trt"))}
 
 
 # ---- the export callback and tuning ------------------------------------------------------------------------------

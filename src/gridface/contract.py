@@ -1,6 +1,7 @@
 """What an exported model is, in one place: the tensor names (DeepStream's, as TAO's DetectNet_v2 exports them) and
-the metadata JSON written beside every ONNX model and TensorRT engine. Export writes this contract; inference,
-evaluation and the TensorRT code read it. Imports neither torch nor onnxruntime."""
+the metadata written with every ONNX model (in its own ``metadata_props``, key ``gridface``) and beside every model
+and TensorRT engine (``<file name>.json``). Export writes this contract; inference, evaluation and the TensorRT code
+read it. Imports neither torch nor onnxruntime at module level."""
 
 from __future__ import annotations
 
@@ -14,13 +15,22 @@ from gridface.version import __version__
 ONNX_INPUT = "input_1"
 ONNX_OUTPUTS = ("output_cov/Sigmoid", "output_bbox/BiasAdd")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+METADATA_KEY = "gridface"  # the ONNX metadata_props key holding the contract as JSON
+METADATA_REQUIRED = ("format", "input_name", "output_names", "input_hw", "class_names", "stride")
 
 
 def metadata_path(model_path: str | Path) -> Path:
+    """The sidecar JSON, named after the whole file name (``m_int8.onnx.json``, ``m_int8.engine.json``): an ONNX
+    model and the engine built from it never share one."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".json")
+
+
+def legacy_metadata_path(model_path: str | Path) -> Path:
+    """Where earlier gridface versions wrote the sidecar (``m_int8.json`` for ``m_int8.onnx`` and ``m_int8.engine``
+    alike, so the later export overwrote the other's record)."""
     p = Path(model_path)
     return p.with_name(p.stem + ".json")
-
-METADATA_REQUIRED = ("format", "input_name", "output_names", "input_hw", "class_names", "stride")
 
 
 def deployment_metadata(fmt: str, input_hw: tuple[int, int] | list[int], class_names: list[str], stride: int,
@@ -54,17 +64,57 @@ def check_onnx_contract(path: Path, session: Any, input_hw: tuple[int, int]) -> 
         raise ValueError(f"{path}: outputs {names} lack {missing}: {expected}; export with gridface.export")
 
 
-def read_metadata(model_path: str | Path) -> dict[str, Any]:
-    meta_file = metadata_path(model_path)
-    if not meta_file.is_file():
-        raise FileNotFoundError(
-            f"{meta_file} not found: gridface.export writes it beside every exported model (input size, "
-            "class names, post-processing); keep the two together")
+def _load_json(meta_file: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(meta_file.read_text())
+        return json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _is_engine(path: Path) -> bool:
+    return path.suffix.lower() in ENGINE_SUFFIXES
+
+
+def embedded_metadata(model_path: str | Path) -> dict[str, Any] | None:
+    """The contract an ONNX model carries in its ``metadata_props`` (None when it has none). Read with ``onnx`` when
+    installed, else with ONNX Runtime (a deployment box may have only onnxruntime)."""
+    path = Path(model_path)
+    try:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except ImportError:
+        import onnxruntime as ort
+
+        props = dict(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                     .get_modelmeta().custom_metadata_map)
+    if METADATA_KEY not in props:
+        return None
+    try:
+        return json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: metadata_props '{METADATA_KEY}' is not valid JSON ({e.msg})") from None
+
+
+def read_metadata(model_path: str | Path) -> dict[str, Any]:
+    """The model's contract: its sidecar ``<file name>.json``; else (files from earlier versions) ``<stem>.json``
+    when it describes this kind of file (an engine's record is not an ONNX model's); else, for an ONNX model, the
+    contract in its own ``metadata_props``."""
+    path = Path(model_path)
+    meta, source = None, metadata_path(path)
+    if source.is_file():
+        meta = _load_json(source)
+    elif legacy_metadata_path(path).is_file():
+        legacy = _load_json(legacy_metadata_path(path))
+        if (legacy.get("format") == "tensorrt") == _is_engine(path):
+            meta, source = legacy, legacy_metadata_path(path)
+    if meta is None and path.suffix.lower() == ".onnx" and path.is_file():
+        meta, source = embedded_metadata(path), path
+    if meta is None:
+        raise FileNotFoundError(
+            f"{metadata_path(path)} not found (and {path.name} carries no gridface metadata): gridface.export writes "
+            "it beside every exported model (input size, class names, post-processing); keep the two together")
     missing = [k for k in METADATA_REQUIRED if k not in meta]
     if missing:
-        raise ValueError(f"{meta_file}: lacks {missing}; re-export the model with gridface.export")
+        raise ValueError(f"{source}: lacks {missing}; re-export the model with gridface.export")
     return meta

@@ -1,5 +1,9 @@
 """A DeepStream nvinfer config and label file for the exported model, with the keys TAO's FaceDetect
-config uses, so the model drops into a DeepStream pipeline in place of TAO's."""
+config uses, so the model drops into a DeepStream pipeline in place of TAO's.
+
+``network-mode`` follows the model: FP32 ONNX 0, FP16 2, the symmetric int8 QDQ model 1 (explicit quantization:
+no ``int8-calib-file``); an engine is named by ``model-engine-file`` with its own precision. ONNX Runtime's uint8
+model gets no config: TensorRT refuses its Q/DQ."""
 
 from __future__ import annotations
 
@@ -12,32 +16,57 @@ from gridface.utils.io import write_text
 
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 CLUSTER_MODE = {"dbscan": 1, "nms": 2, "hybrid": 3}
+COLOR_FORMAT = {"RGB": 0, "BGR": 1}
 
 
-def write_deepstream_config(model_path: Path, meta: dict[str, Any], precision: str = "fp32",
-                            engine_path: Path | None = None) -> tuple[Path, Path]:
+def precision_of(meta: dict[str, Any]) -> str:
+    """fp32 | fp16 | int8 from a model's metadata (files from earlier versions: from their format)."""
+    if meta.get("precision"):
+        return str(meta["precision"])
+    return "int8" if meta.get("format") == "onnx_int8" else "fp32"
+
+
+def deepstream_ready(meta: dict[str, Any]) -> bool:
+    """False for ONNX Runtime's asymmetric uint8 INT8 model, which TensorRT (so DeepStream) cannot build."""
+    if precision_of(meta) != "int8":
+        return True
+    quant = meta.get("quantization") or {}
+    target = quant.get("target") or ("tensorrt" if (meta.get("calibration") or {}).get("activation_type") == "int8"
+                                     else "onnxruntime")
+    return target == "tensorrt"
+
+
+def write_deepstream_config(model_path: Path, meta: dict[str, Any], engine_path: Path | None = None,
+                            engine_meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``<model>_nvinfer.txt`` and ``<model>_labels.txt`` beside ``model_path``; every value from the metadata."""
+    if not deepstream_ready(meta):
+        raise ValueError(f"{model_path.name}: an ONNX Runtime uint8 INT8 model; TensorRT and DeepStream take only "
+                         "symmetric int8 Q/DQ (export=onnx_int8_trt or export=tensorrt_int8)")
+    precision = precision_of(engine_meta) if engine_meta else precision_of(meta)
     labels = model_path.with_name(model_path.stem + "_labels.txt")
     write_text(labels, "\n".join(meta["class_names"]) + "\n")
     h, w = meta["input_hw"]
     post = {**decoder_defaults(), **(meta.get("postprocess") or {})}  # metadata without a key: the decoder's default
+    outputs = list(meta.get("output_names") or ONNX_OUTPUTS)  # [cov, bbox]; DetectNet_v2's parser lists bbox first
     lines = [
         "# DeepStream nvinfer config written by gridface.export (DetectNet_v2 / GridBox output parser)",
         "[property]",
         "gpu-id=0",
-        f"net-scale-factor={1 / 255:.10f}",
-        "offsets=0.0;0.0;0.0",
-        "model-color-format=0",  # RGB
+        f"net-scale-factor={float(meta.get('input_scale', 1 / 255)):.10f}",
+        "offsets=0.0;0.0;0.0",  # gridface subtracts no mean
+        f"model-color-format={COLOR_FORMAT[meta.get('color', 'RGB')]}",
         f"onnx-file={model_path.name}",
-        *( [f"model-engine-file={engine_path.name}"] if engine_path else [] ),
+        *([f"model-engine-file={engine_path.name}"] if engine_path else []),
         f"labelfile-path={labels.name}",
         f"infer-dims=3;{h};{w}",
         "batch-size=1",
         "process-mode=1",
+        "network-type=0",  # detector
         f"network-mode={NETWORK_MODE[precision]}",
         f"num-detected-classes={len(meta['class_names'])}",
         "interval=0",
         "gie-unique-id=1",
-        f"output-blob-names={ONNX_OUTPUTS[1]};{ONNX_OUTPUTS[0]}",
+        f"output-blob-names={outputs[1]};{outputs[0]}",
         f"cluster-mode={CLUSTER_MODE[post['clustering']]}",
         "maintain-aspect-ratio=1",  # gridface letterboxes, centred
         "symmetric-padding=1",

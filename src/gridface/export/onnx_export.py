@@ -7,6 +7,7 @@ Input ``input_1`` [N, 3, H, W] (dynamic N), outputs ``output_cov/Sigmoid`` [N, C
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS
-from gridface.utils.io import atomic_path
+from gridface.contract import METADATA_KEY, ONNX_INPUT, ONNX_OUTPUTS, metadata_path
+from gridface.utils.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 EXPORTERS = ("torchscript", "dynamo")
@@ -87,3 +88,20 @@ def verify_onnx(path: str | Path, net: nn.Module, images: np.ndarray, atol: floa
     if max(diffs.values()) > atol:
         raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {diffs} (tolerance {atol})")
     return diffs
+
+
+def write_model_metadata(path: str | Path, meta: dict[str, Any]) -> Path:
+    """The contract written twice: into an ONNX model's own ``metadata_props`` (so the file alone is enough to run
+    it) and as the sidecar ``<file name>.json`` (readable without onnx; an engine has only this one)."""
+    import onnx
+
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        proto = onnx.load(str(path))
+        kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True, default=str))
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+    return write_json(metadata_path(path), meta)

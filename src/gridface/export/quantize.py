@@ -1,9 +1,12 @@
 """Static INT8 quantization (explicit QDQ nodes) with ONNX Runtime, calibrated on training images.
 
 The coverage head's sigmoid stays in float: quantizing a [0, 1] probability to 8 bits costs AP at the
-low coverage thresholds clustering uses (0.004). The same QDQ model runs on ONNX Runtime's CPU provider
-and is what TensorRT builds an INT8 engine from (symmetric int8 activations and weights, per-channel
-weights: TensorRT's explicit-quantization requirements).
+low coverage thresholds clustering uses (0.004). Two schemes, one per runtime (:func:`scheme`):
+
+- ``uint8`` activations (asymmetric, int32 biases): ONNX Runtime on CPUs, ``<model>_int8.onnx``.
+- ``int8`` activations, symmetric (zero-points 0), per-channel int8 weights, biases left float: TensorRT's
+  explicit quantization (its ONNX parser refuses uint8 Q/DQ and non-zero zero-points, and its DequantizeLinear
+  takes no int32 input), ``<model>_int8_trt.onnx``. ONNX Runtime runs it too, so its accuracy is measured on CPUs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,24 @@ from gridface.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+def scheme(activation_type: str) -> dict[str, object]:
+    """What an INT8 model's metadata says about its quantization, and which runtime it is for."""
+    if activation_type not in ACTIVATION_TYPES:
+        raise ValueError(f"export.activation_type must be one of {ACTIVATION_TYPES}, got '{activation_type}'")
+    tensorrt = activation_type == "int8"
+    return {"target": "tensorrt" if tensorrt else "onnxruntime", "activations": activation_type,
+            "symmetric_activations": tensorrt, "weights": "int8 symmetric",
+            "bias": "float" if tensorrt else "int32", "format": "QDQ"}
+
+
+def int8_model_path(fp32_path: str | Path, activation_type: str) -> Path:
+    """``<model>_int8_trt.onnx`` for TensorRT's symmetric scheme, ``<model>_int8.onnx`` for ONNX Runtime's."""
+    p = Path(fp32_path)
+    suffix = "_int8_trt" if scheme(activation_type)["target"] == "tensorrt" else "_int8"
+    return p.with_name(f"{p.stem}{suffix}.onnx")
 
 
 def calibration_batches(image_paths: Sequence[str | Path], input_hw: tuple[int, int], batch_size: int = 8
@@ -75,15 +96,13 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
                   keep_stem_float: bool = True, extra_float_nodes: Sequence[str] = ()) -> Path:
     """Write a QDQ INT8 model; ``extra_float_nodes`` names more ONNX nodes to leave in float
     (``scripts/int8_sensitivity.py`` shows which layers cost accuracy). ``activation_type`` uint8
-    (asymmetric: ONNX Runtime on CPUs) or int8 (symmetric, TensorRT's requirement; it cost about 10 AP50
-    points in ONNX Runtime on an earlier model: the unsigned half of every post-ReLU range is wasted)."""
+    (asymmetric: ONNX Runtime on CPUs) or int8 (TensorRT's scheme: symmetric, biases float; see the module)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in METHODS:
         raise ValueError(f"export.calibration.method must be one of {METHODS}, got '{method}'")
-    if activation_type not in ("int8", "uint8"):
-        raise ValueError(f"export.activation_type must be int8 or uint8, got '{activation_type}'")
+    tensorrt = scheme(activation_type)["target"] == "tensorrt"
     if not image_paths:
         raise ValueError("INT8 calibration needs images: none were found in the calibration set")
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -106,6 +125,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
             quant_format=QuantFormat.QDQ, per_channel=per_channel, calibrate_method=calib,
             activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-            extra_options={"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
+                           # TensorRT dequantizes no int32: its biases stay float (ORT's default quantizes them)
+                           "QuantizeBias": not tensorrt},
         )
     return int8_path

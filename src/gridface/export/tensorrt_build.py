@@ -1,7 +1,12 @@
 """Build TensorRT engines from the exported ONNX, for TensorRT 10 and 11 (chosen by the installed version).
 
-- TensorRT 10: precision from builder flags (FP16, INT8). INT8 from a QDQ ONNX is explicit quantization;
-  from a plain FP32 ONNX it uses an entropy calibrator over training images with a cache file.
+- Every model is first checked against TensorRT's parser and explicit-quantization rules
+  (:func:`gridface.export.trt_check.check_tensorrt_onnx`): a model TensorRT would refuse stops here, rule named.
+- INT8 from the symmetric QDQ ONNX is explicit quantization in a strongly typed network, on TensorRT 10 and 11
+  alike (TensorRT's docs: "Use explicit quantization with Strong Typing. Precision-control build flags are not
+  required and should not be specified"): no INT8 flag, no calibrator; the float-kept layers run in FP32.
+- TensorRT 10, FP16: the FP16 builder flag; INT8 from a plain FP32 ONNX (not what gridface.export gives it):
+  an entropy calibrator over training images with a cache file.
 - TensorRT 11 removed the FP16/INT8 builder flags and the implicit calibrators: networks are strongly
   typed, so precision comes from the ONNX itself (an FP16 ONNX for FP16, the QDQ ONNX for INT8).
 
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gridface.contract import ONNX_INPUT
+from gridface.export.trt_check import check_tensorrt_onnx
 from gridface.inference.tensorrt_backend import DeviceBuffer, cuda_check, cuda_runtime, require_tensorrt
 from gridface.utils.io import atomic_path
 
@@ -83,15 +89,19 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, input_hw: tuple
     without TensorRT or a GPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"export.precision must be one of {PRECISIONS}, got '{precision}'")
+    checked = check_tensorrt_onnx(onnx_path)  # before TensorRT: a refused model fails the same way everywhere
+    qdq = is_qdq(onnx_path)
+    if qdq and precision != "int8":
+        raise ValueError(f"{onnx_path} is an INT8 QDQ model: build it with export.precision=int8")
     trt = require_tensorrt()
     cudart = cuda_runtime()
 
     major = tensorrt_major(trt)
-    qdq = is_qdq(onnx_path)
+    strongly_typed = major >= 11 or qdq
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
-    if major >= 11:
+    if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -105,10 +115,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, input_hw: tuple
     profile.set_shape(ONNX_INPUT, (batch[0], 3, h, w), (batch[1], 3, h, w), (batch[2], 3, h, w))
     config.add_optimization_profile(profile)
 
-    if major >= 11:
+    if strongly_typed:
         # Strongly typed: the ONNX carries the precision. Check the caller gave the matching model.
         if precision == "int8" and not qdq:
-            raise ValueError("TensorRT 11 builds INT8 only from a QDQ ONNX: export with export=onnx_int8 first")
+            raise ValueError("TensorRT 11 builds INT8 only from a QDQ ONNX: export with export=tensorrt_int8")
     else:
         if precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
@@ -134,7 +144,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, input_hw: tuple
         with atomic_path(cache_path) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"tensorrt_version": str(trt.__version__), "gpu": gpu_name(cudart),
-            "precision": precision, "explicit_quantization": qdq, "strongly_typed": major >= 11,
+            "precision": precision, "explicit_quantization": qdq, "strongly_typed": strongly_typed,
+            "tensorrt_check": checked,
             "batch_profile": {"min": batch[0], "opt": batch[1], "max": batch[2]}}
 
 

@@ -1,10 +1,11 @@
 """The export stage (``python -m gridface.export model=<.ckpt> export=<format>``)
 
-Formats: onnx, onnx_int8, tensorrt_fp32, tensorrt_fp16, tensorrt_int8.
+Formats: onnx, onnx_int8, onnx_int8_trt, tensorrt_fp32, tensorrt_fp16, tensorrt_int8.
 
 Always writes the FP32 ONNX first (checked in ONNX Runtime against PyTorch on real images), then the
-INT8 QDQ model and/or the TensorRT engine, each with a metadata JSON beside it, plus a DeepStream
-nvinfer config and label file.
+INT8 QDQ model (``*_int8.onnx``: uint8, ONNX Runtime; ``*_int8_trt.onnx``: symmetric int8, TensorRT) and/or the
+TensorRT engine, each carrying its metadata (ONNX ``metadata_props``) and with ``<file name>.json`` beside it, plus
+a DeepStream nvinfer config and label file.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from gridface.contract import ONNX_INPUT, deployment_metadata, metadata_path, read_metadata
+from gridface.contract import ONNX_INPUT, deployment_metadata, read_metadata
 from gridface.data.config import calibration_images, split_samples, stage_data_config
 from gridface.data.dataset import iter_network_inputs
 from gridface.export.deepstream import write_deepstream_config
-from gridface.export.onnx_export import export_onnx, verify_onnx
+from gridface.export.onnx_export import export_onnx, verify_onnx, write_model_metadata
 from gridface.module import GridBoxModule
 from gridface.stages.checks import check_stage_config
 from gridface.utils.io import write_json
@@ -50,7 +51,8 @@ def model_metadata(module: GridBoxModule, checkpoint: str | Path, fmt: str, **ex
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``model=<.ckpt>``: the FP32 ONNX first, then what ``export.format`` adds; ``model=<.onnx>`` (written by this
-    stage): only the INT8 model and/or the engine, from that ONNX."""
+    stage): only the INT8 model and/or the engine, from that ONNX. An INT8 engine is built from the symmetric
+    ``*_int8_trt.onnx`` (quantized here from the FP32 ONNX, or given), never from ONNX Runtime's uint8 model."""
     check_stage_config(cfg)
     ex = cfg.export
     if not cfg.get("model"):
@@ -61,61 +63,113 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         require_tensorrt()
     out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     source = Path(cfg.model)
-    int8 = ex.format in ("onnx_int8", "tensorrt") and (ex.format == "onnx_int8" or ex.precision == "int8")
+    trt_int8 = ex.format == "tensorrt" and ex.precision == "int8"
+    if trt_int8 and ex.activation_type != "int8":
+        raise ValueError(f"export.activation_type={ex.activation_type}: TensorRT's explicit quantization takes only "
+                         "symmetric int8 Q/DQ (zero-points 0); export=tensorrt_int8 needs export.activation_type=int8")
+    int8 = ex.format == "onnx_int8" or trt_int8
     splits = ("val", "train") if int8 and not ex.calibration.get("folder") else ("val",)
     if source.suffix.lower() == ".onnx":
         onnx_path, meta, images, data = existing_onnx(cfg, source, splits)
         result: dict[str, Any] = {"onnx": str(onnx_path)}
-        int8 = int8 and meta.get("format") != "onnx_int8"  # a QDQ model goes to TensorRT as it is
+        if is_int8(meta):
+            check_int8_source(cfg, source, meta)
+            int8 = False  # a TensorRT-bound INT8 model goes to TensorRT as it is
     else:
         onnx_path, meta, images, data = fp32_from_checkpoint(cfg, source, out_dir, splits)
         result = {"onnx": str(onnx_path), "onnx_max_abs_diff": meta["verify_max_abs_diff"]}
-    stem, hw = onnx_path.stem, tuple(meta["input_hw"])
-    deploy_path, precision = onnx_path, "int8" if meta.get("format") == "onnx_int8" else "fp32"
+    stem, hw = Path(meta.get("fp32_onnx") or onnx_path.name).stem, tuple(meta["input_hw"])
+    deploy_path, deploy_meta = onnx_path, meta
 
     if int8:
-        from gridface.export.quantize import quantize_int8
+        from gridface.export.quantize import int8_model_path, quantize_int8, scheme
 
         calib, calib_record = calibration_images(data, ex.calibration.images, ex.calibration.get("seed", 0),
                                                  ex.calibration.get("folder"))
         print(f"INT8 calibration: {calib_record['drawn']} images drawn from the {calib_record['source']} "
               f"({calib_record['from']} images, seed {calib_record['seed']})")
-        int8_path = out_dir / f"{stem}_int8.onnx"
+        int8_path = out_dir / int8_model_path(onnx_path, ex.activation_type).name
         quantize_int8(onnx_path, int8_path, calib, hw, ex.calibration.method, ex.calibration.per_channel,
                       ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float,
                       ex.calibration.keep_stem_float, list(ex.calibration.float_nodes))
         corr = int8_agreement(int8_path, onnx_path, images)
-        print(f"ONNX INT8 {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, bbox {corr['bbox']:.4f}")
-        write_json(metadata_path(int8_path), {**meta, "format": "onnx_int8", "calibration": {
-            **calib_record, "images": len(calib), "method": ex.calibration.method,
-            "activation_type": ex.activation_type,
-            "per_channel": ex.calibration.per_channel, "keep_head_float": ex.calibration.keep_head_float,
-            "keep_stem_float": ex.calibration.keep_stem_float, "float_nodes": list(ex.calibration.float_nodes)},
-            "int8_vs_fp32_correlation": corr})
-        result.update(onnx_int8=str(int8_path), int8_correlation=corr)
-        deploy_path, precision = int8_path, "int8"
+        quant = scheme(ex.activation_type)
+        print(f"ONNX INT8 ({quant['target']}) {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, "
+              f"bbox {corr['bbox']:.4f}")
+        deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": quant,
+                       "fp32_onnx": onnx_path.name, "calibration": {
+                           **calib_record, "images": len(calib), "method": ex.calibration.method,
+                           "activation_type": ex.activation_type, "per_channel": ex.calibration.per_channel,
+                           "keep_head_float": ex.calibration.keep_head_float,
+                           "keep_stem_float": ex.calibration.keep_stem_float,
+                           "float_nodes": list(ex.calibration.float_nodes)},
+                       "int8_vs_fp32_correlation": corr}
+        deploy_meta.pop("verify_max_abs_diff", None)
+        write_model_metadata(int8_path, deploy_meta)
+        if quant["target"] == "tensorrt":
+            from gridface.export.trt_check import check_tensorrt_onnx
 
-    engine_path = None
+            check_tensorrt_onnx(int8_path)
+        result.update(onnx_int8=str(int8_path), int8_correlation=corr)
+        deploy_path = int8_path
+
+    engine_path, engine_meta = None, None
     if ex.format == "tensorrt":
         from gridface.export.tensorrt_build import build_engine, convert_fp16, tensorrt_major
         from gridface.inference.tensorrt_backend import require_tensorrt
 
         trt = require_tensorrt()
-        source = deploy_path
+        build_from = deploy_path
         if ex.precision == "fp16" and tensorrt_major(trt) >= 11:
-            source = convert_fp16(onnx_path, out_dir / f"{stem}_fp16.onnx")
+            build_from = convert_fp16(onnx_path, out_dir / f"{stem}_fp16.onnx")
+            write_model_metadata(build_from, {**meta, "format": "onnx_fp16", "precision": "fp16",
+                                              "fp32_onnx": onnx_path.name})
         engine_path = out_dir / f"{stem}_{ex.precision}.engine"
         batches = list(np.array_split(images, max(1, len(images) // 8)))
-        trt_meta = build_engine(source, engine_path, hw, ex.precision, tuple(ex.batch_profile), ex.workspace_gb,
+        trt_meta = build_engine(build_from, engine_path, hw, ex.precision, tuple(ex.batch_profile), ex.workspace_gb,
                                 ex.timing_cache or out_dir / "timing.cache", batches)
-        write_json(metadata_path(engine_path), {**meta, "format": "tensorrt", **trt_meta})
+        engine_meta = {**deploy_meta, "format": "tensorrt", "onnx": build_from.name, **trt_meta}
+        write_model_metadata(engine_path, engine_meta)
         result["engine"] = str(engine_path)
-        precision = ex.precision
     if ex.deepstream:
-        ds_cfg, labels = write_deepstream_config(deploy_path, meta, precision, engine_path)
+        from gridface.export.deepstream import deepstream_ready
+
+        if not deepstream_ready(deploy_meta):
+            print(f"DeepStream: {deploy_path.name} is ONNX Runtime's uint8 model, which TensorRT refuses; the nvinfer "
+                  f"config is for {onnx_path.name} (FP32). For an INT8 DeepStream model: export=tensorrt_int8 or "
+                  "export=onnx_int8_trt")
+            deploy_path, deploy_meta = onnx_path, meta
+        ds_cfg, labels = write_deepstream_config(deploy_path, deploy_meta, engine_path, engine_meta)
         result.update(deepstream_config=str(ds_cfg), labels=str(labels))
     write_json(out_dir / "export.json", result)
     return result
+
+
+def is_int8(meta: dict[str, Any]) -> bool:
+    return meta.get("precision") == "int8" or meta.get("format") == "onnx_int8"
+
+
+def int8_target(meta: dict[str, Any]) -> str:
+    """Which runtime an INT8 model's scheme is for; files from earlier versions say it by their activation type."""
+    quant = meta.get("quantization") or {}
+    if "target" in quant:
+        return str(quant["target"])
+    return "tensorrt" if (meta.get("calibration") or {}).get("activation_type") == "int8" else "onnxruntime"
+
+
+def check_int8_source(cfg: DictConfig, source: Path, meta: dict[str, Any]) -> None:
+    """An INT8 ONNX given as ``model=`` is never quantized again; only a TensorRT-bound one builds an INT8 engine."""
+    ex = cfg.export
+    fp32 = meta.get("fp32_onnx") or "the FP32 .onnx"
+    if ex.format == "onnx_int8":
+        raise ValueError(f"model={source} is already an INT8 model: export=onnx_int8 quantizes the FP32 ONNX ({fp32}) "
+                         "or a checkpoint")
+    if ex.precision != "int8":
+        raise ValueError(f"model={source} is an INT8 model: export=tensorrt_{ex.precision} builds from the FP32 ONNX "
+                         f"({fp32}) or a checkpoint")
+    if int8_target(meta) != "tensorrt":
+        raise ValueError(f"model={source} is ONNX Runtime's uint8 INT8 model, which TensorRT refuses (asymmetric, "
+                         f"uint8 Q/DQ): give the FP32 ONNX ({fp32}) or the checkpoint with export=tensorrt_int8")
 
 
 def fp32_from_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, splits: tuple[str, ...]
@@ -136,9 +190,9 @@ def fp32_from_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, split
     diffs = verify_onnx(onnx_path, net, images, ex.atol)
     print(f"ONNX FP32 {onnx_path}: max |ORT - PyTorch| cov {diffs['cov']:.2e}, bbox {diffs['bbox']:.2e} "
           f"on {len(images)} images (tolerance {ex.atol})")
-    meta = model_metadata(module, checkpoint, "onnx_fp32", exporter=ex.exporter, opset=ex.opset,
+    meta = model_metadata(module, checkpoint, "onnx_fp32", precision="fp32", exporter=ex.exporter, opset=ex.opset,
                           verify_max_abs_diff=diffs)
-    write_json(metadata_path(onnx_path), meta)
+    write_model_metadata(onnx_path, meta)
     return onnx_path, meta, images, data
 
 

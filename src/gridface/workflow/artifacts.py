@@ -10,6 +10,7 @@ ARTIFACTS: dict[str, tuple[str, str, str]] = {
     "retrained": ("retrain", "checkpoint", "PyTorch eager FP32"),
     "onnx_fp32": ("export_fp32", "model", "ONNX Runtime FP32"),
     "onnx_int8": ("export_int8", "model", "ONNX Runtime INT8"),
+    "onnx_int8_trt": ("export_int8_trt", "model", "ONNX Runtime INT8 (TensorRT's symmetric QDQ)"),
     "engine_fp16": ("engine_fp16", "model", "TensorRT FP16"),
     "engine_int8": ("engine_int8", "model", "TensorRT INT8"),
 }

@@ -226,8 +226,9 @@ def build_stages() -> list[Stage]:
     ]
     for name, fmt, source, output in (("export_fp32", "onnx", ("retrain", "checkpoint"), "onnx"),
                                       ("export_int8", "onnx_int8", ("export_fp32", "model"), "onnx_int8"),
+                                      ("export_int8_trt", "onnx_int8_trt", ("export_fp32", "model"), "onnx_int8"),
                                       ("engine_fp16", "tensorrt_fp16", ("export_fp32", "model"), "engine"),
-                                      ("engine_int8", "tensorrt_int8", ("export_int8", "model"), "engine")):
+                                      ("engine_int8", "tensorrt_int8", ("export_int8_trt", "model"), "engine")):
         config, run = export_stage(fmt, output)
         stages.append(Stage(name, {"model": source}, run, config,
                             unavailable=tensorrt_unavailable if fmt.startswith("tensorrt") else None))
