@@ -116,7 +116,7 @@ def pareto(rows: list[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
     return front
 
 
-def plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, note: str) -> None:
+def plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, note: str, hw: tuple[int, int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,8 +134,8 @@ def plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, no
     ax.plot([r["int8_b1_ms"] for r in front], [r["ap50"] for r in front], "--", color="green", lw=1,
             label="Pareto front: " + ", ".join(f"{r['backbone']} ({r['variant']})" for r in front))
     ax.set_xscale("log")
-    ax.set_xlabel("ONNX Runtime INT8 latency, batch 1, 736x416 (ms, log)")
-    ax.set_ylabel("AP50")
+    ax.set_xlabel(f"ONNX Runtime INT8 latency, batch 1, {hw[1]}x{hw[0]} (ms, log)")
+    ax.set_ylabel("AP50 (gridface.pipeline, at its training size)")
     ax.set_title(f"Backbones: accuracy against deployed latency ({note})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
@@ -183,7 +183,7 @@ def main() -> None:
     if scored:
         front = pareto(scored, "int8_b1_ms", "ap50")
         meta["pareto_front"] = [f"{r['backbone']} ({r['variant']})" for r in front]
-        plot(scored, front, args.out / "accuracy_vs_latency.png", " ".join(args.train_args) or "default budget")
+        plot(scored, front, args.out / "accuracy_vs_latency.png", " ".join(args.train_args) or "default budget", hw)
         lines += ["", "Pareto front (AP50 against ORT INT8 batch-1 latency): " + ", ".join(meta["pareto_front"]),
                   "", "![](accuracy_vs_latency.png)"]
     write_json(args.out / "backbones.json", {**meta, "rows": rows})
