@@ -88,6 +88,7 @@ def test_smoke_pipeline_reports_every_artifact_reruns_nothing_and_rebuilds_only_
     text = report.read_text()
     assert "| onnx_int8 | ONNX Runtime INT8 |" in text
     assert "| onnx_int8_trt | ONNX Runtime INT8 (TensorRT's symmetric QDQ) |" in text
+    assert "Network: `network=resnet18`" in text  # the backbone it trained (the default network)
     assert trt or "| engine_int8 | TensorRT INT8 | skipped: tensorrt is not installed |" in text
     for picture in ("accuracy_latency.png", "samples.png"):
         assert (run_dir / "report" / picture).stat().st_size > 10_000

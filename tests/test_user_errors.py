@@ -129,12 +129,12 @@ def test_missing_imagenet_weights_name_the_real_key(capsys, tmp_path):
 def test_loaded_imagenet_weights_are_logged(tmp_path, caplog):
     import torchvision
 
-    from gridface.model.backbone import ResNet18Stride16
+    from gridface.model.backbone import Backbone
 
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with caplog.at_level("INFO", logger="gridface.model.backbone"):
-        ResNet18Stride16(pretrained=str(path))
+        Backbone("resnet18", pretrained=str(path))
     assert f"network.pretrained: loaded 120 ImageNet tensors from {path}" in caplog.text
     assert "left at their init: layer1.0.downsample" in caplog.text
 

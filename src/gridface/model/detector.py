@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gridface.model.backbone import ResNet18Stride16
+from gridface.model.backbone import Backbone
 from gridface.model.head import GridBoxHead, coverage_probabilities
 from gridface.model.widths import apply_widths
 
@@ -15,11 +15,13 @@ class GridBoxNet(nn.Module):
     ``{"cov_logits": [N,C,H/16,W/16], "bbox": [N,4C,H/16,W/16]}``; ``predict`` the coverage probabilities."""
 
     def __init__(self, num_classes: int = 1, pretrained: str | None = None, cov_prior: float = 0.01,
-                 widths: dict[str, list[int]] | None = None) -> None:
-        """``widths``: per-layer channel widths of a pruned network (see ``model.widths``); None is ResNet18."""
+                 widths: dict[str, list[int]] | None = None, backbone: str = "resnet18") -> None:
+        """``backbone``: a name of ``model.backbone.BACKBONES`` (the default is for checkpoints written before
+        there was a choice; configs always name it); ``widths``: per-layer channel widths of a pruned network
+        (see ``model.widths``), None for the backbone's own."""
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = ResNet18Stride16(pretrained=pretrained)
+        self.backbone = Backbone(backbone, pretrained=pretrained)
         self.head = GridBoxHead(self.backbone.out_channels, num_classes, cov_prior)
         if widths:
             apply_widths(self, widths)

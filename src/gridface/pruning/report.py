@@ -15,9 +15,10 @@ from gridface.utils.timing import interleaved_latency
 
 
 def layer_table(before: Mapping[str, list[int]], after: Mapping[str, list[int]]) -> list[dict[str, Any]]:
-    """Kept / total output channels of every convolution."""
-    return [{"layer": name, "kept": after[name][-1], "total": shape[-1]}
-            for name, shape in before.items() if len(shape) == 2 and name in after]
+    """Kept / total output channels of every convolution (widths ``[in, out]`` or ``[in, out, groups]``;
+    batch norms are ``[features]``)."""
+    return [{"layer": name, "kept": after[name][1], "total": shape[1]}
+            for name, shape in before.items() if len(shape) >= 2 and name in after]
 
 
 def torch_latency(nets: Mapping[str, nn.Module], input_hw: Sequence[int], batch: int = 1, reps: int = 10,

@@ -161,8 +161,11 @@ def skip_reasons(rows: list[dict[str, Any]]) -> dict[str, str]:
     return {r["artifact"]: r.get("reason") or "no reason recorded" for r in rows if r["status"] != "done"}
 
 
-def markdown(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, Any] | None, pictures: dict) -> str:
+def markdown(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, Any] | None, pictures: dict,
+             network: str | None = None) -> str:
     out = ["# gridface pipeline report", ""]
+    if network:
+        out += [f"Network: `network={network}` (the GridBox head on that backbone).", ""]
     if machine:
         out += [f"Measured on {machine.get('cpu')}, {machine.get('cores')} cores, ISA "
                 f"{'/'.join(machine.get('isa') or []) or 'baseline'}; every latency in one process, calls "
@@ -178,13 +181,15 @@ def markdown(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, An
     return "\n".join(out) + "\n"
 
 
-def html_page(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, Any] | None, pictures: dict) -> str:
+def html_page(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, Any] | None, pictures: dict,
+              network: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in rows)
     imgs = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,"
                    f"{base64.b64encode(p.read_bytes()).decode()}'>" for t, p in pictures.items() if p)
     where = (f"<p>Measured on {html.escape(str(machine.get('cpu')))}, {machine.get('cores')} cores, ISA "
              f"{html.escape('/'.join(machine.get('isa') or []) or 'baseline')}.</p>") if machine else ""
+    where = (f"<p>Network: network={html.escape(network)}</p>" if network else "") + where
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     skipped = "".join(f"<li>{html.escape(n)} skipped: {html.escape(r)}</li>" for n, r in skip_reasons(rows).items())
     return ("<!doctype html><html><head><meta charset='utf-8'><title>gridface pipeline report</title><style>"
@@ -194,8 +199,10 @@ def html_page(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, A
             f"{body}</table><ul>{skipped}</ul>{imgs}</body></html>\n")
 
 
-def write_pipeline_report(folder: Path, records: dict[str, StageRecord], samples: int) -> dict[str, Path]:
-    """``report.md``, ``report.html`` (pictures inlined), ``rows.json`` and the PNG charts, into ``folder``."""
+def write_pipeline_report(folder: Path, records: dict[str, StageRecord], samples: int,
+                          network: str | None = None) -> dict[str, Path]:
+    """``report.md``, ``report.html`` (pictures inlined), ``rows.json`` and the PNG charts, into ``folder``;
+    ``network`` names the backbone the pipeline trained."""
     rows = artifact_rows(records)
     bench = load_json(records.get("benchmark"), "benchmark") or {}
     infer = records.get("infer")
@@ -204,9 +211,10 @@ def write_pipeline_report(folder: Path, records: dict[str, StageRecord], samples
         sample_dir = Path(infer.outputs["summary"]["path"]).parent / "images"
         pictures["Sample detections (deployed INT8 model)"] = plot_samples(folder / "samples.png", sample_dir, samples)
     lines = headline(rows)
-    outputs = {"report_md": write_text(folder / "report.md", markdown(rows, lines, bench.get("machine"), pictures)),
+    outputs = {"report_md": write_text(folder / "report.md",
+                                       markdown(rows, lines, bench.get("machine"), pictures, network)),
                "report_html": write_text(folder / "report.html",
-                                         html_page(rows, lines, bench.get("machine"), pictures))}
+                                         html_page(rows, lines, bench.get("machine"), pictures, network))}
     write_text(folder / "rows.json", json.dumps(rows, indent=2, default=str))
     outputs["rows"] = folder / "rows.json"
     outputs.update({p.stem: p for p in pictures.values() if p})

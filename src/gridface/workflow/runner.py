@@ -209,13 +209,13 @@ def run_benchmark(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], bench
 
 
 def report_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> Any:
-    return {"samples": ctx.cfg.pipeline.samples}
+    return {"samples": ctx.cfg.pipeline.samples, "network": ctx.cfg.network.get("backbone")}
 
 
 def run_report(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: dict[str, Any]) -> dict[str, Path]:
     from gridface.workflow.report import write_pipeline_report
 
-    return write_pipeline_report(folder, ctx.records, int(cfg["samples"]))
+    return write_pipeline_report(folder, ctx.records, int(cfg["samples"]), cfg.get("network"))
 
 
 def build_stages() -> list[Stage]:
