@@ -28,6 +28,8 @@ from gridface.model import GridBoxNet
 from gridface.model.head import coverage_probabilities
 from gridface.model.widths import apply_widths
 from gridface.postprocess import GridBoxDecoder
+from gridface.training.qat import RECORD_KEY as QAT_RECORD_KEY
+from gridface.training.qat import STATE_KEY as QAT_STATE_KEY
 from gridface.utils.checkpoint import load_checkpoint
 from gridface.utils.finite import NonFiniteError, non_finite_names
 from gridface.utils.hydra import group_default
@@ -87,6 +89,7 @@ class GridBoxModule(pl.LightningModule):
         self._val_dets: list = []
         self._val_gts: list = []
         self._val_paths: list[str] = []
+        self.qat_record: dict[str, Any] | None = None  # a QAT checkpoint's record (from_checkpoint)
         self.operating_point: dict[str, float] | None = None  # the last validation's F1-best threshold
         # images skipped because they could not be used (path -> kind and where listed), for the run's summary
         self.skipped_images: dict[str, dict[str, str]] = {}
@@ -106,6 +109,11 @@ class GridBoxModule(pl.LightningModule):
         hp["model"] = {**(hp.get("model") or {}), "pretrained": None, "init_from": None}
         hp.update(overrides)
         module = cls(**hp)
+        if ckpt.get(QAT_STATE_KEY):  # a quantization-aware training checkpoint: re-insert its fake quantizers
+            from gridface.training.qat import restore_quantized
+
+            module.net = restore_quantized(module.net, ckpt[QAT_STATE_KEY])
+            module.qat_record = dict(ckpt.get(QAT_RECORD_KEY) or {"method": "qat"})
         module.load_state_dict(ckpt["state_dict"])
         return module
 
@@ -115,6 +123,9 @@ class GridBoxModule(pl.LightningModule):
         state = ckpt.get("state_dict")
         if state is None:
             raise ValueError(f"{path}: no state_dict in checkpoint")
+        if ckpt.get(QAT_STATE_KEY):
+            raise ValueError(f"{path}: a quantization-aware training checkpoint (fake-quantized); start from the "
+                             "float checkpoint it was trained from, or export it (export=onnx_int8_trt)")
         widths = ((ckpt.get("hyper_parameters") or {}).get("model") or {}).get("widths")
         if widths:  # a pruned network: take its shape, and record it so this run's checkpoints rebuild it
             self.set_widths(widths)

@@ -13,7 +13,8 @@ Rules (each has a name the error quotes):
 - ``axis``: a per-channel scale runs along the output channels of a convolution weight (axis 0, one scale per
   output channel); activations are quantized per tensor.
 - ``qdq-pair``: every QuantizeLinear feeds only DequantizeLinear nodes, every DequantizeLinear reads a QuantizeLinear
-  or a constant, and a convolution with quantized weights reads a quantized input: the Q/DQ pattern TensorRT fuses
+  or a constant (a QAT export quantizes a float weight with its own QuantizeLinear: its scales are the weight's),
+  and a convolution with quantized weights reads a quantized input: the Q/DQ pattern TensorRT fuses
   into an int8 convolution.
 """
 
@@ -123,12 +124,20 @@ def _check_qdq(node: Any, consts: dict[str, np.ndarray], producer: dict[str, Any
     elif not np.all(np.isfinite(scale)) or not np.all(scale > 0):
         bad(node, "scale", f"scales must be finite and > 0, got min {float(np.min(scale)):g}")
     data = consts.get(node.input[0])
+    src = producer.get(node.input[0])
+    if data is None and not quantize and src is not None and src.op_type == "QuantizeLinear":
+        # the weight layout of a QAT export (Model Optimizer, pytorch-quantization): float weight -> Q -> DQ, which
+        # TensorRT folds to an int8 weight; its DQ scale is per weight channel, not per activation
+        data = consts.get(src.input[0])
+        weight_q = data is not None
+    else:
+        weight_q = False
     if zero is not None:
         dtype = zero.dtype
     elif quantize:
         dtype = np.dtype(np.uint8)  # QuantizeLinear without a zero-point outputs uint8 (the ONNX default)
     else:
-        dtype = data.dtype if data is not None else None
+        dtype = data.dtype if data is not None and not weight_q else None
     if dtype is not None and dtype != np.int8:
         what = "a quantized bias (int32)" if dtype == np.int32 else f"{dtype} Q/DQ (asymmetric ONNX Runtime scheme?)"
         bad(node, "int8", f"{what}; TensorRT's explicit quantization takes int8 Q/DQ only")
@@ -150,11 +159,9 @@ def _check_qdq(node: Any, consts: dict[str, np.ndarray], producer: dict[str, Any
         others = [c for c in consumers.get(node.output[0], []) if c.op_type != "DequantizeLinear"]
         if others:
             bad(node, "qdq-pair", f"its output feeds {others[0].op_type} '{others[0].name}', not a DequantizeLinear")
-    elif data is None:
-        src = producer.get(node.input[0])
-        if src is None or src.op_type != "QuantizeLinear":
-            bad(node, "qdq-pair", f"its input '{node.input[0]}' comes from "
-                                  f"{src.op_type if src is not None else 'the graph input'}, not a QuantizeLinear")
+    elif data is None and (src is None or src.op_type != "QuantizeLinear"):
+        bad(node, "qdq-pair", f"its input '{node.input[0]}' comes from "
+                              f"{src.op_type if src is not None else 'the graph input'}, not a QuantizeLinear")
 
 
 def check_tensorrt_onnx(path: str | Path) -> dict[str, int]:

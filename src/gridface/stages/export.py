@@ -26,6 +26,8 @@ from gridface.export.deepstream import write_deepstream_config
 from gridface.export.onnx_export import export_onnx, verify_onnx, write_model_metadata
 from gridface.module import GridBoxModule
 from gridface.stages.checks import check_stage_config
+from gridface.training.qat import STATE_KEY as QAT_STATE_KEY
+from gridface.utils.checkpoint import load_checkpoint
 from gridface.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"export.activation_type={ex.activation_type}: TensorRT's explicit quantization takes only "
                          "symmetric int8 Q/DQ (zero-points 0); export=tensorrt_int8 needs export.activation_type=int8")
     int8 = ex.format == "onnx_int8" or trt_int8
-    splits = ("val", "train") if int8 and not ex.calibration.get("folder") else ("val",)
+    qat = source.suffix.lower() != ".onnx" and bool(load_checkpoint(source).get(QAT_STATE_KEY))
+    if qat and int8 and ex.activation_type != "int8":
+        raise ValueError(f"model={source} is a quantization-aware training checkpoint: its INT8 model is TensorRT's "
+                         "symmetric Q/DQ graph (export=onnx_int8_trt or export=tensorrt_int8), not ORT's uint8")
+    splits = ("val", "train") if int8 and not qat and not ex.calibration.get("folder") else ("val",)
     if source.suffix.lower() == ".onnx":
         onnx_path, meta, images, data = existing_onnx(cfg, source, splits)
         result: dict[str, Any] = {"onnx": str(onnx_path)}
@@ -81,7 +87,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stem, hw = Path(meta.get("fp32_onnx") or onnx_path.name).stem, tuple(meta["input_hw"])
     deploy_path, deploy_meta = onnx_path, meta
 
-    if int8:
+    if int8 and qat:
+        int8_path, deploy_meta, diffs = qat_int8_from_checkpoint(cfg, source, out_dir, onnx_path, meta, images)
+        result.update(onnx_int8=str(int8_path), onnx_int8_max_abs_diff=diffs)
+        deploy_path = int8_path
+    elif int8:
         from gridface.export.quantize import int8_model_path, quantize_int8, scheme
 
         calib, calib_record = calibration_images(data, ex.calibration.images, ex.calibration.get("seed", 0),
@@ -145,6 +155,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def qat_int8_from_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, onnx_path: Path, meta: dict[str, Any],
+                             images: np.ndarray) -> tuple[Path, dict[str, Any], dict[str, float]]:
+    """A QAT checkpoint's own Q/DQ graph (its trained quantizer ranges; no calibration) as ``<model>_int8_trt.onnx``,
+    checked in ONNX Runtime against the fake-quantized PyTorch network and against TensorRT's rules."""
+    from gridface.export.quantize import int8_model_path, scheme
+    from gridface.export.trt_check import check_tensorrt_onnx
+
+    ex = cfg.export
+    module = GridBoxModule.from_checkpoint(checkpoint).eval()
+    int8_path = out_dir / int8_model_path(onnx_path, "int8").name
+    export_onnx(module.net, int8_path, tuple(meta["input_hw"]), opset=ex.opset, exporter="torchscript")
+    diffs = verify_onnx(int8_path, module.net, images, ex.qat_atol)
+    print(f"ONNX INT8 (QAT, tensorrt) {int8_path}: max |ORT - PyTorch QAT| cov {diffs['cov']:.2e}, "
+          f"bbox {diffs['bbox']:.2e} on {len(images)} images (tolerance {ex.qat_atol})")
+    deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": scheme("int8"),
+                   "fp32_onnx": onnx_path.name, "qat": module.qat_record, "verify_max_abs_diff": diffs}
+    write_model_metadata(int8_path, deploy_meta)
+    check_tensorrt_onnx(int8_path)
+    return int8_path, deploy_meta, diffs
+
+
 def is_int8(meta: dict[str, Any]) -> bool:
     return meta.get("precision") == "int8" or meta.get("format") == "onnx_int8"
 
@@ -175,10 +206,19 @@ def check_int8_source(cfg: DictConfig, source: Path, meta: dict[str, Any]) -> No
 def fp32_from_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, splits: tuple[str, ...]
                          ) -> tuple[Path, dict[str, Any], np.ndarray, dict[str, Any]]:
     """Export the checkpoint's network as FP32 ONNX and check it in ONNX Runtime against PyTorch on real images."""
-    ex = cfg.export
     module = GridBoxModule.from_checkpoint(checkpoint).eval()
+    if module.qat_record is None:
+        return fp32_onnx(cfg, module, checkpoint, out_dir / f"{checkpoint.stem}.onnx", splits)
+    from gridface.training.qat import disabled_quantizers
+
+    with disabled_quantizers(module.net):  # a QAT checkpoint's FP32 model: the same weights, quantizers off
+        return fp32_onnx(cfg, module, checkpoint, out_dir / f"{checkpoint.stem}.onnx", splits)
+
+
+def fp32_onnx(cfg: DictConfig, module: GridBoxModule, checkpoint: Path, onnx_path: Path, splits: tuple[str, ...]
+              ) -> tuple[Path, dict[str, Any], np.ndarray, dict[str, Any]]:
+    ex = cfg.export
     net = module.net
-    onnx_path = out_dir / f"{checkpoint.stem}.onnx"
     hw = tuple(ex.input_size) if ex.get("input_size") else module.input_hw
     if hw[0] % module.net.stride or hw[1] % module.net.stride:
         raise ValueError(f"export.input_size {list(hw)} must be multiples of {module.net.stride}")

@@ -29,6 +29,8 @@ from gridface.module import GridBoxModule
 from gridface.pruning.pruner import PruneSpec, prune_module, taylor_losses
 from gridface.pruning.report import layer_table, size_summary, torch_latency, write_prune_report
 from gridface.stages.checks import check_stage_config
+from gridface.training.qat import STATE_KEY as QAT_STATE_KEY
+from gridface.utils.checkpoint import load_checkpoint
 from gridface.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     spec = PruneSpec.from_config(OmegaConf.to_container(cfg.prune, resolve=True))
     out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     source = str(cfg.model)
+    if load_checkpoint(source).get(QAT_STATE_KEY):
+        raise ValueError(f"model={source} is a quantization-aware training checkpoint: prune the float model it was "
+                         "trained from, then run experiment=qat on the pruned, retrained one")
     module = GridBoxModule.from_checkpoint(source).eval()
     splits = (["train"] if spec.criterion == "taylor" else []) + ([cfg.split] if cfg.evaluate else [])
     data, origin = stage_data_config(cfg.get("dataset"), module.hparams.get("data"), source, splits)

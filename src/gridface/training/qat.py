@@ -1,0 +1,135 @@
+"""Quantization-aware training (TAO's ``enable_qat``) with NVIDIA Model Optimizer (``nvidia-modelopt``).
+
+:class:`QuantizeCallback` inserts fake quantizers matching the TensorRT INT8 scheme of ``export=onnx_int8_trt``
+(int8, symmetric: weights per output channel (axis 0), activations per tensor, zero-points 0, biases float; the stem
+and the two head convolutions float, as post-training calibration keeps them), calibrates them (max) on a few
+training batches before the first step, and stores Model Optimizer's state in every checkpoint, so
+``GridBoxModule.from_checkpoint`` rebuilds the quantized network (:func:`restore_quantized`) and the export stage
+writes its own Q/DQ graph without calibration.
+
+Model Optimizer rather than torch's own fake quantization: it is NVIDIA's tool for TensorRT's explicit quantization
+(its ONNX export writes the int8 QuantizeLinear/DequantizeLinear pairs TensorRT fuses) and it runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+log = logging.getLogger(__name__)
+STATE_KEY = "modelopt_state"  # the checkpoint key holding Model Optimizer's state of ``net``
+RECORD_KEY = "qat"  # the checkpoint key holding what the quantization was (exported models' metadata)
+
+
+def require_modelopt() -> Any:
+    """``modelopt.torch.quantization``, or one line saying how to install it."""
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as e:
+        raise ImportError(f"quantization-aware training needs NVIDIA Model Optimizer ({e}): "
+                          "pip install -e '.[qat]'") from None
+    return mtq
+
+
+def quant_config(base: str, float_modules: Sequence[str]) -> dict[str, Any]:
+    """Model Optimizer's config ``base`` (e.g. INT8_DEFAULT_CFG) with the quantizers of ``float_modules`` (module-name
+    wildcards, e.g. ``*head.cov.*``) disabled."""
+    mtq = require_modelopt()
+    if not hasattr(mtq, base):
+        raise ValueError(f"callbacks.quantize.base: modelopt has no config '{base}' (e.g. INT8_DEFAULT_CFG)")
+    cfg = copy.deepcopy(getattr(mtq, base))
+    cfg["quant_cfg"] = list(cfg["quant_cfg"]) + [{"quantizer_name": p, "enable": False} for p in float_modules]
+    return cfg
+
+
+def quantize_net(net: nn.Module, base: str, float_modules: Sequence[str], batches: Sequence[torch.Tensor]) -> nn.Module:
+    """Insert the quantizers into ``net`` (in place) and calibrate their ranges on ``batches`` (eval mode: BatchNorm's
+    running statistics are left as trained)."""
+    mtq = require_modelopt()
+    if not batches:
+        raise ValueError("QAT calibration needs at least one training batch")
+    training = net.training
+    net.eval()
+
+    def forward_loop(model: nn.Module) -> None:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+
+    net = mtq.quantize(net, quant_config(base, float_modules), forward_loop)
+    net.train(training)
+    return net
+
+
+def is_quantized(net: nn.Module) -> bool:
+    return any(type(m).__name__ == "TensorQuantizer" for m in net.modules())
+
+
+def restore_quantized(net: nn.Module, state: dict[str, Any]) -> nn.Module:
+    """Re-insert the quantizers recorded in a checkpoint's ``modelopt_state`` (the state dict then fills their
+    ranges)."""
+    require_modelopt()
+    import modelopt.torch.opt as mto
+
+    return mto.restore_from_modelopt_state(net, state)
+
+
+def disabled_quantizers(net: nn.Module) -> Any:
+    """A context in which ``net`` runs in float (its quantizers off): the FP32 model of a QAT checkpoint."""
+    return _Disabled(net, require_modelopt())
+
+
+class _Disabled:
+    def __init__(self, net: nn.Module, mtq: Any) -> None:
+        self.net, self.mtq = net, mtq
+
+    def __enter__(self) -> nn.Module:
+        self.mtq.disable_quantizer(self.net, "*")
+        return self.net
+
+    def __exit__(self, *exc: object) -> None:
+        self.mtq.enable_quantizer(self.net, "*")
+
+
+class QuantizeCallback(pl.Callback):
+    """Fake-quantize the module's network before training (see the module docstring).
+
+    ``base``: a Model Optimizer config name; ``float_modules``: wildcards of the modules left float;
+    ``calibration_batches``: how many training batches calibrate the ranges."""
+
+    def __init__(self, base: str = "INT8_DEFAULT_CFG", float_modules: Sequence[str] = (),
+                 calibration_batches: int = 8) -> None:
+        if calibration_batches < 1:
+            raise ValueError(f"callbacks.quantize.calibration_batches must be >= 1, got {calibration_batches}")
+        self.base, self.float_modules = base, list(float_modules)
+        self.calibration_batches = int(calibration_batches)
+        self.record: dict[str, Any] = {}
+        require_modelopt()  # at config time, not after the data is built
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before a resumed run's checkpoint is loaded (which then sets the calibrated ranges again)."""
+        if stage != "fit" or is_quantized(pl_module.net):
+            return
+        loader = trainer.datamodule.train_dataloader()
+        batches = [b["image"] for b in itertools.islice(loader, self.calibration_batches) if "image" in b]
+        pl_module.net = quantize_net(pl_module.net, self.base, self.float_modules, batches)
+        self.record = {"method": "qat", "tool": "nvidia-modelopt", "base": self.base,
+                                             "float_modules": self.float_modules,
+                                             "calibration_batches": len(batches)}
+        rank_zero_info(f"QAT: fake-quantized the network ({self.base}, float: {self.float_modules}), ranges "
+                       f"calibrated on {len(batches)} training batches")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        import modelopt.torch.opt as mto
+
+        checkpoint[STATE_KEY] = mto.modelopt_state(pl_module.net)
+        checkpoint[RECORD_KEY] = self.record

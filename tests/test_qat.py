@@ -1,0 +1,107 @@
+"""Quantization-aware training (experiment=qat, NVIDIA Model Optimizer): a short fine-tune whose checkpoint rebuilds
+its quantizers, and the export of its own Q/DQ graph for TensorRT (checked, equal to PyTorch, int8 symmetric)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed (pip install -e '.[qat]')")
+
+from gridface.contract import ONNX_INPUT  # noqa: E402
+from gridface.module import GridBoxModule  # noqa: E402
+from gridface.stages.export import run as export_run  # noqa: E402
+from gridface.stages.prune import run as prune_run  # noqa: E402
+from gridface.train import run as train_run  # noqa: E402
+from gridface.training.qat import STATE_KEY, is_quantized  # noqa: E402
+
+from .helpers import TINY, compose_config, compose_train  # noqa: E402
+
+FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def qat_ckpt(tmp_path_factory):
+    """A float checkpoint of a few steps, then experiment=qat from it (calibrated on one batch, two steps)."""
+    tmp = tmp_path_factory.mktemp("qat")
+    float_ckpt = train_run(compose_train(tmp / "float", [*TINY, *FEW_STEPS]))["last_checkpoint"]
+    cfg = compose_train(tmp / "qat", [*TINY, *FEW_STEPS, "experiment=qat", f"model={float_ckpt}",
+                                      "callbacks.quantize.calibration_batches=1"])
+    assert cfg.optimizer.scheduler is None and cfg.optimizer.max_lr == 1.0e-4
+    return train_run(cfg)["last_checkpoint"], float_ckpt, tmp
+
+
+def test_qat_checkpoint_rebuilds_its_quantizers(qat_ckpt):
+    ckpt, float_ckpt, _ = qat_ckpt
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved[STATE_KEY] and saved["qat"]["calibration_batches"] == 1
+    assert saved["qat"]["float_modules"] == ["*backbone.stem.0.*", "*head.cov.*", "*head.bbox.*"]
+    module = GridBoxModule.from_checkpoint(ckpt).eval()
+    assert is_quantized(module.net) and module.qat_record["method"] == "qat"
+    quantizers = dict(module.net.named_modules())
+    assert quantizers["backbone.layer1.0.conv1.weight_quantizer"].is_enabled
+    assert quantizers["backbone.layer1.0.conv1.input_quantizer"].is_enabled
+    for name in ("backbone.stem.0", "head.cov", "head.bbox"):  # kept float, as post-training calibration keeps them
+        assert not quantizers[f"{name}.weight_quantizer"].is_enabled
+        assert not quantizers[f"{name}.input_quantizer"].is_enabled
+    # the trained ranges come back: the rebuilt network is the one that was saved, not a fresh calibration
+    amax = saved["state_dict"]["net.backbone.layer2.0.conv1.input_quantizer._amax"]
+    assert torch.equal(quantizers["backbone.layer2.0.conv1.input_quantizer"].amax, amax)
+    # fake quantization changes the outputs against the same weights in float
+    x = torch.rand(1, 3, *module.input_hw)
+    from gridface.training.qat import disabled_quantizers
+
+    with torch.no_grad():
+        q = module.net.predict(x)["bbox"]
+        with disabled_quantizers(module.net):
+            f = module.net.predict(x)["bbox"]
+    assert 0 < (q - f).abs().max() < 1.0
+    with pytest.raises(ValueError, match="quantization-aware training checkpoint"):
+        GridBoxModule(model={"init_from": ckpt})
+
+
+def test_qat_checkpoint_is_not_pruned(qat_ckpt, tmp_path):
+    ckpt, _, tmp = qat_ckpt
+    cfg = compose_config("prune", tmp_path / "prune", tmp / "cache", [f"model={ckpt}", "evaluate=false"])
+    with pytest.raises(ValueError, match="is a quantization-aware training checkpoint: prune the float model"):
+        prune_run(cfg)
+
+
+def test_qat_export_is_tensorrts_int8_qdq_and_matches_pytorch(qat_ckpt, tmp_path):
+    ckpt, _, tmp = qat_ckpt
+    out = tmp_path / "export"
+    result = export_run(compose_config("export", out, tmp / "cache", [f"model={ckpt}", "export=onnx_int8_trt"]))
+    int8 = out / "last_int8_trt.onnx"
+    assert result["onnx_int8"] == str(int8)  # the stage ran gridface.export.trt_check on it
+    meta = json.loads((out / "last_int8_trt.onnx.json").read_text())
+    assert meta["qat"]["method"] == "qat" and "calibration" not in meta and meta["quantization"]["target"] == "tensorrt"
+    assert json.loads((out / "last.onnx.json").read_text())["precision"] == "fp32"
+    ds = (out / "last_int8_trt_nvinfer.txt").read_text()
+    assert "network-mode=1" in ds and "int8-calib-file" not in ds and "onnx-file=last_int8_trt.onnx" in ds
+    model = onnx.load(str(int8))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant"})
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) >= 2 * 17  # 17 quantized convolutions of ResNet18's 20 (+3 downsamples), stem and head float
+    weight_axes = []
+    for n in qdq:
+        zero = consts[n.input[2]]
+        assert zero.dtype == np.int8 and not zero.any()
+        if consts[n.input[1]].size > 1:  # per-channel: a weight's, along its output channels
+            weight_axes.append(next((a.i for a in n.attribute if a.name == "axis"), 1))
+    assert weight_axes and set(weight_axes) == {0}
+    # ONNX Runtime runs the Q/DQ graph as the fake-quantized PyTorch network computes
+    module = GridBoxModule.from_checkpoint(ckpt).eval()
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).random((2, 3, *module.input_hw), dtype=np.float32)
+    got = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {ONNX_INPUT: x})
+    with torch.no_grad():
+        ref = module.net.predict(torch.from_numpy(x))
+    assert np.abs(got[1] - ref["bbox"].numpy()).max() < 0.05 and np.abs(got[0] - ref["cov"].numpy()).max() < 0.05
+    with pytest.raises(ValueError, match="quantization-aware training checkpoint: its INT8 model is TensorRT's"):
+        export_run(compose_config("export", tmp_path / "u8", tmp / "cache", [f"model={ckpt}", "export=onnx_int8"]))
