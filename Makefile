@@ -15,7 +15,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e '.[dev,export,prune,qat,slurm,tune]'
+	$(PY) -m pip install -e '.[dev,export,prune,slurm,tune]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install gridface with what it needs (once)
