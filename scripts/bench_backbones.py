@@ -3,7 +3,11 @@ parameters, GMACs at 736x416 (torch-pruning's count), ONNX Runtime FP32 and INT8
 images/s at batch 8 on this CPU. Results: <out>/backbones.{json,md}.
 
     python scripts/bench_backbones.py --out experiments/backbones_2026-12-04 [--backbones resnet18 mobilenet_v3_large]
-    python scripts/bench_backbones.py --train --train-args experiment=synthetic_cpu ...   # + AP50 (long)
+    python scripts/bench_backbones.py --out experiments/backbones_2026-12-04 --train   # + AP50 (long)
+
+The speed rows are kept in <out>/speed.json and reused by a later call with the same settings, so the timing
+can run on an idle machine first and the (long, resumable) training after it. Each pipeline runs in
+<work>/<backbone> (checkpoints stay out of <out>); a rerun skips the stages it finished.
 
 Speed depends only on the shapes, so the speed rows time untrained networks (a ratio-pruned network has the
 same widths whatever its weights). With --train each backbone also runs ``gridface.pipeline network=<x>``
@@ -19,6 +23,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,19 +96,39 @@ def speed_rows(names: list[str], ratio: float, hw: tuple[int, int], iters: int, 
     return rows
 
 
-def train_rows(names: list[str], ratio: float, train_args: list[str], out: Path) -> dict[tuple[str, str], float]:
-    """AP50 from ``gridface.pipeline network=<x>``: the trained checkpoint and the pruned + retrained one."""
-    ap: dict[tuple[str, str], float] = {}
+def cached_speed_rows(names: list[str], ratio: float, hw: tuple[int, int], iters: int, threads: int,
+                      out: Path) -> list[dict[str, Any]]:
+    """The speed rows of <out>/speed.json where it was measured with these settings, the missing ones measured."""
+    from gridface.utils.io import write_json
+
+    settings = {"prune_ratio": ratio, "input_hw": list(hw), "iters": iters, "threads": threads}
+    cache = out / "speed.json"
+    old = json.loads(cache.read_text()) if cache.exists() else {}
+    rows = old.get("rows", []) if old.get("settings") == settings else []
+    missing = [n for n in names if not any(r["backbone"] == n for r in rows)]
+    if missing:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += speed_rows(missing, ratio, hw, iters, threads, Path(tmp))
+        write_json(cache, {"settings": settings, "rows": rows})
+    return [r for n in names for r in rows if r["backbone"] == n]
+
+
+def train_rows(names: list[str], ratio: float, train_args: list[str], work: Path) -> dict[tuple[str, str], dict]:
+    """From ``gridface.pipeline network=<x>``: AP50 of the trained checkpoint, of the pruned + retrained one and of
+    the latter's ONNX Runtime INT8 export, and the wall time of each pipeline call."""
+    acc: dict[tuple[str, str], dict] = {}
     for name in names:
-        run_dir = out / "pipelines" / name
+        run_dir = work / name
         cmd = [sys.executable, "-m", "gridface.pipeline", f"network={name}", f"pipeline.prune.ratio={ratio}",
-               f"hydra.run.dir={run_dir}", *train_args]
+               f"pipeline.name={name}", f"hydra.run.dir={run_dir}", *train_args]
         print(" ".join(cmd[1:]), flush=True)
+        start = time.perf_counter()
         subprocess.run(cmd, check=True)
+        wall = time.perf_counter() - start
         rows = {r["artifact"]: r for r in json.loads((run_dir / "report" / "rows.json").read_text())}
-        ap[(name, "unpruned")] = rows["checkpoint"]["AP50"]
-        ap[(name, f"pruned {ratio:g}")] = rows["retrained"]["AP50"]
-    return ap
+        acc[(name, "unpruned")] = {"ap50": rows["checkpoint"]["AP50"], "pipeline_s": wall}
+        acc[(name, f"pruned {ratio:g}")] = {"ap50": rows["retrained"]["AP50"], "ap50_int8": rows["onnx_int8"]["AP50"]}
+    return acc
 
 
 def pareto(rows: list[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
@@ -145,6 +170,10 @@ def plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, no
     plt.close(fig)
 
 
+def fmt(value: float | None) -> str:
+    return "–" if value is None else format(value, ".3f")
+
+
 def main() -> None:
     from gridface.model import BACKBONES
 
@@ -156,6 +185,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench_results/backbones"))
+    ap.add_argument("--work", type=Path, default=Path("outputs/bench_backbones"), help="the pipelines' run folders")
     ap.add_argument("--train", action="store_true", help="also train, prune, retrain each backbone (long)")
     ap.add_argument("--train-args", nargs="*", default=[], help="overrides for gridface.pipeline (the budget)")
     args = ap.parse_args()
@@ -164,21 +194,20 @@ def main() -> None:
     from gridface.utils.io import write_json, write_text
     from gridface.utils.machine import machine_line, machine_record
 
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = speed_rows(args.backbones, args.prune_ratio, hw, args.iters, args.threads, Path(tmp))
-    accuracy = train_rows(args.backbones, args.prune_ratio, args.train_args, args.out) if args.train else {}
+    rows = cached_speed_rows(args.backbones, args.prune_ratio, hw, args.iters, args.threads, args.out)
+    accuracy = train_rows(args.backbones, args.prune_ratio, args.train_args, args.work) if args.train else {}
     for r in rows:
-        r["ap50"] = accuracy.get((r["backbone"], r["variant"]))
+        r.update({"ap50": None, **accuracy.get((r["backbone"], r["variant"]), {})})
     meta = {"machine": machine_record(), "input": f"{args.width}x{args.height}", "threads": args.threads,
             "iters": args.iters, "prune_ratio": args.prune_ratio, "command": " ".join(sys.argv),
             "train_args": args.train_args if args.train else None}
     lines = [f"Machine: {machine_line()}; {args.threads} threads; input {args.width}x{args.height}; "
              f"medians of {args.iters} interleaved calls", "",
              "| backbone | variant | params (M) | GMACs | ORT FP32 b1 (ms) | ORT INT8 b1 (ms) | ORT FP32 b8 (img/s) "
-             "| ORT INT8 b8 (img/s) | AP50 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| ORT INT8 b8 (img/s) | AP50 | AP50 INT8 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['backbone']} | {r['variant']} | {r['params'] / 1e6:.2f} | {r['gmacs']:.2f} | "
               f"{r['fp32_b1_ms']:.1f} | {r['int8_b1_ms']:.1f} | {r['fp32_b8_img_s']:.1f} | {r['int8_b8_img_s']:.1f} | "
-              f"{'–' if r['ap50'] is None else format(r['ap50'], '.3f')} |" for r in rows]
+              f"{fmt(r['ap50'])} | {fmt(r.get('ap50_int8'))} |" for r in rows]
     scored = [r for r in rows if r["ap50"] is not None]
     if scored:
         front = pareto(scored, "int8_b1_ms", "ap50")
