@@ -98,18 +98,21 @@ def speed_rows(names: list[str], ratio: float, hw: tuple[int, int], iters: int, 
 
 def cached_speed_rows(names: list[str], ratio: float, hw: tuple[int, int], iters: int, threads: int,
                       out: Path) -> list[dict[str, Any]]:
-    """The speed rows of <out>/speed.json where it was measured with these settings, the missing ones measured."""
+    """The speed rows of <out>/speed.json where they were measured with these settings on a machine like this one
+    (same CPU, ISA, cores and library versions), the missing ones measured."""
     from gridface.utils.io import write_json
+    from gridface.utils.machine import machine_record
 
     settings = {"prune_ratio": ratio, "input_hw": list(hw), "iters": iters, "threads": threads}
+    here = machine_record()
     cache = out / "speed.json"
     old = json.loads(cache.read_text()) if cache.exists() else {}
-    rows = old.get("rows", []) if old.get("settings") == settings else []
+    rows = old.get("rows", []) if old.get("settings") == settings and old.get("machine") == here else []
     missing = [n for n in names if not any(r["backbone"] == n for r in rows)]
     if missing:
         with tempfile.TemporaryDirectory() as tmp:
             rows += speed_rows(missing, ratio, hw, iters, threads, Path(tmp))
-        write_json(cache, {"settings": settings, "rows": rows})
+        write_json(cache, {"settings": settings, "machine": here, "rows": rows})
     return [r for n in names for r in rows if r["backbone"] == n]
 
 
