@@ -3,9 +3,10 @@ parameters, GMACs at 736x416 (torch-pruning's count), ONNX Runtime FP32 and INT8
 images/s at batch 8 on this CPU. Results: <out>/backbones.{json,md}.
 
     python scripts/bench_backbones.py --out experiments/backbones_2026-12-04 [--backbones resnet18 mobilenet_v3_large]
-    python scripts/bench_backbones.py --out experiments/backbones_2026-12-04 --train   # + AP50 (long)
+    python scripts/bench_backbones.py --out experiments/backbones_2026-12-05 --train   # + AP50 (long)
 
-The speed rows are kept in <out>/speed.json and reused by a later call with the same settings, so the timing
+The speed rows are kept in <out>/speed.json and reused by a later call with the same settings on
+the same kind of machine (its machine record), so the timing
 can run on an idle machine first and the (long, resumable) training after it. Each pipeline runs in
 <work>/<backbone> (checkpoints stay out of <out>); a rerun skips the stages it finished.
 

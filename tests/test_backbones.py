@@ -92,7 +92,7 @@ def calibration_images(tmp_path_factory):
 
 def test_pruned_int8_exports_for_onnx_runtime_and_tensorrt(pruned, calibration_images, tmp_path):
     """Both INT8 graphs of the pruned network: ONNX Runtime's (uint8) runs and follows FP32; TensorRT's (symmetric
-    int8) passes TensorRT's parser and explicit-quantization rules (gridface.export.trt_check)."""
+    int8) passes TensorRT's explicit-quantization rules as gridface.export.trt_check states them."""
     ort = pytest.importorskip("onnxruntime")
     fp32 = export_onnx(pruned["module"].net, tmp_path / "pruned.onnx", HW)
     models = {act: quantize_int8(fp32, int8_model_path(fp32, act), calibration_images, HW, activation_type=act,
