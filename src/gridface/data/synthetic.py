@@ -36,7 +36,7 @@ CANVAS = 96  # face canvas width in px before shrinking
 # Bumped whenever the same spec would draw other images: it is part of the cache key. 2: one random stream per
 # image (seed, index), so images are generated in parallel processes and are the same for any process count.
 # 3: float32 pixels and sensor noise read from a fixed bank of normal samples at a per-image offset (drawing 2
-# million float64 normals per 1024x700 image was 60 % of its rendering time).
+# million float64 normals twice per 1024x700 image was about two thirds of its rendering time).
 GENERATOR_VERSION = 3
 IMAGES_PER_PROCESS = 256  # below this many images per process, starting processes costs more than it gives
 NOISE_BANK = 1 << 22  # standard normal samples (16 MB float32) every image's noise is a window of
