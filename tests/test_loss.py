@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gridface.loss import GridBoxLoss, l1_weight_penalty
+from gridface.loss import GridBoxLoss, add_l1_gradient, l1_kernels, l1_weight_penalty
 from gridface.model import GridBoxNet
 from gridface.schedule import SoftStartAnnealingLR, soft_start_annealing
 from gridface.targets import GridBoxTargetEncoder
@@ -87,6 +87,35 @@ def test_l1_penalty_scales_with_weights():
     net = GridBoxNet()
     p = l1_weight_penalty(net, 1.0)
     assert p.item() > 0 and l1_weight_penalty(net, 2.0).item() == pytest.approx(2 * p.item(), rel=1e-6)
+    assert p.item() == pytest.approx(sum(w.abs().sum().item() for w in l1_kernels(net)), rel=1e-4)
+
+
+def test_the_l1_gradient_is_the_penalty_back_propagated():
+    """add_l1_gradient (two fused ops before the optimizer step) gives every kernel the gradient autograd gives
+    ``strength * sum |w|``, zero where a weight is exactly zero; kernels without a gradient get none."""
+    torch.manual_seed(0)
+    net = GridBoxNet(backbone="resnet10")
+    kernels = l1_kernels(net)
+    with torch.no_grad():
+        kernels[3][:2].zero_()  # sign(0) = 0, as abs' gradient at 0
+    x = torch.rand(2, 3, 64, 96)
+    frozen = kernels[-1]
+    frozen.requires_grad_(False)
+
+    def loss_grads(with_penalty: bool) -> list[torch.Tensor | None]:
+        net.zero_grad(set_to_none=True)
+        loss = net(x)["bbox"].square().mean()
+        if with_penalty:
+            loss = loss + 0.01 * sum(w.abs().sum() for w in kernels if w.requires_grad)
+        loss.backward()
+        if not with_penalty:
+            add_l1_gradient(net, 0.01)
+        return [None if w.grad is None else w.grad.clone() for w in kernels]
+
+    reference, direct = loss_grads(True), loss_grads(False)
+    assert direct[-1] is None and reference[-1] is None
+    for ref, got in zip(reference[:-1], direct[:-1], strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
 
 
 def test_soft_start_annealing_shape():

@@ -227,6 +227,66 @@ def test_a_deferred_guard_names_the_first_bad_step_and_no_checkpoint_gets_the_na
     assert last["global_step"] == 3 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+@pytest.mark.parametrize("every", [1, 5])
+def test_a_non_finite_gradient_stops_the_run_naming_it(tmp_path, every):
+    """The loss is finite, one gradient is not: checked at once (every=1, the parameter named) or recorded on the
+    device and read at the next check (every=5, the first bad step named); no checkpoint gets what followed."""
+    import pytorch_lightning as pl
+
+    from gridface.guards import NonFiniteError
+    from gridface.train import build
+
+    class InjectInf(pl.Callback):
+        def on_after_backward(self, trainer, pl_module):
+            if trainer.global_step == 3:
+                pl_module.net.head.bbox.weight.grad[0].fill_(float("inf"))
+
+    cfg = compose_train(tmp_path, [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+                                   "trainer.limit_val_batches=1", "logger=none",
+                                   f"callbacks.non_finite_guard.check_every_n_steps={every}"])
+    module, datamodule, trainer = build(cfg)
+    trainer.callbacks.append(InjectInf())
+    named = r" in net\.head\.bbox\.weight" if every == 1 else ""
+    with pytest.raises(NonFiniteError, match=rf"global step 3 \(epoch 1\): non-finite gradients{named}\. "):
+        trainer.fit(module, datamodule=datamodule)
+    last = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_all_finite_finds_a_nan_or_an_infinity_in_any_tensor():
+    from gridface.utils.finite import all_finite
+
+    tensors = [torch.ones(3), torch.zeros(2, 2), torch.full((5,), -2.0, dtype=torch.float64)]
+    assert bool(all_finite(tensors)) and bool(all_finite([]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in range(len(tensors)):
+            changed = [t.clone() for t in tensors]
+            changed[i].view(-1)[-1] = bad
+            assert not bool(all_finite(changed)), (bad, i)
+
+
+def test_the_module_adds_the_l1_gradient_before_the_optimizer_step():
+    """loss.l1_regularization: the step's gradient is the loss's plus strength * sign(w) on every conv/linear kernel
+    (what back-propagating TAO's penalty gives), and the logged total includes the penalty's value."""
+    from types import SimpleNamespace
+
+    from gridface.loss import l1_kernels
+
+    torch.manual_seed(0)
+    module = GridBoxModule(input_size=(64, 96), model={"backbone": "resnet10"}, loss={"l1_regularization": 0.01})
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    x = torch.rand(2, 3, 64, 96)
+    out = module.net(x)
+    (out["bbox"].square().mean() + out["cov_logits"].mean()).backward()
+    plain = [w.grad.clone() for w in l1_kernels(module.net)]
+    module.on_before_optimizer_step(torch.optim.SGD(module.parameters(), lr=0.1))
+    for w, g in zip(l1_kernels(module.net), plain, strict=True):
+        torch.testing.assert_close(w.grad, g + 0.01 * w.detach().sign())
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    with pytest.raises(ValueError, match="unscales its own gradients"):
+        module.on_before_optimizer_step(SimpleNamespace(_step_supports_amp_scaling=True))
+
+
 def test_checkpoint_writer_refuses_non_finite_weights(tmp_path):
     from gridface.guards import NonFiniteError
     from gridface.utils.checkpoint import AtomicCheckpointIO

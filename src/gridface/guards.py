@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from gridface.utils.finite import NonFiniteError, non_finite_names
+from gridface.utils.finite import NonFiniteError, all_finite, non_finite_names
 
 LOSS, GRADIENT = 1, 2
 
@@ -90,14 +90,14 @@ class NonFiniteGuard(pl.Callback):
         if not self.check_gradients or str(trainer.precision).startswith("16"):
             return
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        if self.every == 1:
-            bad = non_finite_names(named)
-            if bad:
-                self._fail(trainer, f"non-finite gradients in {', '.join(bad[:5])}")
+        if not named:
             return
-        if named:
-            finite = torch.stack([g.isfinite().all() for _, g in named])
-            self._record(trainer, ~finite.all(), GRADIENT)
+        finite = all_finite([g for _, g in named])  # one fused reduction; the names are looked up only on a failure
+        if self.every == 1:
+            if not finite:
+                self._fail(trainer, f"non-finite gradients in {', '.join(non_finite_names(named)[:5])}")
+            return
+        self._record(trainer, ~finite, GRADIENT)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import get_total_norm
 
 
 class GridBoxLoss(nn.Module):
@@ -76,7 +77,29 @@ class GridBoxLoss(nn.Module):
         self._sums.zero_()
 
 
+def l1_kernels(model: nn.Module) -> list[torch.Tensor]:
+    """The weights TAO's L1 regulariser acts on: conv and linear kernels."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
 def l1_weight_penalty(model: nn.Module, strength: float) -> torch.Tensor:
-    """TAO's L1 regulariser on conv/linear kernels: pushes whole filters toward zero so pruning finds them."""
-    terms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    return strength * torch.stack(terms).sum()
+    """TAO's L1 regulariser on conv/linear kernels, ``strength * sum |w|``: pushes whole filters toward zero so
+    pruning finds them. The value only (no graph): its gradient is added by :func:`add_l1_gradient`."""
+    # detached: on tensors that require grad, torch's foreach norm falls back to one norm per tensor
+    return strength * get_total_norm([w.detach() for w in l1_kernels(model)], norm_type=1.0)
+
+
+@torch.no_grad()
+def add_l1_gradient(model: nn.Module, strength: float) -> None:
+    """Add the L1 regulariser's gradient, ``strength * sign(w)``, to each trainable kernel's gradient, after backward
+    and before the optimizer step (unscaled gradients). The same update as back-propagating the penalty, in two fused
+    ops over all kernels instead of about six launches per kernel through autograd (the step's dispatch time on a
+    GPU). A kernel the loss did not reach gets the penalty's gradient alone, as under autograd; a step where nothing
+    was back-propagated (no gradient anywhere: no optimizer step either) gets none."""
+    kernels = [w for w in l1_kernels(model) if w.requires_grad]
+    if all(w.grad is None for w in kernels):
+        return
+    for w in kernels:
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+    torch._foreach_add_([w.grad for w in kernels], torch._foreach_sign(kernels), alpha=strength)

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.evaluation.ap import f1_best_threshold
 from gridface.evaluation.metrics import detection_metrics, image_record
-from gridface.loss import GridBoxLoss, l1_weight_penalty
+from gridface.loss import GridBoxLoss, add_l1_gradient, l1_weight_penalty
 from gridface.model import GridBoxNet
 from gridface.model.head import coverage_probabilities
 from gridface.model.widths import apply_widths
@@ -186,7 +186,7 @@ class GridBoxModule(pl.LightningModule):
         out = self.net(self.net_input(batch))
         losses = self.criterion(out, batch)
         total = losses["loss"]
-        if self.l1_regularization > 0:
+        if self.l1_regularization > 0:  # its value here; its gradient in on_before_optimizer_step
             reg = l1_weight_penalty(self.net, self.l1_regularization)
             total = total + reg
             self.log("train/loss_l1", reg, on_step=True, on_epoch=True)
@@ -199,6 +199,18 @@ class GridBoxModule(pl.LightningModule):
         self.log("train/loss_cov", losses["loss_cov"], on_step=True, on_epoch=True, batch_size=bs)
         self.log("train/loss_bbox", losses["loss_bbox"], on_step=True, on_epoch=True, batch_size=bs)
         return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The L1 regulariser's gradient, added to the back-propagated one (Lightning calls this after unscaling the
+        gradients of ``16-mixed`` and before clipping them)."""
+        if self.l1_regularization <= 0:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None and \
+                getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise ValueError("loss.l1_regularization with an optimizer that unscales its own gradients (e.g. fused "
+                             "Adam) under 16-mixed: its gradients are still scaled here; use fused=false or "
+                             "bf16-mixed")
+        add_l1_gradient(self.net, self.l1_regularization)
 
     def on_train_epoch_end(self) -> None:
         self.log("train/skipped_images", float(getattr(self, "_epoch_skipped", 0)))
