@@ -1,12 +1,14 @@
 """Tensor ops dispatched per training step: gridface's Lightning step under the GPU recipe's settings against the
-bare step (forward, loss, backward, Adam), counted on the CPU.
+bare step (forward, loss, backward, Adam), and per batch built by the device data paths, counted on the CPU.
 
 Why: on a GPU every op that computes is at least one kernel launch, queued by the one Python thread that also runs
 Lightning's loop. Ops beyond the bare step (guards, regulariser, logging) cost launch time on the host and tiny
 kernels on the device, whatever the batch size. This counts them without a GPU: each op is seen once as it enters
 torch's dispatcher (a ``TorchDispatchMode``), between the step's start and end hooks. View and metadata ops (no
 kernel), host reads of CPU scalars and allocations are counted apart. Adam runs with ``foreach=True``, as on CUDA
-(on the CPU torch defaults to one op per parameter).
+(on the CPU torch defaults to one op per parameter). The device paths' batch build (``dataset.decode=gpu|hybrid``,
+TAO's augmentation, 32 synthetic 1024x700 WIDER-layout images at 736x416) runs on the same thread as the step, so
+its ops add to the step's; decoding is counted apart (one batched op on CUDA, one per image on CPU tensors).
 
     PYTHONPATH=src python scripts/count_step_ops.py --out /tmp/step_ops     # <out>/step_ops.{json,md}
 """
@@ -109,10 +111,30 @@ def bare_step(steps: int) -> list[OpCounter]:
     return counters
 
 
+def batch_build(data: Path, decode: str, batch: int) -> dict[str, Any]:
+    """Ops of ``on_after_batch_transfer`` for one training batch of the ``decode`` path, on CPU tensors."""
+    from bench_gpu import compose
+    from hydra.utils import instantiate
+
+    cfg = compose(["dataset=widerface", f"dataset.root={data}", "trainer=cpu", f"dataset.batch_size={batch}",
+                   "dataset.num_workers=0", "print_config=false", "seed=0", f"++dataset.decode={decode}"])
+    dm = instantiate(cfg.datamodule, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    host = next(iter(dm.train_dataloader()))
+    with OpCounter() as c:
+        built = dm.on_after_batch_transfer(host, 0)
+    decode_ops = sum(v for k, v in c.compute.items() if "decode" in k)
+    return {"decode": decode, "images": int(built["image"].shape[0]), "boxes": int(built["boxes"].shape[0]),
+            "compute_ops": sum(c.compute.values()) - decode_ops, "decode_ops": decode_ops, "other_ops": c.other,
+            "by_op": dict(c.compute.most_common())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_results/step_ops")
     ap.add_argument("--steps", type=int, default=12, help="training steps; the first 3 (warm-up) are left out")
+    ap.add_argument("--build-batch", type=int, default=32, help="images of the device paths' batch (0: skip)")
     ap.add_argument("overrides", nargs="*", help="more Hydra overrides of the Lightning run")
     args = ap.parse_args()
     out = Path(args.out)
@@ -124,6 +146,14 @@ def main() -> None:
                                   "val": SyntheticSpec(num_images=8, seed=1, **spec)})
         lit = lightning_step(data, Path(tmp) / "run", args.steps, args.overrides)[3:]
         shutil.rmtree(Path(tmp) / "run", ignore_errors=True)
+        builds = []
+        if args.build_batch:
+            wide = Path(tmp) / "wider_1024"
+            big = {"width": 1024, "height": 700, "min_faces": 1, "max_faces": 12, "min_face": 3.0,
+                   "small_face": 24.0, "small_fraction": 0.3, "max_face_frac": 0.45}  # bench_gpu.py's set
+            generate_widerface(wide, {"train": SyntheticSpec(num_images=args.build_batch, seed=0, **big),
+                                      "val": SyntheticSpec(num_images=4, seed=1, **big)})
+            builds = [batch_build(wide, decode, args.build_batch) for decode in ("gpu", "hybrid")]
     bare = bare_step(4)[1:]
     (lit_ops, lit_other), (bare_ops, bare_other) = mean_counts(lit), mean_counts(bare)
     extra = {k: lit_ops[k] - bare_ops.get(k, 0) for k in lit_ops if lit_ops[k] - bare_ops.get(k, 0) > 0.5}
@@ -131,7 +161,7 @@ def main() -> None:
         "machine": machine_line(), **machine_record(), "overrides": args.overrides,
         "lightning_step": {"compute_ops": sum(lit_ops.values()), "other_ops": lit_other, "by_op": dict(lit_ops)},
         "bare_step": {"compute_ops": sum(bare_ops.values()), "other_ops": bare_other, "by_op": dict(bare_ops)},
-        "extra_by_op": dict(sorted(extra.items(), key=lambda kv: -kv[1]))}
+        "extra_by_op": dict(sorted(extra.items(), key=lambda kv: -kv[1])), "batch_build": builds}
     lines = [f"# Tensor ops per training step\n\nMachine: {record['machine']}  \n"
              f"Lightning step: GPU recipe settings on the CPU (ResNet18, TAO loss + L1 regulariser, Adam foreach), "
              f"mean of {len(lit)} steps; bare step: forward, loss, backward, Adam.\n",
@@ -141,6 +171,13 @@ def main() -> None:
              f"| bare | {record['bare_step']['compute_ops']:.0f} | {bare_other:.0f} |",
              "\nOps the Lightning step adds, per step:\n", "| op | count |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in record["extra_by_op"].items()]
+    if builds:
+        lines += [f"\nA training batch built by a device path ({args.build_batch} synthetic 1024x700 images, 736x416, "
+                  "TAO augmentation), on CPU tensors:\n", "| dataset.decode | images | boxes | ops that compute "
+                  "(decoding apart) | decoding ops | views, host scalars, allocations |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {b['decode']} | {b['images']} | {b['boxes']} | {b['compute_ops']} | {b['decode_ops']} | "
+                  f"{b['other_ops']} |" for b in builds]
     write_json(out / "step_ops.json", record)
     write_text(out / "step_ops.md", "\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stdout)
