@@ -393,6 +393,26 @@ def test_letterbox_batch_pads_like_the_cpu_path():
     assert (out[0, :, :, :px] == 0).all() and torch.allclose(out[0, :, :, px + 2: -px - 2], torch.tensor(200 / 255))
 
 
+
+def test_letterbox_batch_groups_sizes_and_keeps_each_image_in_its_place():
+    """Images of one size are resized together: interleaved sizes (bilinear and area-averaged ones) land where
+    they were, with the pixels and letterbox of the CPU path's per-image letterbox."""
+    from gridface.data.transforms import letterbox
+
+    rng = np.random.default_rng(0)
+    sizes = [(120, 200), (250, 300), (120, 200), (700, 1024), (120, 200), (250, 300), (700, 1024)]
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+    out, boxes = letterbox_batch(images, HW)
+    assert out.shape == (len(images), 3, *HW)
+    for i, img in enumerate(images):
+        one, (lb,) = letterbox_batch([img], HW)
+        assert boxes[i] == lb and torch.equal(out[i], one[0]), i
+        ref, ref_lb = letterbox(np.ascontiguousarray(img.permute(1, 2, 0).numpy()), HW)
+        assert ref_lb == lb
+        diff = (out[i] * 255 - torch.from_numpy(ref).permute(2, 0, 1).float()).abs()
+        assert diff.max() <= 1 + 1e-3 and diff.mean() < 0.5, (i, diff.max(), diff.mean())
+    assert boxes[3].scale < 0.5 < boxes[1].scale  # both resize modes are in the batch
+
 # ------------------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")

@@ -34,32 +34,43 @@ from gridface.data.transforms import AREA_BELOW_SCALE, PAD_VALUE, Letterbox, let
 def letterbox_batch(images: Sequence[torch.Tensor], input_hw: tuple[int, int]
                     ) -> tuple[torch.Tensor, list[Letterbox]]:
     """RGB uint8 ``[3, h, w]`` images (any sizes, one device) -> float32 ``[B, 3, H, W]`` in [0, 1] and each
-    image's :class:`Letterbox`, by the CPU path's rule."""
+    image's :class:`Letterbox`, by the CPU path's rule. Images of one size are resized together (one resize per
+    size, not per image: on a GPU each op is a kernel launch from the training loop's thread)."""
     th, tw = input_hw
     device = images[0].device if images else torch.device("cpu")
     out = torch.full((len(images), 3, th, tw), float(PAD_VALUE), dtype=torch.float32, device=device)
-    boxes: list[Letterbox] = []
-    for i, img in enumerate(images):
-        h, w = int(img.shape[-2]), int(img.shape[-1])
-        nw, nh, lb = letterbox_geometry(w, h, input_hw)
+    sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, hw in enumerate(sizes):
+        by_size.setdefault(hw, []).append(i)
+    geometry = {(h, w): letterbox_geometry(w, h, input_hw) for h, w in by_size}
+    for hw, index in by_size.items():
+        nw, nh, lb = geometry[hw]
         px, py = int(lb.pad_x), int(lb.pad_y)
-        out[i, :, py:py + nh, px:px + nw] = resize_levels(img, nh, nw, lb.scale)
-        boxes.append(lb)
-    return out.div_(255.0), boxes
+        group = images[index[0]][None] if len(index) == 1 else torch.stack([images[i] for i in index])
+        resized = resize_levels(group, nh, nw, lb.scale)
+        window = out[:, :, py:py + nh, px:px + nw]
+        if index == list(range(index[0], index[-1] + 1)):  # a run of the batch: one copy
+            window[index[0]:index[-1] + 1] = resized
+        else:
+            for j, i in enumerate(index):
+                window[i] = resized[j]
+    return out.div_(255.0), [geometry[hw][2] for hw in sizes]
 
 
 def resize_levels(image: torch.Tensor, nh: int, nw: int, scale: float) -> torch.Tensor:
-    """uint8 ``[3, h, w]`` -> float32 ``[3, nh, nw]`` in whole levels 0-255, as OpenCV's uint8 resize gives:
-    bilinear (half-pixel centres, edge clamped: ``INTER_LINEAR``) at ``scale >= 0.5``, exact area averaging
-    (``INTER_AREA``) below."""
+    """uint8 ``[3, h, w]`` or ``[N, 3, h, w]`` -> float32 ``[..., 3, nh, nw]`` in whole levels 0-255, as OpenCV's
+    uint8 resize gives: bilinear (half-pixel centres, edge clamped: ``INTER_LINEAR``) at ``scale >= 0.5``, exact
+    area averaging (``INTER_AREA``) below."""
     h, w = int(image.shape[-2]), int(image.shape[-1])
     if (nh, nw) == (h, w):
         return image.float()
     if scale < AREA_BELOW_SCALE:
         out = _area_axis(_area_axis(image.double(), nw).transpose(-1, -2), nh).transpose(-1, -2).float()
     else:
-        out = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                            antialias=False)[0]
+        batch = image if image.dim() == 4 else image[None]
+        out = F.interpolate(batch.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+        out = out if image.dim() == 4 else out[0]
     return out.round_().clamp_(0, 255)
 
 
