@@ -83,11 +83,20 @@ def test_bad_loss_config():
         GridBoxLoss(fg_weight=1.5)
 
 
-def test_l1_penalty_scales_with_weights():
+def test_l1_penalty_scales_with_weights_and_is_exact_at_any_thread_count():
+    """The penalty over ResNet18's 11M weights equals the float64 sum of |w| to float32's precision, with one CPU
+    thread as with several (a float32 running sum drifted by 2e-4 with one thread)."""
     net = GridBoxNet()
-    p = l1_weight_penalty(net, 1.0)
-    assert p.item() > 0 and l1_weight_penalty(net, 2.0).item() == pytest.approx(2 * p.item(), rel=1e-6)
-    assert p.item() == pytest.approx(sum(w.abs().sum().item() for w in l1_kernels(net)), rel=1e-4)
+    exact = sum(w.double().abs().sum().item() for w in l1_kernels(net))
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            p = l1_weight_penalty(net, 1.0)
+            assert p.dtype == torch.float32 and p.item() == pytest.approx(exact, rel=1e-6), n
+            assert l1_weight_penalty(net, 2.0).item() == pytest.approx(2 * exact, rel=1e-6)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_l1_gradient_is_the_penalty_back_propagated():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import get_total_norm
 
 
 class GridBoxLoss(nn.Module):
@@ -85,8 +84,13 @@ def l1_kernels(model: nn.Module) -> list[torch.Tensor]:
 def l1_weight_penalty(model: nn.Module, strength: float) -> torch.Tensor:
     """TAO's L1 regulariser on conv/linear kernels, ``strength * sum |w|``: pushes whole filters toward zero so
     pruning finds them. The value only (no graph): its gradient is added by :func:`add_l1_gradient`."""
-    # detached: on tensors that require grad, torch's foreach norm falls back to one norm per tensor
-    return strength * get_total_norm([w.detach() for w in l1_kernels(model)], norm_type=1.0)
+    # detached: on tensors that require grad, torch's foreach norm falls back to one norm per tensor. Summed in
+    # float64: a float32 sum over ResNet18's 11M weights drifts by 2e-4 with the CPU's thread count.
+    kernels = [w.detach() for w in l1_kernels(model)]
+    if not kernels:
+        return torch.zeros(())
+    norms = torch._foreach_norm(kernels, 1, dtype=torch.float64)
+    return (strength * torch.stack(norms).sum()).float()
 
 
 @torch.no_grad()
