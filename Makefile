@@ -26,11 +26,14 @@ train: $(STAMP) ## train on the built-in synthetic faces (ARGS="key=value ..." t
 pipeline: $(STAMP) ## train -> prune -> retrain -> export -> evaluate -> infer -> report on the built-in data (outputs/pipeline/synthetic_cpu/report/report.md; ARGS to override)
 	$(PY) -m gridface.pipeline experiment=pipeline_cpu $(ARGS)
 
+# make test's pytest processes (pytest-xdist; each test file runs whole in one of them; TEST_WORKERS=0: one process)
+TEST_WORKERS ?= 2
+
 test: $(STAMP) ## run the whole test suite (fast and slow)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(STAMP) ## run only the fast unit tests
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 test-gpu: $(STAMP) ## run the GPU tests (bf16/fp16 steps, channels_last, CUDA inference, NCCL DDP, the device data path); skipped without CUDA
 	$(PY) -m pytest -m gpu $(ARGS)

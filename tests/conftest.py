@@ -5,6 +5,19 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (``make test``), each worker gets its share of the cores, set before torch is imported
+    (and inherited by the runs the tests start): two workers of two threads each on 2 cores took 1.5x as long as two
+    of one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+
+
+_share_the_cores_among_workers()
+
 # beside the checkout (dev and CI machines), or where GRIDFACE_SHARED_DATA points (a GPU machine's copy)
 SHARED_DATA = Path(os.environ.get("GRIDFACE_SHARED_DATA")
                    or Path(__file__).resolve().parents[1].parent / "shared" / "data")
