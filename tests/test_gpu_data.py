@@ -393,7 +393,6 @@ def test_letterbox_batch_pads_like_the_cpu_path():
     assert (out[0, :, :, :px] == 0).all() and torch.allclose(out[0, :, :, px + 2: -px - 2], torch.tensor(200 / 255))
 
 
-
 def test_letterbox_batch_groups_sizes_and_keeps_each_image_in_its_place():
     """Images of one size are resized together: interleaved sizes (bilinear and area-averaged ones) land where
     they were, with the pixels and letterbox of the CPU path's per-image letterbox."""
@@ -412,6 +411,7 @@ def test_letterbox_batch_groups_sizes_and_keeps_each_image_in_its_place():
         diff = (out[i] * 255 - torch.from_numpy(ref).permute(2, 0, 1).float()).abs()
         assert diff.max() <= 1 + 1e-3 and diff.mean() < 0.5, (i, diff.max(), diff.mean())
     assert boxes[3].scale < 0.5 < boxes[1].scale  # both resize modes are in the batch
+
 
 # ------------------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
