@@ -59,18 +59,16 @@ def letterbox_batch(images: Sequence[torch.Tensor], input_hw: tuple[int, int]
 
 
 def resize_levels(image: torch.Tensor, nh: int, nw: int, scale: float) -> torch.Tensor:
-    """uint8 ``[3, h, w]`` or ``[N, 3, h, w]`` -> float32 ``[..., 3, nh, nw]`` in whole levels 0-255, as OpenCV's
-    uint8 resize gives: bilinear (half-pixel centres, edge clamped: ``INTER_LINEAR``) at ``scale >= 0.5``, exact
-    area averaging (``INTER_AREA``) below."""
+    """uint8 ``[N, 3, h, w]`` -> float32 ``[N, 3, nh, nw]`` in whole levels 0-255, as OpenCV's uint8 resize gives:
+    bilinear (half-pixel centres, edge clamped: ``INTER_LINEAR``) at ``scale >= 0.5``, exact area averaging
+    (``INTER_AREA``) below."""
     h, w = int(image.shape[-2]), int(image.shape[-1])
     if (nh, nw) == (h, w):
         return image.float()
     if scale < AREA_BELOW_SCALE:
         out = _area_axis(_area_axis(image.double(), nw).transpose(-1, -2), nh).transpose(-1, -2).float()
     else:
-        batch = image if image.dim() == 4 else image[None]
-        out = F.interpolate(batch.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
-        out = out if image.dim() == 4 else out[0]
+        out = F.interpolate(image.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
     return out.round_().clamp_(0, 255)
 
 
