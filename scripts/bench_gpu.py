@@ -3,7 +3,8 @@
   (a) one training step alone (random input, no data) per precision / memory layout / torch.compile;
   (b) the data loader alone: the CPU path at 1 and N workers, and the device paths (dataset.decode=gpu: nvJPEG;
       hybrid: workers decode and letterbox, the device augments and encodes), each delivering built batches on
-      the GPU as the Trainer gets them (pinned, built on a side stream);
+      the GPU as the Trainer gets them (pinned, built on a side stream; ``gpu+thread``: from the build thread,
+      dataset.prefetch=thread);
   (c) ``gridface.train dataset=widerface`` end to end on synthetic WIDER-layout images of 1024x~700, per epoch,
       with the share of the training time the loop spent waiting for its next batch, for each data path side by
       side (same seed); optionally (--compile-train) the fastest path again with torch.compile.
@@ -82,6 +83,14 @@ def step_alone(device: str, hw: tuple[int, int], batch: int, steps: int, precisi
 
 
 # ------------------------------------------------------------------------------------------- (b) loader alone
+def data_path_overrides(path: str) -> list[str]:
+    """A data path of --decodes as overrides: ``cpu``, ``gpu``, ``hybrid``; ``+thread`` builds a device path's
+    batches in the build thread (dataset.prefetch=thread)."""
+    decode, _, prefetch = path.partition("+")
+    return [*([f"dataset.decode={decode}"] if decode != "cpu" else []),
+            *([f"dataset.prefetch={prefetch}"] if prefetch else [])]
+
+
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -122,7 +131,8 @@ def loader_alone(cfg, device: str, batches: int) -> dict[str, Any]:
             images += int(batch["image"].shape[0])
     sync()
     seconds = time.perf_counter() - t0
-    return {"workers": int(cfg.datamodule.num_workers), "decode": str(cfg.dataset.get("decode", "cpu")),
+    path = str(cfg.dataset.get("decode", "cpu")) + ("+thread" if cfg.dataset.get("prefetch") == "thread" else "")
+    return {"workers": int(cfg.datamodule.num_workers), "decode": path,
             "images_per_s": images / seconds, "first_batch_s": first, "batches": i - 1}
 
 
@@ -233,7 +243,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--loader-batches", type=int, default=20)
-    ap.add_argument("--decodes", default="cpu,gpu,hybrid", help="data paths to compare in (b) and (c)")
+    ap.add_argument("--decodes", default="cpu,gpu,gpu+thread,hybrid", help="data paths to compare in (b) and (c) "
+                    "(dataset.decode, +thread: dataset.prefetch=thread)")
     ap.add_argument("--compile-train", action="store_true", help="(c) once more with compile=true, on the data path "
                     "that was fastest")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile in (a)")
@@ -296,11 +307,10 @@ def main() -> None:
     decodes = [d for d in args.decodes.split(",") if d]
 
     if "loader" in parts:
-        for decode, workers in [("cpu", 1), ("cpu", args.workers), ("gpu", args.workers), ("hybrid", args.workers)]:
+        for decode, workers in [("cpu", 1), *((d, args.workers) for d in decodes)]:
             if decode not in decodes:
                 continue
-            over = [*base, f"dataset.num_workers={workers}",
-                    *([f"++dataset.decode={decode}"] if decode != "cpu" else [])]
+            over = [*base, f"dataset.num_workers={workers}", *data_path_overrides(decode)]
             try:
                 batches = args.loader_batches if workers > 1 else max(2, args.loader_batches // 5)
                 record["loader"].append(loader_alone(compose(over), device, batches))
@@ -322,9 +332,9 @@ def main() -> None:
             over = [*base, f"dataset.num_workers={args.workers}", f"trainer.max_epochs={args.epochs}",
                     "trainer.num_sanity_val_steps=0", "checkpoint_every_n_steps=0", "logger=none",
                     "callbacks.progress_bar.refresh_rate=50", f"compile={str(comp).lower()}",
-                    *([f"++dataset.decode={decode}"] if decode != "cpu" else [])]
+                    *data_path_overrides(decode)]
             try:
-                r = end_to_end(over, out / f"train_{decode}{'_compile' if comp else ''}")
+                r = end_to_end(over, out / f"train_{decode.replace('+', '_')}{'_compile' if comp else ''}")
             except Exception as e:  # noqa: BLE001
                 r = {"epochs": [], "val/AP50": None, "error": repr(e)}
             record["train"].append({"decode": decode, "compile": comp, **r})

@@ -65,6 +65,18 @@ def test_gpu_recipe_trains_in_bf16_channels_last_and_writes_plain_fp32_checkpoin
     assert conv.dtype == torch.float32 and all(v.is_contiguous() for v in state.values())
 
 
+@pytest.mark.parametrize("prefetch", ["stream", "thread"])
+def test_gpu_recipe_trains_through_the_device_data_path(tmp_path, prefetch):
+    """dataset.decode=gpu under the GPU recipe: nvJPEG batches built on the side stream, from the loop's thread or
+    the build thread (whose pending batches Lightning hands to the datamodule), train and validate."""
+    from gridface.train import run
+
+    result = run(compose_train(tmp_path, [*TINY, "trainer=gpu", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                                          "trainer.limit_val_batches=1", "logger=none", "dataset.decode=gpu",
+                                          f"dataset.prefetch={prefetch}"]))
+    assert result["global_step"] == 3 and np.isfinite(result["metrics"]["val/loss"])
+
+
 def test_detector_on_cuda_equals_the_cpu(tmp_path):
     from gridface.inference.detector import Detector
     from gridface.module import GridBoxModule

@@ -471,6 +471,79 @@ def test_bad_decode_value_is_named(tmp_path):
         check_stage_config(compose_train(tmp_path, ["dataset.decode=nvjpeg"]))
 
 
+def test_bad_prefetch_value_is_named(tmp_path):
+    from gridface.stages.checks import check_stage_config
+    from gridface.utils.validate import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset.prefetch = 'threads'"):
+        check_stage_config(compose_train(tmp_path, ["dataset.decode=gpu", "dataset.prefetch=threads"]))
+    with pytest.raises(ValueError, match="dataset.prefetch = 'threads'"):
+        GridBoxDataModule(lambda **_: [], lambda **_: [], GridBoxTargetEncoder(), HW, decode="gpu", prefetch="threads")
+
+
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_the_build_thread_builds_each_batch_off_the_loop_in_fetch_order(tmp_path, decode):
+    """dataset.prefetch=thread: fetching gives a PendingBatch at once (its build runs in the build thread, not the
+    loop's), and joined, each batch is the one built in place, in the loader's order."""
+    import threading
+
+    from gridface.data.prefetch import DevicePrefetchLoader, PendingBatch, join_training_stream
+
+    cfg = compose_train(tmp_path, [*TINY, f"dataset.decode={decode}", "dataset.num_workers=0"])
+    dm = instantiate(cfg.datamodule, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()  # no trainer: the plain loader, its epoch fixed
+    in_place = [dm.device_batches(b) for b in loader]
+    built_in: list[str] = []
+
+    def build(batch):
+        built_in.append(threading.current_thread().name)
+        return dm.device_batches(batch)
+
+    fetched = list(DevicePrefetchLoader(loader, torch.device("cpu"), build, threaded=True))
+    assert all(isinstance(b, PendingBatch) for b in fetched)
+    joined = [join_training_stream(b) for b in fetched]
+    assert len(joined) == len(in_place) >= 2
+    assert all(name.startswith("gridface-batch-build") for name in built_in) and len(built_in) == len(joined)
+    for a, b in zip(in_place, joined, strict=True):
+        assert a["path"] == b["path"] and "augment" in b
+        for key in ("image", *TARGETS):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_a_failed_build_raises_in_the_loop_at_its_batch():
+    from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
+
+    def build(batch):
+        if batch["n"] == 1:
+            raise ValueError("boxes of batch 1 are broken")
+        return batch
+
+    fetched = iter(DevicePrefetchLoader([{"n": 0}, {"n": 1}, {"n": 2}], torch.device("cpu"), build, threaded=True))
+    assert join_training_stream(next(fetched)) == {"n": 0}
+    second, third = next(fetched), next(fetched)
+    with pytest.raises(ValueError, match="boxes of batch 1 are broken"):
+        join_training_stream(second)
+    assert join_training_stream(third) == {"n": 2}  # the build thread goes on
+
+
+def test_a_batch_from_the_build_thread_gets_lightnings_input_conversion():
+    """Lightning converts a batch's floats for true-half precisions before its transfer; a pending batch is not
+    built then, so the datamodule converts it when it joins (bf16-true here, on the CPU)."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.plugins.precision import HalfPrecision
+
+    from gridface.data.prefetch import DevicePrefetchLoader
+
+    dm = GridBoxDataModule(lambda **_: [], lambda **_: [], GridBoxTargetEncoder(), HW, decode="gpu", prefetch="thread")
+    dm.trainer = SimpleNamespace(precision_plugin=HalfPrecision("bf16-true"))
+    pending = next(iter(DevicePrefetchLoader([{"image": torch.rand(2, 3, 4, 4)}], torch.device("cpu"), lambda b: b,
+                                             threaded=True)))
+    assert dm.on_after_batch_transfer(pending, 0)["image"].dtype == torch.bfloat16
+
+
 def test_batches_outside_the_trainer_are_built_on_the_gpu_path_too(tmp_path):
     """The prune callback's Taylor criterion iterates the train loader itself: it gets built batches."""
     cfg = compose_train(tmp_path, [*TINY, "dataset.decode=gpu"])
@@ -498,10 +571,12 @@ def test_prune_callback_taylor_criterion_reads_built_batches(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (side streams)")
+@pytest.mark.parametrize("threaded", [False, True], ids=["stream", "thread"])
 @pytest.mark.parametrize("decode", ["gpu", "hybrid"])
-def test_batches_built_on_the_side_stream_equal_batches_built_in_place_on_cuda(tmp_path, decode):
-    """DevicePrefetchLoader builds batch n+1 on its own stream while step n runs; after the training stream joins
-    it, each batch (augmented: drawn from the batch's keys) is the one built in place on the training stream."""
+def test_batches_built_on_the_side_stream_equal_batches_built_in_place_on_cuda(tmp_path, decode, threaded):
+    """DevicePrefetchLoader builds batch n+1 on its own stream (from the loop's thread or the build thread) while
+    step n runs; after the training stream joins it, each batch (augmented: drawn from the batch's keys) is the one
+    built in place on the training stream."""
     from lightning_fabric.utilities.apply_func import move_data_to_device
 
     from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
@@ -513,7 +588,7 @@ def test_batches_built_on_the_side_stream_equal_batches_built_in_place_on_cuda(t
     loader = dm.train_dataloader()  # no trainer: the plain loader, its epoch fixed
     cuda = torch.device("cuda")
     in_place = [dm.device_batches(move_data_to_device(b, cuda)) for b in loader]
-    prefetched = DevicePrefetchLoader(loader, cuda, dm.device_batches)
+    prefetched = DevicePrefetchLoader(loader, cuda, dm.device_batches, threaded=threaded)
     assert len(prefetched) == len(loader) and prefetched.sampler is loader.sampler
     side = []
     for b in prefetched:

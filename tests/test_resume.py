@@ -215,10 +215,12 @@ def test_two_rank_ddp_killed_then_preempted_mid_epoch_resumes_to_the_uninterrupt
 
 
 @pytest.mark.slow
-def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_path, cache, monkeypatch):
+@pytest.mark.parametrize("prefetch", ["stream", "thread"])
+def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_path, cache, monkeypatch, prefetch):
     """The device data path as it runs on a GPU (dataset.decode=hybrid, batches built by DevicePrefetchLoader as
-    Lightning fetches them), here on the CPU: Lightning trains through the wrapper (its length, sampler epochs and
-    loader state are the loader's), and a run preempted mid-epoch resumes to the uninterrupted run's weights."""
+    Lightning fetches them: on the loop's thread, or in the build thread that hands Lightning pending batches),
+    here on the CPU: Lightning trains through the wrapper (its length, sampler epochs and loader state are the
+    loader's), and a run preempted mid-epoch resumes to the uninterrupted run's weights."""
     from gridface.data.prefetch import DevicePrefetchLoader
 
     from .test_cluster import SignalAtStep, submitit_stand_in
@@ -226,7 +228,7 @@ def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_pa
     monkeypatch.setattr(GridBoxDataModule, "cuda_device", property(lambda self: torch.device("cpu")))
     iterated, real_iter = [], DevicePrefetchLoader.__iter__
     monkeypatch.setattr(DevicePrefetchLoader, "__iter__", lambda self: iterated.append(self) or real_iter(self))
-    hybrid = ["dataset.decode=hybrid"]
+    hybrid = ["dataset.decode=hybrid", f"dataset.prefetch={prefetch}"]
     reference = run(config(tmp_path / "ref", cache, hybrid), callbacks=[Probe(str(tmp_path / "ref_probe"))])
     assert reference["global_step"] == 18 and iterated  # Lightning's loops read the wrapper
     probe = tmp_path / "probe"

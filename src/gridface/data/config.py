@@ -19,6 +19,8 @@ from gridface.data.sample import Sample
 
 # dataset.decode: where a batch is decoded, letterboxed, augmented and encoded (gridface.data.datamodule)
 DECODE_CHOICES = ("cpu", "gpu", "hybrid")
+# dataset.prefetch: where a device path builds batches on a CUDA device (gridface.data.prefetch)
+PREFETCH_CHOICES = ("stream", "thread")
 
 # keys of a source config that name files or folders (synthetic data is generated, so its root may be new)
 PATH_KEYS = ("root", "image_dir", "label_dir", "annotation_file", "image_root", "gt_file")

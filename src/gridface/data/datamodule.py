@@ -11,8 +11,8 @@ epoch once, and ends with the weights of the uninterrupted run.
 batched wherever the batch lands (:meth:`GridBoxDataModule.on_after_batch_transfer`, see
 :mod:`gridface.data.device_batch`); ``decode="hybrid"`` has the workers decode and letterbox (uint8) and the device
 do the rest. A batch's augmentation is drawn from (seed, epoch, its samples), so it resumes exactly too. On a CUDA
-device both pin their batches and build batch n+1 on a side stream while step n runs
-(:mod:`gridface.data.prefetch`).
+device both pin their batches and build batch n+1 on a side stream while step n runs, on the training loop's thread
+or (``dataset.prefetch=thread``) in a build thread (:mod:`gridface.data.prefetch`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from gridface.data.check import scan_images
-from gridface.data.config import DECODE_CHOICES
+from gridface.data.config import DECODE_CHOICES, PREFETCH_CHOICES
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.data.device_augment import DeviceAugment
 from gridface.data.device_batch import DeviceBatchBuilder
 from gridface.data.device_decode import EncodedDataset, collate_encoded
-from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
+from gridface.data.prefetch import DevicePrefetchLoader, PendingBatch, join_training_stream
 from gridface.data.problems import DataProblems
 from gridface.data.sample import Sample
 from gridface.data.transforms import build_augment
@@ -103,7 +103,8 @@ class GridBoxDataModule(pl.LightningDataModule):
     and again in ``setup``. ``strict``: every data problem is an error at start-up, and every image is decoded
     once before training to find them. ``decode``: ``cpu`` (workers do everything) or ``gpu`` (workers read bytes;
     the rest runs batched on the device the batch is moved to). ``seed``: the training order and augmentation
-    (None: 0, as Lightning's own distributed sampler does; every rank must shuffle alike)."""
+    (None: 0, as Lightning's own distributed sampler does; every rank must shuffle alike). ``prefetch``: where a
+    device path builds its batches on a CUDA device, ``stream`` or ``thread`` (:mod:`gridface.data.prefetch`)."""
 
     def __init__(
         self,
@@ -119,11 +120,15 @@ class GridBoxDataModule(pl.LightningDataModule):
         strict: bool = False,
         decode: str = "cpu",
         seed: int | None = None,
+        prefetch: str = "stream",
     ) -> None:
         super().__init__()
         if decode not in DECODE_CHOICES:
             raise ValueError(f"dataset.decode = {decode!r}: must be one of {', '.join(DECODE_CHOICES)}")
+        if prefetch not in PREFETCH_CHOICES:
+            raise ValueError(f"dataset.prefetch = {prefetch!r}: must be one of {', '.join(PREFETCH_CHOICES)}")
         self.decode = decode
+        self.prefetch = prefetch
         self.train_source, self.val_source = train_source, val_source
         self.encoder = encoder
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
@@ -212,7 +217,7 @@ class GridBoxDataModule(pl.LightningDataModule):
         (:class:`DevicePrefetchLoader`); otherwise the loader as it is (built in ``on_after_batch_transfer``)."""
         if self.device_batches is None or self.cuda_device is None:
             return loader
-        return DevicePrefetchLoader(loader, self.cuda_device, self.device_batches)
+        return DevicePrefetchLoader(loader, self.cuda_device, self.device_batches, threaded=self.prefetch == "thread")
 
     def batches_on(self, loader: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
         """A loader's batches as the steps see them, for code that iterates a loader outside the Trainer's loops
@@ -225,4 +230,7 @@ class GridBoxDataModule(pl.LightningDataModule):
         there. The CPU path's batches pass unchanged."""
         if self.device_batches is not None and DeviceBatchBuilder.is_encoded(batch):
             return self.device_batches(batch)
+        if isinstance(batch, PendingBatch):  # built in the build thread: Lightning's input conversion comes now
+            batch = join_training_stream(batch)
+            return self.trainer.precision_plugin.convert_input(batch) if self.trainer is not None else batch
         return join_training_stream(batch)

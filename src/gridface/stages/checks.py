@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gridface.data.config import DECODE_CHOICES
+from gridface.data.config import DECODE_CHOICES, PREFETCH_CHOICES
 from gridface.postprocess import CLUSTERING, CONFIDENCE, SCORES
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
@@ -55,6 +55,10 @@ def check_dataset(ds: DictConfig) -> None:
         raise ConfigError(f"dataset.decode = {decode!r}: must be cpu (decode and augment in the loader workers), "
                           "gpu (decode (nvJPEG), augment and encode batched on the training device) or hybrid "
                           "(workers decode and letterbox, the device augments and encodes)")
+    prefetch = ds.get("prefetch")
+    if prefetch is not None and prefetch not in PREFETCH_CHOICES:
+        raise ConfigError(f"dataset.prefetch = {prefetch!r}: must be stream (a device path builds each batch on a "
+                          "side CUDA stream from the training loop's thread) or thread (from a build thread)")
     if "root" in list(ds.keys()):  # ``"root" in ds`` is False when its value is missing (???)
         if OmegaConf.is_missing(ds, "root"):
             raise ConfigError(f"dataset.root is not set: give dataset.root=<the folder of the {ds.get('name', '')} "
