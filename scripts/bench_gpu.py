@@ -112,7 +112,7 @@ def loader_alone(cfg, device: str, batches: int) -> dict[str, Any]:
     dm.device = torch.device(device)
     dm.prepare_data()
     dm.setup("fit")
-    loader = dm.prefetched(dm.train_dataloader()) if device == "cuda" else dm.train_dataloader()
+    loader = dm.train_dataloader()  # on the GPU wrapped as the Trainer gets it (dm.device: no trainer attached)
     images, it = 0, iter(loader)
     start = time.perf_counter()
     for i in range(batches + 2):

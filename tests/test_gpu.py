@@ -66,15 +66,19 @@ def test_gpu_recipe_trains_in_bf16_channels_last_and_writes_plain_fp32_checkpoin
 
 
 @pytest.mark.parametrize("prefetch", ["stream", "thread"])
-def test_gpu_recipe_trains_through_the_device_data_path(tmp_path, prefetch):
+def test_gpu_recipe_trains_through_the_device_data_path(tmp_path, monkeypatch, prefetch):
     """dataset.decode=gpu under the GPU recipe: nvJPEG batches built on the side stream, from the loop's thread or
     the build thread (whose pending batches Lightning hands to the datamodule), train and validate."""
+    from gridface.data.prefetch import DevicePrefetchLoader
     from gridface.train import run
 
+    iterated, real_iter = [], DevicePrefetchLoader.__iter__
+    monkeypatch.setattr(DevicePrefetchLoader, "__iter__", lambda self: iterated.append(self) or real_iter(self))
     result = run(compose_train(tmp_path, [*TINY, "trainer=gpu", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                                           "trainer.limit_val_batches=1", "logger=none", "dataset.decode=gpu",
                                           f"dataset.prefetch={prefetch}"]))
     assert result["global_step"] == 3 and np.isfinite(result["metrics"]["val/loss"])
+    assert iterated and all(wrapper.threaded == (prefetch == "thread") for wrapper in iterated)
 
 
 def test_detector_on_cuda_equals_the_cpu(tmp_path):

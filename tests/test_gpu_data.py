@@ -528,9 +528,11 @@ def test_a_failed_build_raises_in_the_loop_at_its_batch():
     assert join_training_stream(third) == {"n": 2}  # the build thread goes on
 
 
-def test_a_batch_from_the_build_thread_gets_lightnings_input_conversion():
-    """Lightning converts a batch's floats for true-half precisions before its transfer; a pending batch is not
-    built then, so the datamodule converts it when it joins (bf16-true here, on the CPU)."""
+@pytest.mark.parametrize("threaded", [False, True], ids=["stream", "thread"])
+def test_a_prefetched_batch_gets_lightnings_input_conversion_after_its_build(threaded):
+    """Lightning converts a batch's floats for true-half precisions before its transfer, on the training stream: a
+    prefetched batch passes that unchanged (its build may not have ended, on the device or in the build thread),
+    and the datamodule converts it when it joins (bf16-true here, on the CPU)."""
     from types import SimpleNamespace
 
     from pytorch_lightning.plugins.precision import HalfPrecision
@@ -540,7 +542,8 @@ def test_a_batch_from_the_build_thread_gets_lightnings_input_conversion():
     dm = GridBoxDataModule(lambda **_: [], lambda **_: [], GridBoxTargetEncoder(), HW, decode="gpu", prefetch="thread")
     dm.trainer = SimpleNamespace(precision_plugin=HalfPrecision("bf16-true"))
     pending = next(iter(DevicePrefetchLoader([{"image": torch.rand(2, 3, 4, 4)}], torch.device("cpu"), lambda b: b,
-                                             threaded=True)))
+                                             threaded=threaded)))
+    assert dm.trainer.precision_plugin.convert_input(pending) is pending  # what Lightning does before the transfer
     assert dm.on_after_batch_transfer(pending, 0)["image"].dtype == torch.bfloat16
 
 
@@ -552,6 +555,22 @@ def test_batches_outside_the_trainer_are_built_on_the_gpu_path_too(tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.batches_on(dm.train_dataloader(), "cpu")))
     assert batch["image"].shape == (4, 3, 128, 192) and batch["cov"].shape == (4, 1, 8, 12) and "augment" in batch
+
+
+@pytest.mark.parametrize("prefetch", ["stream", "thread"])
+def test_batches_outside_the_trainer_land_where_asked_from_the_prefetch_loader(tmp_path, monkeypatch, prefetch):
+    """On a GPU the train loader is the prefetch wrapper (built on the trainer's device); code reading it outside
+    the loops (pruning's Taylor criterion, QAT's calibration) still gets each batch joined and on its own device.
+    Here the trainer's device is the CPU and the batches are asked for on ``meta``."""
+    monkeypatch.setattr(GridBoxDataModule, "cuda_device", property(lambda self: torch.device("cpu")))
+    cfg = compose_train(tmp_path, [*TINY, "dataset.decode=gpu", f"dataset.prefetch={prefetch}"])
+    dm = instantiate(cfg.datamodule, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.threaded == (prefetch == "thread")
+    batch = next(iter(dm.batches_on(loader, "meta")))
+    assert batch["image"].device.type == "meta" and batch["cov"].shape == (4, 1, 8, 12)
 
 
 def test_prune_callback_taylor_criterion_reads_built_batches(tmp_path):

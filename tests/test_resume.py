@@ -231,6 +231,7 @@ def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_pa
     hybrid = ["dataset.decode=hybrid", f"dataset.prefetch={prefetch}"]
     reference = run(config(tmp_path / "ref", cache, hybrid), callbacks=[Probe(str(tmp_path / "ref_probe"))])
     assert reference["global_step"] == 18 and iterated  # Lightning's loops read the wrapper
+    assert all(wrapper.threaded == (prefetch == "thread") for wrapper in iterated)
     probe = tmp_path / "probe"
     previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
     try:

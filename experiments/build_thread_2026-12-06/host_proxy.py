@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_gpu import compose
 from hydra.utils import instantiate
 
-from bench_gpu import compose
 from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
 from gridface.data.synthetic import SyntheticSpec, generate_widerface
 from gridface.utils.machine import machine_line
@@ -74,7 +74,7 @@ print("| step ops | build alone ms | step alone ms | serial (stream) ms/step | b
 print("|---:|---:|---:|---:|---:|---:|")
 for ops in (600, 2600):
     build_ms = alone(lambda: dm.device_batches(copy.copy(hosts[0])))
-    step_ms = alone(lambda: step(ops))
+    step_ms = alone(lambda ops=ops: step(ops))
     serial, thread = [], []
     for _ in range(REPEATS):
         serial.append(loop(ops, False))

@@ -221,16 +221,19 @@ class GridBoxDataModule(pl.LightningDataModule):
 
     def batches_on(self, loader: Iterable[Any], device: torch.device | str) -> Iterator[Any]:
         """A loader's batches as the steps see them, for code that iterates a loader outside the Trainer's loops
-        (the prune callback's Taylor criterion): moved to ``device``, and built there on the GPU path."""
+        (the prune callback's Taylor criterion, QAT's calibration): moved to ``device``, and built there on the
+        device paths."""
         for batch in loader:
+            batch = join_training_stream(batch)  # a prefetched batch: built on the trainer's device, waited for
             yield self.on_after_batch_transfer(move_data_to_device(batch, torch.device(device)), 0)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """GPU path: the batch is on the device now; decode, letterbox, augment (training batches) and encode it
-        there. The CPU path's batches pass unchanged."""
+        """Device paths: the batch is on the device now; decode, letterbox, augment (training batches) and encode it
+        there, or (on a GPU) join the batch :class:`DevicePrefetchLoader` built. The CPU path's batches pass
+        unchanged."""
         if self.device_batches is not None and DeviceBatchBuilder.is_encoded(batch):
             return self.device_batches(batch)
-        if isinstance(batch, PendingBatch):  # built in the build thread: Lightning's input conversion comes now
+        if isinstance(batch, PendingBatch):  # built on the side stream: Lightning's input conversion comes now
             batch = join_training_stream(batch)
             return self.trainer.precision_plugin.convert_input(batch) if self.trainer is not None else batch
-        return join_training_stream(batch)
+        return batch

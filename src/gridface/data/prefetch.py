@@ -8,6 +8,8 @@ nothing meanwhile. :class:`DevicePrefetchLoader` moves and builds each batch as 
 stream: batch n+1's kernels are queued before step n's and run beside them. The batch carries the event that ends
 its build; the datamodule's ``on_after_batch_transfer`` makes the training stream wait for that event (on the
 device, the host never waits) and hands the tensors to the training stream's allocator (``record_stream``).
+Lightning gets each batch as a :class:`PendingBatch`, which its transfer and input conversion pass unchanged: its
+tensors are touched on the training stream only after that wait (the datamodule converts them then).
 
 ``prefetch="stream"`` still builds on the training loop's thread: the host queues the build's few hundred kernels,
 and waits for nvJPEG (torchvision's batched ``decode_jpeg`` returns when the batch is decoded), before it queues
@@ -22,6 +24,7 @@ resume) is unchanged; ``state_dict``, ``sampler``, ``len`` and the rest are the 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,14 +49,30 @@ def build_thread() -> ThreadPoolExecutor:
         return _build_thread
 
 
+def _forget_build_thread() -> None:
+    """A forked child (a loader worker) has the executor but not its thread: it starts its own if it ever builds."""
+    global _build_thread, _build_thread_lock
+    _build_thread, _build_thread_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_build_thread)
+
+
 class PendingBatch:
-    """A fetched batch whose build runs in the build thread. No ``to`` method on purpose: Lightning's batch
-    transfer passes it unchanged to ``on_after_batch_transfer``, where :func:`join_training_stream` waits for it."""
+    """A fetched batch, built on the side stream or being built in the build thread. Opaque on purpose (no ``to``,
+    not a collection): Lightning's input conversion and transfer pass it unchanged to ``on_after_batch_transfer``,
+    where :func:`join_training_stream` waits for it."""
 
     __slots__ = ("future",)
 
     def __init__(self, future: Future) -> None:
         self.future = future
+
+    @classmethod
+    def done(cls, batch: Any) -> PendingBatch:
+        future: Future = Future()
+        future.set_result(batch)
+        return cls(future)
 
     def result(self) -> Any:
         """The built batch (the build's exception, raised here, if it failed)."""
@@ -62,8 +81,8 @@ class PendingBatch:
 
 class DevicePrefetchLoader:
     """Wraps a loader whose batches ``build`` finishes on ``device``: on a CUDA device on a side stream; elsewhere
-    (tests of the wrapper on the CPU) with nothing to wait for. ``threaded``: in :func:`build_thread`, the batches
-    yielded being :class:`PendingBatch`."""
+    (tests of the wrapper on the CPU) with nothing to wait for. It yields :class:`PendingBatch`; ``threaded``: built
+    in :func:`build_thread`, else as they are fetched."""
 
     def __init__(self, loader: Any, device: torch.device, build: Callable[[Any], Any], threaded: bool = False) -> None:
         self.loader, self.device, self.build, self.threaded = loader, torch.device(device), build, threaded
@@ -88,7 +107,8 @@ class DevicePrefetchLoader:
             self._stream = torch.cuda.Stream(self.device)
         pool = build_thread() if self.threaded else None
         for batch in self.loader:
-            yield PendingBatch(pool.submit(self._build, batch)) if pool is not None else self._build(batch)
+            yield PendingBatch(pool.submit(self._build, batch)) if pool is not None else PendingBatch.done(
+                self._build(batch))
 
     def _build(self, batch: Any) -> Any:
         if self._stream is None:

@@ -118,7 +118,10 @@ class QuantizeCallback(pl.Callback):
         """Before a resumed run's checkpoint is loaded (which then sets the calibrated ranges again)."""
         if stage != "fit" or is_quantized(pl_module.net):
             return
-        loader = trainer.datamodule.train_dataloader()
+        dm = trainer.datamodule
+        loader = dm.train_dataloader()
+        if hasattr(dm, "batches_on"):  # as the training steps see them (the device data paths build them there)
+            loader = dm.batches_on(loader, pl_module.device)
         batches = [b["image"] for b in itertools.islice(loader, self.calibration_batches) if "image" in b]
         pl_module.net = quantize_net(pl_module.net, self.base, self.float_modules, batches)
         self.record = {"method": "qat", "tool": "nvidia-modelopt", "base": self.base,
