@@ -512,6 +512,24 @@ def test_the_build_thread_builds_each_batch_off_the_loop_in_fetch_order(tmp_path
             assert torch.equal(a[key], b[key]), key
 
 
+def _builds_in_a_forked_child() -> int:
+    from gridface.data import prefetch
+
+    return prefetch.build_thread().submit(lambda: 7).result(timeout=10)
+
+
+def test_a_forked_child_starts_its_own_build_thread():
+    """A loader worker forked after the build thread started has the executor but not its thread: it must not
+    wait on it forever."""
+    import multiprocessing
+
+    from gridface.data.prefetch import build_thread
+
+    assert build_thread().submit(lambda: 1).result() == 1
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_builds_in_a_forked_child) == 7
+
+
 def test_a_failed_build_raises_in_the_loop_at_its_batch():
     from gridface.data.prefetch import DevicePrefetchLoader, join_training_stream
 

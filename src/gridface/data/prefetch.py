@@ -55,7 +55,8 @@ def _forget_build_thread() -> None:
     _build_thread, _build_thread_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_build_thread)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_build_thread)
 
 
 class PendingBatch:
