@@ -131,8 +131,7 @@ def loader_alone(cfg, device: str, batches: int) -> dict[str, Any]:
             images += int(batch["image"].shape[0])
     sync()
     seconds = time.perf_counter() - t0
-    path = str(cfg.dataset.get("decode", "cpu")) + ("+thread" if cfg.dataset.get("prefetch") == "thread" else "")
-    return {"workers": int(cfg.datamodule.num_workers), "decode": path,
+    return {"workers": int(cfg.datamodule.num_workers), "decode": str(cfg.dataset.get("decode", "cpu")),
             "images_per_s": images / seconds, "first_batch_s": first, "batches": i - 1}
 
 
@@ -313,7 +312,7 @@ def main() -> None:
             over = [*base, f"dataset.num_workers={workers}", *data_path_overrides(decode)]
             try:
                 batches = args.loader_batches if workers > 1 else max(2, args.loader_batches // 5)
-                record["loader"].append(loader_alone(compose(over), device, batches))
+                record["loader"].append({**loader_alone(compose(over), device, batches), "decode": decode})
             except Exception as e:  # noqa: BLE001 - a missing data path must not lose the other figures
                 record["loader"].append({"decode": decode, "workers": workers, "images_per_s": float("nan"),
                                          "first_batch_s": float("nan"), "error": repr(e)})

@@ -1,6 +1,6 @@
 #!/bin/bash
-# One GPU session's measurements for issue #21 in one command (bench_gpu.py's (a)-(c) with the hybrid path, the build thread and
-# torch.compile end to end, then `pytest -m gpu`), for a lent device machine without the project's extras:
+# One GPU session's measurements for issue #21 in one command (bench_gpu.py's (a)-(c) with the hybrid path, the
+# build thread and torch.compile end to end, then `pytest -m gpu`), for a lent device machine without the extras:
 #   BENCH_S=400 TEST_S=170 bash scripts/gpu_bench_session.sh        (OUT=<folder> for the results; default /tmp/out)
 # Prepare here, both git-excluded, and carry them: `bash scripts/gpu_kit.sh` builds .whl/ (cp312 wheels of what the
 # machine lacks: hydra-core, omegaconf, antlr4, albumentations, pydantic, faster-coco-eval, torch-pruning,
