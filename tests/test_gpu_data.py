@@ -112,6 +112,25 @@ def synthetic_samples(tmp_path: Path) -> list[Sample]:
 PIXEL_MAX = {"gpu": 1 / 255, "hybrid": 0.0}
 
 
+@pytest.mark.parametrize(("decode", "where"), [("cpu", "builds every batch in the loader workers"),
+                                               ("gpu", "without a CUDA device")])
+def test_prefetch_thread_where_it_has_no_effect_is_said_once(caplog, decode, where):
+    """dataset.prefetch=thread only changes the device paths on a CUDA device; elsewhere the loader is returned as
+    it is, and the user is told so, once (the train and val loaders both pass through), not left to guess."""
+    dm = GridBoxDataModule(lambda **_: [], lambda **_: [], GridBoxTargetEncoder(), HW, decode=decode,
+                           prefetch="thread")
+    loader = [1, 2]
+    with caplog.at_level(logging.INFO):
+        assert dm.prefetched(loader) is loader and dm.prefetched(loader) is loader
+    said = [r.getMessage() for r in caplog.records if "dataset.prefetch=thread has no effect" in r.getMessage()]
+    assert len(said) == 1 and where in said[0]
+    caplog.clear()
+    stream = GridBoxDataModule(lambda **_: [], lambda **_: [], GridBoxTargetEncoder(), HW, decode=decode)
+    with caplog.at_level(logging.INFO):
+        stream.prefetched(loader)
+    assert "dataset.prefetch" not in caplog.text
+
+
 @pytest.mark.parametrize("decode", ["gpu", "hybrid"])
 def test_device_path_equals_cpu_path_on_synthetic_images(tmp_path, decode):
     ref, out = cpu_and_device(synthetic_samples(tmp_path), HW, decode=decode)

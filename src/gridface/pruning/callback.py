@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.data.datamodule import training_batches
 from gridface.pruning.pruner import PruneSpec, count_macs_params, prune_module, taylor_losses
 from gridface.utils.checkpoint import load_checkpoint
 
@@ -46,11 +47,7 @@ class PruneCallback(pl.Callback):
         before = count_macs_params(net, pl_module.input_hw)
         losses = None
         if self.spec.criterion == "taylor":
-            dm = trainer.datamodule
-            batches = dm.train_dataloader()
-            if hasattr(dm, "batches_on"):  # as the training steps see them (the GPU data path builds them there)
-                batches = dm.batches_on(batches, pl_module.device)
-            losses = taylor_losses(pl_module, batches)
+            losses = taylor_losses(pl_module, training_batches(trainer.datamodule, pl_module.device))
         prune_module(pl_module, self.spec, losses)
         widths = pl_module.hparams["model"]["widths"]
         if trainer.world_size > 1:  # every rank must hold the same network; stop all of them if not

@@ -24,6 +24,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from gridface.data.datamodule import training_batches
+
 log = logging.getLogger(__name__)
 STATE_KEY = "modelopt_state"  # the checkpoint key holding Model Optimizer's state of ``net``
 RECORD_KEY = "qat"  # the checkpoint key holding what the quantization was (exported models' metadata)
@@ -118,10 +120,7 @@ class QuantizeCallback(pl.Callback):
         """Before a resumed run's checkpoint is loaded (which then sets the calibrated ranges again)."""
         if stage != "fit" or is_quantized(pl_module.net):
             return
-        dm = trainer.datamodule
-        loader = dm.train_dataloader()
-        if hasattr(dm, "batches_on"):  # as the training steps see them (the device data paths build them there)
-            loader = dm.batches_on(loader, pl_module.device)
+        loader = training_batches(trainer.datamodule, pl_module.device)
         batches = [b["image"] for b in itertools.islice(loader, self.calibration_batches) if "image" in b]
         pl_module.net = quantize_net(pl_module.net, self.base, self.float_modules, batches)
         self.record = {"method": "qat", "tool": "nvidia-modelopt", "base": self.base,
