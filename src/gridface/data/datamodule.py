@@ -25,7 +25,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.rank_zero import WarningCache
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
@@ -130,7 +130,7 @@ class GridBoxDataModule(pl.LightningDataModule):
             raise ValueError(f"dataset.prefetch = {prefetch!r}: must be one of {', '.join(PREFETCH_CHOICES)}")
         self.decode = decode
         self.prefetch = prefetch
-        self._prefetch_noted = False
+        self._said = WarningCache()  # notes logged once per datamodule (the train and val loaders both ask)
         self.train_source, self.val_source = train_source, val_source
         self.encoder = encoder
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
@@ -218,12 +218,11 @@ class GridBoxDataModule(pl.LightningDataModule):
         """On a CUDA device, a device path's loader builds each batch on a side stream as it is fetched
         (:class:`DevicePrefetchLoader`); otherwise the loader as it is (built in ``on_after_batch_transfer``)."""
         if self.device_batches is None or self.cuda_device is None:
-            if self.prefetch == "thread" and not self._prefetch_noted:  # said once, not silently ignored
-                self._prefetch_noted = True
+            if self.prefetch == "thread":  # said, not silently ignored
                 where = ("dataset.decode=cpu builds every batch in the loader workers" if self.device_batches is None
                          else "without a CUDA device the batches are built in place")
-                rank_zero_info(f"dataset.prefetch=thread has no effect here: {where} (it applies to "
-                               "dataset.decode=gpu|hybrid on a CUDA device)")
+                self._said.info(f"dataset.prefetch=thread has no effect here: {where} (it applies to "
+                                "dataset.decode=gpu|hybrid on a CUDA device)")
             return loader
         return DevicePrefetchLoader(loader, self.cuda_device, self.device_batches, threaded=self.prefetch == "thread")
 
