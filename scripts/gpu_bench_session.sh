@@ -6,6 +6,8 @@
 # machine lacks: hydra-core, omegaconf, antlr4, albumentations, pydantic, faster-coco-eval, torch-pruning,
 # torchdata, ...) and .gpudata/shared/widerface/mini_val (a copy of ../shared/data's 19 images, for the CUDA test);
 # then run(command="BENCH_S=400 TEST_S=170 bash scripts/gpu_bench_session.sh", carry=[".whl", ".gpudata"]).
+# Dry-run it here first against the machine's torch 2.11 (`bash scripts/device_venv.sh` builds .venv-device):
+#   SKIP_PIP=1 PY=.venv-device/bin/python TINY=1 IMAGES=64 OUT=/tmp/dry bash scripts/gpu_bench_session.sh
 T0=$(date +%s)
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 [ -n "$SKIP_PIP" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

@@ -28,3 +28,26 @@ def test_wheel_contains_configs_and_modules(tmp_path):
                      "gridface/configs/callbacks/prune/ratio.yaml", "gridface/configs/callbacks/export/onnx.yaml",
                      "gridface/configs/targets/gridbox.yaml", "gridface/pruning/pruner.py"):
         assert required in names
+
+
+def test_the_gpu_kit_brings_versions_the_project_accepts():
+    """scripts/gpu_kit.txt pins what the lent GPU machine lacks; a pin pyproject would refuse (torchdata's, whose
+    state layout the datamodule reads, say) would have the GPU run measure another stack than the users'."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    kit = [Requirement(line) for line in (ROOT / "scripts" / "gpu_kit.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    assert {canonicalize_name(r.name) for r in kit} >= {"hydra-core", "omegaconf", "albumentations", "torchdata",
+                                                         "torch-pruning", "faster-coco-eval"}
+    checked = 0
+    for pin in kit:
+        (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+        for req in wanted:
+            if canonicalize_name(req.name) == canonicalize_name(pin.name):
+                assert req.specifier.contains(version, prereleases=True), f"gpu_kit.txt {pin} against pyproject {req}"
+                checked += 1
+    assert checked >= 6
