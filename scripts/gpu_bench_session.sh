@@ -3,8 +3,8 @@
 # build thread and torch.compile end to end, then `pytest -m gpu`), for a lent device machine without the extras:
 #   BENCH_S=400 TEST_S=170 bash scripts/gpu_bench_session.sh        (OUT=<folder> for the results; default /tmp/out)
 # Prepare here, both git-excluded, and carry them: `bash scripts/gpu_kit.sh` builds .whl/ (cp312 wheels of what the
-# machine lacks: hydra-core, omegaconf, antlr4, albumentations, pydantic, faster-coco-eval, torch-pruning,
-# torchdata, ...) and .gpudata/shared/widerface/mini_val (a copy of ../shared/data's 19 images, for the CUDA test);
+# machine lacks, pinned in scripts/gpu_kit.txt) and .gpudata/shared/widerface/mini_val (a copy of ../shared/data's
+# 19 images, for the CUDA test);
 # then run(command="BENCH_S=400 TEST_S=170 bash scripts/gpu_bench_session.sh", carry=[".whl", ".gpudata"]).
 # Dry-run it here first against the machine's torch 2.11 (`bash scripts/device_venv.sh` builds .venv-device):
 #   SKIP_PIP=1 PY=.venv-device/bin/python TINY=1 IMAGES=64 OUT=/tmp/dry bash scripts/gpu_bench_session.sh

@@ -31,23 +31,29 @@ def test_wheel_contains_configs_and_modules(tmp_path):
 
 
 def test_the_gpu_kit_brings_versions_the_project_accepts():
-    """scripts/gpu_kit.txt pins what the lent GPU machine lacks; a pin pyproject would refuse (torchdata's, whose
-    state layout the datamodule reads, say) would have the GPU run measure another stack than the users'."""
+    """scripts/gpu_kit.txt pins what the lent GPU machine lacks, one ``name==version`` a line; a version pyproject
+    refuses (torchdata's, whose state layout the datamodule reads, say) would have the GPU run test code against a
+    package the project does not install."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = [Requirement(r) for r in project["dependencies"]]
     wanted += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
-    kit = [Requirement(line) for line in (ROOT / "scripts" / "gpu_kit.txt").read_text().splitlines()
-           if line.strip() and not line.startswith("#")]
-    assert {canonicalize_name(r.name) for r in kit} >= {"hydra-core", "omegaconf", "albumentations", "torchdata",
-                                                         "torch-pruning", "faster-coco-eval"}
+    kit = []
+    for n, line in enumerate((ROOT / "scripts" / "gpu_kit.txt").read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pins = [s.version for s in Requirement(line).specifier if s.operator == "=="]
+            assert len(pins) == 1, f"scripts/gpu_kit.txt:{n}: {line!r} is not one name==version pin"
+            kit.append((Requirement(line).name, pins[0]))
+    assert {canonicalize_name(name) for name, _ in kit} >= {"hydra-core", "omegaconf", "albumentations", "torchdata",
+                                                            "torch-pruning", "faster-coco-eval"}
     checked = 0
-    for pin in kit:
-        (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+    for name, version in kit:
         for req in wanted:
-            if canonicalize_name(req.name) == canonicalize_name(pin.name):
-                assert req.specifier.contains(version, prereleases=True), f"gpu_kit.txt {pin} against pyproject {req}"
+            if canonicalize_name(req.name) == canonicalize_name(name):
+                assert req.specifier.contains(version, prereleases=True), f"gpu_kit.txt {name}=={version}, " \
+                                                                          f"pyproject {req}"
                 checked += 1
     assert checked >= 6
