@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 NEW=.whl.new
 rm -rf "$NEW"
-PINS=$(grep -v -e '^#' -e '^antlr4' -e '^[[:space:]]*$' scripts/gpu_kit.txt)
 ANTLR=$(grep '^antlr4' scripts/gpu_kit.txt || true)
 "$PY" -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
-  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$NEW" $PINS
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$NEW" \
+  -r <(grep -v '^antlr4' scripts/gpu_kit.txt)
 [ -z "$ANTLR" ] || "$PY" -m pip wheel -q --no-deps -w "$NEW" "$ANTLR"
 rm -rf .whl && mv "$NEW" .whl
 SHARED=${GRIDFACE_SHARED_DATA:-../shared/data}

@@ -44,9 +44,10 @@ def test_the_gpu_kit_brings_versions_the_project_accepts():
     for n, line in enumerate((ROOT / "scripts" / "gpu_kit.txt").read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if line:
-            pins = [s.version for s in Requirement(line).specifier if s.operator == "=="]
+            req = Requirement(line)
+            pins = [s.version for s in req.specifier if s.operator == "=="]
             assert len(pins) == 1, f"scripts/gpu_kit.txt:{n}: {line!r} is not one name==version pin"
-            kit.append((Requirement(line).name, pins[0]))
+            kit.append((req.name, pins[0]))
     assert {canonicalize_name(name) for name, _ in kit} >= {"hydra-core", "omegaconf", "albumentations", "torchdata",
                                                             "torch-pruning", "faster-coco-eval"}
     checked = 0
