@@ -151,8 +151,9 @@ def test_wider_bad_face_line_is_reported_with_its_line_and_never_a_face(tmp_path
     assert np.isfinite(samples[0].boxes).all()
     assert problems.counts() == {kind: 1}
     assert problems.items[0].where == f"{f}:4"
-    with pytest.raises(LabelError, match=r"gt.txt:4: .*dataset.strict=true"):
+    with pytest.raises(LabelError, match=r"gt.txt:4: .*dataset.strict=true") as error:
         read_widerface_txt(f, img, problems=DataProblems(strict=True))
+    assert "skipped" not in str(error.value)  # a strict run skips nothing: it stops
 
 
 def test_wider_count_past_the_end_names_the_count_line(tmp_path):
@@ -189,6 +190,22 @@ def test_wider_missing_image_is_reported_with_the_ground_truth_line(tmp_path):
     assert [s.image.name for s in samples] == ["a.jpg"]
     (p,) = problems.items
     assert p.kind == P.MISSING_IMAGE and p.where == f"{f}:4" and "gone.jpg" in p.message
+
+
+def test_wider_face_after_a_zero_count_and_a_flag_out_of_range_are_reported(tmp_path):
+    """After a count of 0 only the all-zero placeholder is skipped unreported; an invalid flag other than 0/1 is
+    neither a face nor an ignore region; a count lower than the face lines names the count line."""
+    f, img = wider(tmp_path, f"a.jpg\n0\n{FACE}\nb.jpg\n0\n0 0 0 0 0 0 0 0 0 0\nc.jpg\n2\n{FACE}\n"
+                             "50 50 20 20 0 0 0 2 0 0\n")
+    problems = DataProblems()
+    samples = read_widerface_txt(f, img, problems=problems)
+    assert [len(s.boxes) for s in samples] == [0, 0, 1]
+    assert problems.counts() == {P.COUNT_MISMATCH: 1, P.BAD_FLAG: 1}
+    assert [p.where for p in problems.items] == [f"{f}:3", f"{f}:10"]
+    assert "face count of 0 (line 2)" in problems.items[0].message
+    f, img = wider(tmp_path / "low", f"a.jpg\n1\n{FACE}\n{FACE}\nb.jpg\n0\n")
+    with pytest.raises(LabelError, match=r"gt.txt:4: expected an image path .*face count of a.jpg on line 2"):
+        read_widerface_txt(f, img)
 
 
 def test_wider_file_that_is_not_utf8_names_the_line(tmp_path):
@@ -235,6 +252,23 @@ def test_kitti_orphan_image_counts_as_empty_and_orphan_label_is_named(tmp_path):
     assert by_kind[P.NO_LABEL_FILE].where == str(images / "nolabel.png")
 
 
+def test_kitti_images_sharing_a_stem_and_unlisted_classes_are_reported(tmp_path, caplog):
+    """Two images for one label file: the first (sorted) keeps the labels, the other is reported. Objects of classes
+    that are not trained are skipped, as TAO does, and one warning names each class, its count and first line."""
+    images, labels = kitti(tmp_path, {"a": f"{KFACE}\nfcae 0 0 0 1 2 31 42 0 0 0 0 0 0 0\nperson 0 0 0 1 2 9 9 "
+                                            "0 0 0 0 0 0 0\nfcae 0 0 0 5 5 30 30 0 0 0 0 0 0 0\n"}, ["a"])
+    cv2.imwrite(str(images / "a.jpg"), photo(60, 80))
+    problems = DataProblems()
+    with caplog.at_level("WARNING", logger="gridface.data.parsers"):
+        (s,) = read_kitti(images, labels, problems=problems)
+    assert s.image.name == "a.jpg" and len(s.boxes) == 1
+    (p,) = problems.items
+    assert p.kind == P.SAME_STEM and p.where == str(images / "a.png") and "a.jpg" in p.message
+    (warning,) = [r.getMessage() for r in caplog.records if "not one of" in r.getMessage()]
+    assert "skipped 3 objects" in warning and f"'fcae' x2 (first at {labels / 'a.txt'}:2)" in warning
+    assert f"'person' x1 (first at {labels / 'a.txt'}:3)" in warning
+
+
 # --------------------------------------------------------------------------------------------------- COCO
 def test_coco_bad_boxes_duplicates_and_missing_images(tmp_path):
     cv2.imwrite(str(tmp_path / "x.png"), photo(60, 80))
@@ -252,6 +286,43 @@ def test_coco_bad_boxes_duplicates_and_missing_images(tmp_path):
     np.testing.assert_allclose(s.boxes, [[1, 2, 11, 22], [30, 30, 40, 40]])
     assert problems.counts() == {P.DUPLICATE: 1, P.NON_FINITE: 1, P.DEGENERATE: 1, P.MISSING_IMAGE: 1}
     assert any("annotations[2] (id 12)" in p.where for p in problems.items)
+
+
+def test_coco_annotations_naming_unknown_ids_or_malformed_are_skipped_and_reported(tmp_path, caplog):
+    cv2.imwrite(str(tmp_path / "x.png"), photo(60, 80))
+    ann = {"images": [{"id": 1, "file_name": "x.png"}],
+           "categories": [{"id": 1, "name": "face"}, {"id": 2, "name": "person"}],
+           "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 20]},
+                           {"id": 11, "image_id": "1", "category_id": 1, "bbox": [1, 2, 10, 20]},
+                           {"id": 12, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 20]},
+                           {"id": 13, "image_id": 1, "category_id": 1, "bbox": "1234"},
+                           {"id": 14, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 3, 4, 5, 6]]},
+                           {"id": 15, "image_id": 1, "category_id": 2, "bbox": [5, 5, 10, 10]}]}
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps(ann))
+    problems = DataProblems()
+    with caplog.at_level("WARNING", logger="gridface.data.parsers"):
+        (s,) = read_coco(f, tmp_path, problems=problems)
+    np.testing.assert_allclose(s.boxes, [[1, 2, 11, 22]])
+    assert problems.counts() == {P.UNKNOWN_REFERENCE: 2, P.SHORT_LINE: 2}
+    messages = {p.where.rsplit("(id ", 1)[1].rstrip(")"): p.message for p in problems.items}
+    assert "image_id '1'" in messages["11"] and "category_id 7" in messages["12"]
+    assert "got str '1234'" in messages["13"] and "needs bbox" in messages["14"]
+    (warning,) = [r.getMessage() for r in caplog.records if "not one of" in r.getMessage()]
+    assert "'person' x1 (first at" in warning and "annotations[5]" in warning
+
+
+@pytest.mark.parametrize(("images", "categories", "message"), [
+    ([{"id": 1, "file_name": "x.png"}, {"id": 1, "file_name": "y.png"}], [{"id": 1, "name": "face"}],
+     r"images\[1\] \(y.png\) has id 1, the id of images\[0\] \(x.png\)"),
+    ([{"id": 1, "file_name": "x.png"}], [{"id": 1}], r"categories\[0\] needs id and name"),
+    ([{"id": 1, "file_name": "x.png"}], ["face"], r"categories\[0\] needs id and name, got face"),
+])
+def test_coco_ambiguous_images_and_malformed_categories_name_the_entry(tmp_path, images, categories, message):
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps({"images": images, "categories": categories, "annotations": []}))
+    with pytest.raises(LabelError, match=message):
+        read_coco(f, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------- check_data
@@ -319,6 +390,40 @@ def test_check_data_exit_status_and_strict_training_stop_at_start(tmp_path):
     assert train.returncode == 2
     assert "gridface.train: error:" in train.stderr and "dataset.strict=true" in train.stderr
     assert "Traceback" not in train.stderr
+
+
+@pytest.mark.parametrize("validation", [True, False], ids=["stops-before-validation", "stops-at-epoch-end"])
+def test_training_where_no_training_image_is_readable_stops_before_any_checkpoint(tmp_path, validation):
+    """Every training image truncated: the run stops at its first epoch with one error saying so, before validation
+    ranks the untrained weights (it used to finish, with a best.ckpt that had never trained)."""
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    for image in (root / "train" / "images").glob("*.jpg"):
+        image.write_bytes(image.read_bytes()[:300])
+    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
+                                   "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
+                                   "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false",
+                                   *([] if validation else ["trainer.limit_val_batches=0"])])
+    with pytest.raises(ValueError, match=r"epoch 0: none of the training images could be read \(3 skipped"):
+        train_run(cfg)
+    assert not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+def test_a_training_split_without_one_face_of_the_trained_classes_is_an_error_at_start(tmp_path, caplog):
+    """Every object labelled 'head' while the run trains 'face': it used to train on background and report NaN AP."""
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    for label in (root / "train" / "labels").glob("*.txt"):
+        label.write_text(KFACE.replace("face", "head") + "\n")
+    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
+                                   "dataset.input_height=96", "dataset.num_workers=0", "trainer=cpu",
+                                   "trainer.max_epochs=1", "logger=none", "print_config=false"])
+    with caplog.at_level("WARNING", logger="gridface.data.parsers"), \
+            pytest.raises(ValueError, match=r"training split lists 3 images but not one face box"):
+        train_run(cfg)
+    assert "'head' x2 (first at" in caplog.text
 
 
 def test_validation_with_no_readable_image_warns_and_checkpointing_goes_on(tmp_path, caplog):

@@ -19,6 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.evaluation.ap import f1_best_threshold
@@ -168,10 +169,13 @@ class GridBoxModule(pl.LightningModule):
         # counted on the host (skips) and on the device (clipped boxes of the device paths), logged at the epoch's
         # end: logging a Python number at each step copies it to the GPU, and that copy waits for the device
         self._epoch_skipped: int = 0
+        self._epoch_trained: int = 0
         self._epoch_clipped: torch.Tensor | int = 0
 
     def count_batch_problems(self, batch: dict[str, Any]) -> None:
         self._epoch_skipped = getattr(self, "_epoch_skipped", 0) + int(batch["skipped"])
+        if "image" in batch:
+            self._epoch_trained = getattr(self, "_epoch_trained", 0) + int(batch["image"].shape[0])
         clipped = batch.get("clipped", 0)
         self._epoch_clipped = getattr(self, "_epoch_clipped", 0) + (clipped.detach() if torch.is_tensor(clipped)
                                                                      else int(clipped))
@@ -212,7 +216,25 @@ class GridBoxModule(pl.LightningModule):
                              "bf16-mixed")
         add_l1_gradient(self.net, self.l1_regularization)
 
+    def stop_if_nothing_trained(self) -> None:
+        """Every training image of the epoch so far was unreadable (each named in a warning when skipped): stop,
+        before validation ranks the untrained weights and writes them as a checkpoint. Called at validation's start
+        and at the training epoch's end (a run without validation); every rank calls it, the count is summed."""
+        skipped = getattr(self, "_epoch_skipped", 0)
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        trained = getattr(self, "_epoch_trained", 0)
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(torch.tensor([float(trained), float(skipped)], device=self.device),
+                                                  reduce_op="sum")
+            trained, skipped = int(totals[0]), int(totals[1])
+        if trained == 0 and skipped > 0:
+            raise ValueError(f"epoch {self.current_epoch}: none of the training images could be read ({skipped} "
+                             "skipped, each named in a warning above), so nothing was trained; `python -m "
+                             "gridface.check_data` with this dataset lists every unusable file")
+
     def on_train_epoch_end(self) -> None:
+        self.stop_if_nothing_trained()
         self.log("train/skipped_images", float(getattr(self, "_epoch_skipped", 0)))
         self.log("train/clipped_boxes", float(getattr(self, "_epoch_clipped", 0)))
         self.criterion.update_auto_weights()
@@ -255,6 +277,7 @@ class GridBoxModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
+        self.stop_if_nothing_trained()
         self._val_dets, self._val_gts, self._val_paths = [], [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -158,6 +158,11 @@ class GridBoxDataModule(pl.LightningDataModule):
 
     def load(self, source: Callable[..., list[Sample]], split: str) -> list[Sample]:
         samples = source(problems=self.problems)
+        if split == "train" and not any(len(s.boxes) > int(s.ignore.sum()) for s in samples):
+            # a detector trained on background alone: a class list or class map that matches none of the labels
+            raise ValueError(f"the training split lists {len(samples)} images but not one face box of the classes "
+                             "trained; check dataset.class_names and dataset.class_map against the labels' class "
+                             "names (a warning above lists the classes the label reader skipped, if any)")
         if self.strict:
             scan_images(samples, self.problems, desc=f"dataset.strict: checking the {split} images")
         return samples

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,28 @@ def parse_numbers(fields: list[str], where: str, what: str, problems: DataProble
     return values
 
 
+def warn_unmapped(source: Path, unmapped: dict[str, list], what: str) -> None:
+    """One warning for the objects a reader skipped because their class is not one of the classes trained: each
+    name with its count and where it first appears (a typo in a label or in the class map shows up here)."""
+    if not unmapped:
+        return
+    listed = ", ".join(f"'{name}' x{count} (first at {where})" for name, (count, where) in sorted(unmapped.items()))
+    log.warning("%s: skipped %d objects whose class is not %s: %s", source, sum(c for c, _ in unmapped.values()),
+                what, listed)
+
+
+def note_unmapped(unmapped: dict[str, list], name: str, where: str) -> None:
+    entry = unmapped.setdefault(name, [0, where])
+    entry[0] += 1
+
+
+def is_zero(field: str) -> bool:
+    try:
+        return float(field) == 0
+    except ValueError:
+        return False
+
+
 def is_image_path(line: str) -> bool:
     return line.strip().lower().endswith(IMAGE_SUFFIXES)
 
@@ -82,6 +105,7 @@ def read_widerface_txt(
         raise FileNotFoundError(f"WIDER FACE ground truth not found: {gt_file}")
     lines = read_text(gt_file)
     by_name: dict[str, Sample] = {}
+    previous: tuple[str, int] | None = None  # the last entry's image and face-count line
     i = 0
     while i < len(lines):
         name = lines[i].strip()
@@ -90,8 +114,10 @@ def read_widerface_txt(
             continue
         name_line = i + 1
         if not is_image_path(name):
+            hint = (f" (does the face count of {previous[0]} on line {previous[1]} say fewer faces than it has?)"
+                    if previous is not None and len(name.split()) == 10 else "")
             raise LabelError(f"{gt_file}:{name_line}: expected an image path ({', '.join(IMAGE_SUFFIXES)}), "
-                             f"got '{name[:80]}'")
+                             f"got '{name[:80]}'{hint}")
         if i + 1 >= len(lines):
             raise LabelError(f"{gt_file}:{name_line}: unexpected end of file: {name} has no face count line")
         try:
@@ -101,6 +127,7 @@ def read_widerface_txt(
         except ValueError:
             raise LabelError(f"{gt_file}:{i + 2}: expected the face count of {name} (a whole number >= 0), "
                              f"got '{lines[i + 1].strip()[:80]}'") from None
+        previous = (name, i + 2)
         i += 2
         rows = []
         for k in range(count):
@@ -123,9 +150,19 @@ def read_widerface_txt(
                 problems.add(P.DEGENERATE, where, f"a face of {name} has width {vals[2]:g} and height {vals[3]:g}; "
                                                   "line skipped")
                 continue
+            if vals[7] not in (0, 1):
+                problems.add(P.BAD_FLAG, where, f"a face of {name} has invalid={vals[7]:g}; the flag is 0 (valid) or "
+                                                "1 (invalid, an ignore region); line skipped")
+                continue
             rows.append(vals)
         if count == 0 and i < len(lines) and lines[i].strip() and not is_image_path(lines[i]):
-            i += 1  # the official placeholder line ("0 0 0 0 0 0 0 0 0 0") of an image without faces
+            # the official placeholder line ("0 0 0 0 0 0 0 0 0 0") of an image without faces; anything else there
+            # is a face the count left out (reported: the count is what to fix)
+            if not all(is_zero(f) for f in lines[i].split()):
+                problems.add(P.COUNT_MISMATCH, f"{gt_file}:{i + 1}",
+                             f"{name} has a face count of 0 (line {name_line + 1}) but this line is not the all-zero "
+                             f"placeholder: '{lines[i].strip()[:80]}'; line skipped")
+            i += 1
         arr = np.array(rows, np.float64).reshape(-1, 10)
         boxes = np.concatenate([arr[:, :2], arr[:, :2] + arr[:, 2:4]], 1)
         ignore = (np.minimum(arr[:, 2], arr[:, 3]) < min_size) | ((arr[:, 7] > 0) & ~keep_invalid)
@@ -162,8 +199,9 @@ def read_kitti(
     ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y``.
 
     ``class_map`` maps label names (lower-cased) to target class names; ``DontCare`` and anything mapped to
-    ``dontcare`` become ignore boxes; unmapped names are skipped (counted in the log). An image without a
-    label file is an image with no faces (reported); a label file without an image is reported and skipped.
+    ``dontcare`` become ignore boxes; unmapped names are skipped (as TAO does), listed in one warning with their
+    counts. An image without a label file is an image with no faces (reported); a label file without an image is
+    reported and skipped; two images with one stem (``a.jpg``, ``a.png``) are reported and the first kept.
     """
     problems = problems if problems is not None else DataProblems()
     image_dir, label_dir = Path(image_dir), Path(label_dir)
@@ -172,9 +210,19 @@ def read_kitti(
             raise FileNotFoundError(f"KITTI folder not found: {d}")
     class_map = {k.lower(): v.lower() for k, v in (class_map or {n: n for n in class_names}).items()}
     index = {n.lower(): i for i, n in enumerate(class_names)}
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    images: dict[str, Path] = {}
+    for p in sorted(image_dir.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.stem in images:
+            problems.add(P.SAME_STEM, str(p), f"{images[p.stem].name} has the same name before its suffix, and "
+                                              f"{label_dir / (p.stem + '.txt')} can label only one of them; "
+                                              f"{p.name} skipped")
+            continue
+        images[p.stem] = p
     labels_found = {p.stem: p for p in sorted(label_dir.glob("*.txt"))}
-    samples, unmapped = [], 0
+    samples: list[Sample] = []
+    unmapped: dict[str, list] = {}
     for stem, label_file in labels_found.items():
         if stem not in images:
             problems.add(P.ORPHAN_LABEL, str(label_file),
@@ -201,7 +249,7 @@ def read_kitti(
             name = class_map.get(parts[0].lower())
             dontcare = parts[0].lower() == "dontcare" or name == "dontcare"
             if not dontcare and name not in index:
-                unmapped += 1
+                note_unmapped(unmapped, parts[0], where)
                 continue
             boxes.append((x1, y1, x2, y2))
             labels.append(0 if dontcare else index[name])
@@ -214,8 +262,7 @@ def read_kitti(
             samples.append(Sample(image, np.zeros((0, 4)), np.zeros(0), None, str(image)))
     if not samples:
         raise LabelError(f"{label_dir}: no KITTI label files (*.txt) with images in {image_dir}")
-    if unmapped:
-        log.info("KITTI %s: skipped %d objects whose class is not in the class map", label_dir, unmapped)
+    warn_unmapped(label_dir, unmapped, f"one of {list(class_names)} after dataset.class_map")
     return samples
 
 
@@ -224,7 +271,9 @@ def read_coco(
     problems: DataProblems | None = None,
 ) -> list[Sample]:
     """COCO json: ``bbox`` is x, y, w, h; ``iscrowd`` boxes become ignore boxes; categories are matched
-    to ``class_names`` by name (others skipped). Two image records with one ``file_name`` are merged (reported)."""
+    to ``class_names`` by name (others skipped, listed in one warning). Two image records with one ``file_name`` are
+    merged (reported); two with one ``id`` are an error (annotations could label either). An annotation that is
+    malformed or names an id that no image or category has is reported and skipped."""
     problems = problems if problems is not None else DataProblems()
     annotation_file, image_root = Path(annotation_file), Path(image_root)
     try:
@@ -237,14 +286,26 @@ def read_coco(
         if key not in data:
             raise LabelError(f"{annotation_file}: missing top-level key '{key}'")
     index = {n.lower(): i for i, n in enumerate(class_names)}
-    cat = {c["id"]: index.get(str(c["name"]).lower()) for c in data["categories"]}
-    file_of: dict[int, str] = {}
+    cat: dict[Any, int | None] = {}  # category id -> class index, None for a category not trained
+    cat_name: dict[Any, str] = {}
+    for k, c in enumerate(data["categories"]):
+        try:
+            cat_name[c["id"]] = str(c["name"])
+        except (KeyError, TypeError):
+            raise LabelError(f"{annotation_file}: categories[{k}] needs id and name, got {str(c)[:80]}") from None
+        cat[c["id"]] = index.get(cat_name[c["id"]].lower())
+    file_of: dict[Any, str] = {}
     first_index: dict[str, int] = {}
+    index_of_id: dict[Any, int] = {}
     for k, img in enumerate(data["images"]):
         try:
             image_id, file_name = img["id"], str(img["file_name"])
         except (KeyError, TypeError):
             raise LabelError(f"{annotation_file}: images[{k}] needs id and file_name") from None
+        if image_id in index_of_id:  # annotations name images by id: which of the two they label cannot be told
+            raise LabelError(f"{annotation_file}: images[{k}] ({file_name}) has id {image_id!r}, the id of "
+                             f"images[{index_of_id[image_id]}] ({file_of[image_id]}); each image needs its own id")
+        index_of_id[image_id] = k
         if file_name in first_index:
             problems.add(P.DUPLICATE, f"{annotation_file}: images[{k}]",
                          f"{file_name} is listed again (first as images[{first_index[file_name]}]); "
@@ -252,16 +313,25 @@ def read_coco(
         first_index.setdefault(file_name, k)
         file_of[image_id] = file_name
     per_file: dict[str, list] = {name: [] for name in first_index}
+    unmapped: dict[str, list] = {}
     for k, ann in enumerate(data["annotations"]):
         where = f"{annotation_file}: annotations[{k}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
         try:
-            bbox, image_id, category = list(ann["bbox"]), ann["image_id"], ann["category_id"]
+            bbox, image_id, category = ann["bbox"], ann["image_id"], ann["category_id"]
         except (KeyError, TypeError):
-            raise LabelError(f"{where} needs bbox [x,y,w,h], image_id and category_id") from None
+            problems.add(P.SHORT_LINE, where, "needs bbox [x, y, w, h], image_id and category_id; skipped")
+            continue
         if image_id not in file_of:
-            raise LabelError(f"{where} refers to unknown image_id {image_id}")
-        if len(bbox) != 4:
-            problems.add(P.SHORT_LINE, where, f"bbox needs 4 values [x, y, w, h], got {len(bbox)}; skipped")
+            problems.add(P.UNKNOWN_REFERENCE, where, f"image_id {image_id!r} is not the id of any entry of images; "
+                                                     "skipped")
+            continue
+        if category not in cat:
+            problems.add(P.UNKNOWN_REFERENCE, where, f"category_id {category!r} is not the id of any entry of "
+                                                     "categories; skipped")
+            continue
+        if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+            got = f"{len(bbox)} values" if isinstance(bbox, list | tuple) else f"{type(bbox).__name__} {bbox!r:.40}"
+            problems.add(P.SHORT_LINE, where, f"bbox needs 4 values [x, y, w, h], got {got}; skipped")
             continue
         vals = parse_numbers([str(v) for v in bbox], where, "bbox values", problems)
         if vals is None:
@@ -270,9 +340,12 @@ def read_coco(
         if w <= 0 or h <= 0:
             problems.add(P.DEGENERATE, where, f"bbox has width {w:g} and height {h:g}; skipped")
             continue
-        cls = cat.get(category)
-        if cls is not None:
-            per_file[file_of[image_id]].append((x, y, x + w, y + h, cls, bool(ann.get("iscrowd", 0))))
+        cls = cat[category]
+        if cls is None:
+            note_unmapped(unmapped, cat_name[category], where)
+            continue
+        per_file[file_of[image_id]].append((x, y, x + w, y + h, cls, bool(ann.get("iscrowd", 0))))
+    warn_unmapped(annotation_file, unmapped, f"one of {list(class_names)}")
     samples = []
     for name, k in first_index.items():
         rows = np.array(per_file[name], np.float64).reshape(-1, 6)

@@ -19,6 +19,10 @@ NOT_NUMBER = "value not a number"
 NON_FINITE = "non-finite value"
 DEGENERATE = "box with zero or negative size"
 DUPLICATE = "image listed twice"
+SAME_STEM = "two images for one label file"
+COUNT_MISMATCH = "face count disagrees with the lines"
+BAD_FLAG = "flag out of range"
+UNKNOWN_REFERENCE = "unknown image or category id"
 NO_LABEL_FILE = "image without a label file"
 ORPHAN_LABEL = "label file without an image"
 MISSING_IMAGE = "image missing"
@@ -50,8 +54,10 @@ class DataProblems:
 
     def add(self, kind: str, where: str, message: str) -> None:
         problem = Problem(kind, where, message)
-        if self.strict:
-            raise LabelError(f"{problem} (dataset.strict=true makes every data problem an error)")
+        if self.strict:  # nothing is skipped then: the message without what a lenient run would do about it
+            found, _, then = problem.message.rpartition("; ")
+            raise LabelError(f"{problem.where}: {found if found and 'skipped' in then else problem.message} "
+                             "(dataset.strict=true makes every data problem an error)")
         self.items.append(problem)
         self.by_kind[kind] += 1
         n = self.by_kind[kind]
