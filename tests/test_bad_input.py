@@ -342,6 +342,14 @@ def broken_kitti_set(tmp_path):
     return tmp_path
 
 
+def train_on(tmp_path, root, *overrides):
+    """A short CPU training run's config on the KITTI set at ``root`` (2 epochs of batches of 2 at 128x96)."""
+    return compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
+                                    "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
+                                    "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false",
+                                    *overrides])
+
+
 def test_check_data_reports_every_problem_with_file_and_line(tmp_path):
     root = broken_kitti_set(tmp_path / "data")
     cfg = compose_config("check_data", tmp_path / "out", tmp_path / "cache",
@@ -366,10 +374,7 @@ def test_training_result_counts_every_data_problem_once(tmp_path):
     from gridface.train import run as train_run
 
     root = broken_kitti_set(tmp_path / "data")
-    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
-                                   "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
-                                   "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false"])
-    result = train_run(cfg)
+    result = train_run(train_on(tmp_path, root))
     assert result["data_problems"]["counts"] == {"image truncated": 1, P.NON_FINITE: 1, P.ORPHAN_LABEL: 1,
                                                  P.NO_LABEL_FILE: 1}  # the truncated image: once, not per epoch
     (truncated,) = result["data_problems"]["examples"]["image truncated"]
@@ -401,10 +406,7 @@ def test_training_where_no_training_image_is_readable_stops_before_any_checkpoin
     root = broken_kitti_set(tmp_path / "data")
     for image in (root / "train" / "images").glob("*.jpg"):
         image.write_bytes(image.read_bytes()[:300])
-    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
-                                   "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
-                                   "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false",
-                                   *([] if validation else ["trainer.limit_val_batches=0"])])
+    cfg = train_on(tmp_path, root, *([] if validation else ["trainer.limit_val_batches=0"]))
     with pytest.raises(ValueError, match=r"epoch 0: none of the training images could be read \(3 skipped"):
         train_run(cfg)
     assert not list((tmp_path / "out").rglob("*.ckpt"))
@@ -417,9 +419,7 @@ def test_a_training_split_without_one_face_of_the_trained_classes_is_an_error_at
     root = broken_kitti_set(tmp_path / "data")
     for label in (root / "train" / "labels").glob("*.txt"):
         label.write_text(KFACE.replace("face", "head") + "\n")
-    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
-                                   "dataset.input_height=96", "dataset.num_workers=0", "trainer=cpu",
-                                   "trainer.max_epochs=1", "logger=none", "print_config=false"])
+    cfg = train_on(tmp_path, root, "trainer.max_epochs=1")
     with caplog.at_level("WARNING", logger="gridface.data.parsers"), \
             pytest.raises(ValueError, match=r"training split lists 3 images but not one face box"):
         train_run(cfg)
@@ -439,10 +439,7 @@ def test_validation_with_no_readable_image_warns_and_checkpointing_goes_on(tmp_p
     root = broken_kitti_set(tmp_path / "data")
     for image in (root / "val" / "images").glob("*.jpg"):
         image.write_bytes(image.read_bytes()[:300])
-    cfg = compose_train(tmp_path, ["dataset=kitti", f"dataset.root={root}", "dataset.input_width=128",
-                                   "dataset.input_height=96", "dataset.batch_size=2", "dataset.num_workers=0",
-                                   "trainer=cpu", "trainer.max_epochs=2", "logger=none", "print_config=false",
-                                   "checkpoint_every_n_steps=0"])
+    cfg = train_on(tmp_path, root, "checkpoint_every_n_steps=0")
     with caplog.at_level(logging.WARNING, logger="gridface.module"):
         result = train_run(cfg)
     for when in ("the sanity check", "epoch 0", "epoch 1"):
