@@ -95,6 +95,53 @@ def test_truncated_progressive_jpeg_and_one_with_an_exif_thumbnail_are_refused(t
             read_image_rgb(tmp_path / f"{name}_cut.jpg")
 
 
+def damaged_jpegs() -> dict[str, bytes]:
+    """JPEGs whole in structure (an end marker after the scan) but damaged inside, the way broken copies and tools
+    leave them: cut in half with the end marker put back; a third of the compressed data zeroed."""
+    data = encode(photo(240, 320), ".jpg")
+    middle = bytearray(data)
+    middle[len(data) // 3: 2 * len(data) // 3] = bytes(len(data) // 3)
+    return {"cut_with_end_marker": data[: len(data) // 2] + b"\xff\xd9", "zeroed_middle": bytes(middle)}
+
+
+@pytest.mark.parametrize("damage", ["cut_with_end_marker", "zeroed_middle"])
+def test_a_damaged_jpeg_with_its_end_marker_is_refused_not_decoded_into_invented_pixels(tmp_path, damage):
+    """OpenCV and PIL decode both into grey or shifted blocks (a 'Corrupt JPEG data' line on stderr, no file name)."""
+    from gridface.data.device_decode import read_encoded
+    from gridface.data.images import CORRUPT, check_jpeg_data
+
+    data = damaged_jpegs()[damage]
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None  # what a lenient reader does
+    p = tmp_path / f"{damage}.jpg"
+    p.write_bytes(data)
+    for read in (read_image_rgb, read_encoded):  # the CPU reader; a device-path worker (nvJPEG decodes later)
+        with pytest.raises(ImageReadError, match="Corrupt JPEG data") as e:
+            read(p)
+        assert e.value.kind == CORRUPT and str(p) in str(e.value)
+    with pytest.raises(ImageReadError):
+        check_jpeg_data(data, p)
+    check_jpeg_data(encode(photo(240, 320), ".jpg"), p)  # a whole one passes
+
+
+@pytest.mark.parametrize("kind", ["orientation", "grey", "cmyk", "progressive"])
+def test_jpegs_decode_to_opencvs_pixels(tmp_path, kind):
+    """The strict decoder gives OpenCV's pixels (the same libjpeg-turbo), EXIF orientation applied as OpenCV does."""
+    img = Image.fromarray(photo(60, 80))
+    variants = {"grey": [img.convert("L")], "cmyk": [img.convert("CMYK")], "progressive": [img]}.get(kind)
+    files = []
+    for orientation in range(1, 9) if variants is None else [1]:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        (variants or [img])[0].save(buf, "JPEG", exif=exif.tobytes(), progressive=kind == "progressive")
+        files.append(buf.getvalue())
+    for data in files:
+        p = tmp_path / "x.jpg"
+        p.write_bytes(data)
+        want = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(read_image_rgb(p), want)
+
+
 @pytest.mark.parametrize(("content", "kind"), [(None, MISSING), (b"", EMPTY), (b"hello, I am text", NOT_IMAGE),
                                                (b"\xff\xd8\xff\xe0\x00", TRUNCATED)])
 def test_missing_empty_and_text_files(tmp_path, content, kind):

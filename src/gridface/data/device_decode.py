@@ -8,9 +8,11 @@ machine's cores against its GPU's decoder (experiments/gpu_*).
 
 Why: a CPU worker decodes, letterboxes, augments and encodes ~39 images/s, and one GPU trains on ~1,800. Here a
 worker only reads the file, checks the bytes' structure (:func:`gridface.data.images.jpeg_problem`: a truncated
-JPEG is reported, never decoded into grey) and ships them; the batch is decoded on the device in one
-``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA; on CPU tensors the same call decodes on the CPU, which is how
-the tests run). Other formats (PNG, ...) are decoded in the worker by the CPU path's reader and shipped as pixels.
+JPEG is reported, never decoded into grey) and their compressed data (:func:`gridface.data.images.check_jpeg_data`,
+an entropy decode at 1/8 scale: damaged data is reported, never decoded into invented pixels) and ships them; the
+batch is decoded on the device in one ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA; on CPU tensors the same
+call decodes on the CPU, which is how the tests run). Other formats (PNG, ...) are decoded in the worker by the CPU
+path's reader and shipped as pixels.
 
 The CPU path's guarantees hold: an image that cannot be used is reported with its file and the label line that
 lists it, and skipped. A batched decode that raises is retried image by image; an image the device cannot decode
@@ -20,7 +22,6 @@ neither can decode is skipped.
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -33,9 +34,12 @@ from torch.utils.data import Dataset, default_collate
 
 from gridface.data.images import (
     EMPTY,
+    ORIENTATION_STEPS,
     TRUNCATED,
     ImageReadError,
+    check_jpeg_data,
     decode_image_rgb,
+    exif_orientation,
     image_format,
     jpeg_problem,
     read_image_bgr,
@@ -72,20 +76,6 @@ class HostImages:
         return len(self.images)
 
 
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag of a JPEG's bytes (1 when absent or unreadable); headers only, no pixels."""
-    if data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
-        return 1
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            value = int(im.getexif().get(0x0112, 1))
-    except Exception:  # a broken EXIF block: OpenCV ignores it too
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
 def read_encoded(path: str | Path) -> EncodedImage:
     """What a worker ships for one file: JPEG bytes whose structure is whole, or decoded pixels for other formats.
     :class:`ImageReadError` (missing, empty, truncated, not an image, undecodable) as the CPU path raises it."""
@@ -96,6 +86,7 @@ def read_encoded(path: str | Path) -> EncodedImage:
         problem = jpeg_problem(data)
         if problem:
             raise ImageReadError(path, TRUNCATED, problem)
+        check_jpeg_data(data, path)  # the device decoder would decode damaged data into invented pixels
         return EncodedImage(JPEG, torch.frombuffer(bytearray(data), dtype=torch.uint8), exif_orientation(data))
     pixels = decode_image_rgb(data, path)  # the CPU path's reader: its checks and its error kinds
     return EncodedImage(PIXELS, torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
@@ -238,19 +229,9 @@ def _decode_one(image: EncodedImage, device: torch.device, path: str) -> torch.T
 
 
 def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Apply an EXIF orientation (1-8) to a CHW image, as OpenCV's reader does."""
-    if orientation == 2:
-        return image.flip(-1)
-    if orientation == 3:
-        return image.flip(-1, -2)
-    if orientation == 4:
-        return image.flip(-2)
-    if orientation == 5:
-        return image.transpose(-1, -2)
-    if orientation == 6:  # rotate 90 degrees clockwise
-        return image.transpose(-1, -2).flip(-1)
-    if orientation == 7:
-        return image.transpose(-1, -2).flip(-1, -2)
-    if orientation == 8:  # rotate 90 degrees counter-clockwise
-        return image.transpose(-1, -2).flip(-2)
-    return image
+    """Apply an EXIF orientation (1-8) to a CHW image, as OpenCV's reader does (:data:`ORIENTATION_STEPS`)."""
+    transpose, flip_rows, flip_columns = ORIENTATION_STEPS.get(orientation, (False, False, False))
+    if transpose:
+        image = image.transpose(-1, -2)
+    flips = [dim for dim, flip in ((-2, flip_rows), (-1, flip_columns)) if flip]
+    return image.flip(flips) if flips else image

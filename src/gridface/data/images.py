@@ -1,24 +1,30 @@
 """Every image gridface reads goes through here: training, validation, calibration, inference, ``check_data``.
 
 A decoder that returns pixels is not trusted on its own: libjpeg fills the missing half of a truncated JPEG with
-grey and only prints "Premature end of JPEG file". So the bytes are checked for a complete structure first
-(a JPEG's scans must end in an EOI marker), then decoded once with OpenCV (EXIF orientation applied, 16-bit
-scaled to 8, alpha dropped). Arrays and PIL images handed to the Python API are converted by the same rules,
-so a photo gives the same boxes whichever way it arrives.
+grey and only prints "Premature end of JPEG file", and it decodes damaged data (a cut file with its end marker put
+back, overwritten bytes) into grey or shifted blocks with only a "Corrupt JPEG data" line on stderr. So the bytes
+are checked for a complete structure first (a JPEG's scans must end in an EOI marker); a JPEG is then decoded by
+libjpeg-turbo through simplejpeg in strict mode, where each of those warnings is an error (pixels identical to
+OpenCV's, which uses the same library; EXIF orientation applied as OpenCV does), other formats once with OpenCV
+(EXIF orientation applied, 16-bit scaled to 8, alpha dropped). Arrays and PIL images handed to the Python API are
+converted by the same rules, so a photo gives the same boxes whichever way it arrives.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # What can be wrong with an image file, as counted in reports.
 MISSING, EMPTY, NOT_IMAGE, TRUNCATED, UNDECODABLE = "missing", "empty", "not an image", "truncated", "undecodable"
+CORRUPT = "corrupt"  # whole in structure, damaged inside: a lenient decoder invents the lost pixels
 
 _SIGNATURES = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png", b"BM": "bmp", b"II*\x00": "tiff",
                b"MM\x00*": "tiff"}
@@ -71,6 +77,60 @@ def jpeg_problem(data: bytes) -> str | None:
     return None
 
 
+# EXIF orientation (2-8) -> (transpose, flip the rows, flip the columns), in that order: what OpenCV's reader and
+# PIL's exif_transpose do to show the picture upright
+ORIENTATION_STEPS = {2: (False, False, True), 3: (False, True, True), 4: (False, True, False), 5: (True, False, False),
+                     6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag of a JPEG's bytes (1 when absent or unreadable); headers only, no pixels."""
+    if data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block: OpenCV ignores it too
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """An HWC image turned upright by its EXIF orientation (:data:`ORIENTATION_STEPS`)."""
+    transpose, flip_rows, flip_columns = ORIENTATION_STEPS.get(orientation, (False, False, False))
+    if transpose:
+        image = image.swapaxes(0, 1)
+    if flip_rows:
+        image = image[::-1]
+    if flip_columns:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def strict_jpeg_decode(data: bytes, path: str | Path, **options: Any) -> np.ndarray | None:
+    """``simplejpeg.decode_jpeg(data, strict=True, **options)``: the pixels; :class:`ImageReadError` (corrupt) when
+    libjpeg-turbo can decode them only by recovering from damaged data; None when it cannot decode this JPEG at all
+    (a kind it does not read: the caller's other decoder decides)."""
+    try:
+        return simplejpeg.decode_jpeg(data, strict=True, **options)
+    except ValueError as strict_error:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False, **options)
+        except ValueError:
+            return None
+        raise ImageReadError(path, CORRUPT, f"{strict_error}; a decoder would fill the damaged part with invented "
+                                            "pixels") from None
+
+
+def check_jpeg_data(data: bytes, path: str | Path = "<bytes>") -> None:
+    """:class:`ImageReadError` (corrupt) when a JPEG's compressed data is damaged, without decoding it in full: for
+    paths that decode elsewhere (nvJPEG on the GPU). libjpeg-turbo reads all of the data at 1/8 scale in grey (the
+    damage shows in the entropy decoding, about half of a full decode's time)."""
+    strict_jpeg_decode(data, path, colorspace="GRAY", min_height=1, min_width=1, min_factor=8)
+
+
 def decode_image_bgr(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
     """Bytes of an image file -> BGR uint8 HWC, as OpenCV decodes it; :class:`ImageReadError` when they are not
     a whole image."""
@@ -81,6 +141,9 @@ def decode_image_bgr(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
         problem = jpeg_problem(data)
         if problem:
             raise ImageReadError(path, TRUNCATED, problem)
+        img = strict_jpeg_decode(data, path, colorspace="BGR")
+        if img is not None:
+            return orient(img, exif_orientation(data))
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         if fmt is None:
