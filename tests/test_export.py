@@ -13,7 +13,7 @@ import torch
 
 from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS
 from gridface.data.sources import synthetic
-from gridface.export.onnx_export import export_onnx, verify_onnx
+from gridface.export.onnx_export import ExportCheckError, export_onnx, verify_onnx
 from gridface.export.quantize import quantize_int8
 from gridface.inference.backends import load_backend
 from gridface.model import GridBoxNet
@@ -66,7 +66,7 @@ def test_onnx_names_shapes_and_parity(tmp_path, net, images, exporter):
 def test_verify_fails_loudly_on_mismatch(tmp_path, net, images):
     path = export_onnx(net, tmp_path / "m.onnx", HW)
     other = GridBoxNet().eval()
-    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+    with pytest.raises(ExportCheckError, match="differs from PyTorch by up to .* more than the tolerance 0.0001"):
         verify_onnx(path, other, images[0][:2], atol=1e-4)
 
 
@@ -163,6 +163,20 @@ def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt
         assert b.input_hw == ref.input_hw and b.postprocess == ref.postprocess
     x = np.random.default_rng(0).random((2, 3, 128, 192), dtype=np.float32)
     np.testing.assert_allclose(load_backend(tmp_path / "export" / "last.onnx").run(x)[1], ref.run(x)[1], atol=1e-4)
+
+
+def test_an_export_that_fails_its_check_leaves_the_previous_model_and_its_metadata(tmp_path, trained_ckpt):
+    """Exported once, then again with a tolerance nothing meets: the check fails, naming the model and saying it was
+    not written, and the folder holds the first model with its own metadata, byte for byte, and no staging file
+    (the unchecked model used to replace it, beside the first one's metadata, and gridface.infer ran it)."""
+    ckpt, tmp = trained_ckpt
+    export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}"]))
+    folder = tmp_path / "export"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert {"last.onnx", "last.onnx.json"} <= set(before)
+    with pytest.raises(ExportCheckError, match=r"last.onnx: ONNX Runtime differs .* \(last.onnx was not written\)"):
+        export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export.atol=1e-12"]))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from gridface.contract import ONNX_INPUT, deployment_metadata, read_metadata
 from gridface.data.config import calibration_images, split_samples, stage_data_config
 from gridface.data.dataset import iter_network_inputs
 from gridface.export.deepstream import write_deepstream_config
-from gridface.export.onnx_export import export_onnx, verify_onnx, write_model_metadata
+from gridface.export.onnx_export import export_onnx, staged_model, verify_onnx, write_model_metadata
 from gridface.module import GridBoxModule
 from gridface.stages.checks import check_stage_config
 from gridface.training.qat import STATE_KEY as QAT_STATE_KEY
@@ -99,27 +99,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"INT8 calibration: {calib_record['drawn']} images drawn from the {calib_record['source']} "
               f"({calib_record['from']} images, seed {calib_record['seed']})")
         int8_path = out_dir / int8_model_path(onnx_path, ex.activation_type).name
-        quantize_int8(onnx_path, int8_path, calib, hw, ex.calibration.method, ex.calibration.per_channel,
-                      ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float,
-                      ex.calibration.keep_stem_float, list(ex.calibration.float_nodes))
-        corr = int8_agreement(int8_path, onnx_path, images)
         quant = scheme(ex.activation_type)
+        with staged_model(int8_path) as staging:
+            quantize_int8(onnx_path, staging, calib, hw, ex.calibration.method, ex.calibration.per_channel,
+                          ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float,
+                          ex.calibration.keep_stem_float, list(ex.calibration.float_nodes))
+            corr = int8_agreement(staging, onnx_path, images)
+            deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": quant,
+                           "fp32_onnx": onnx_path.name, "calibration": {
+                               **calib_record, "images": len(calib), "method": ex.calibration.method,
+                               "activation_type": ex.activation_type, "per_channel": ex.calibration.per_channel,
+                               "keep_head_float": ex.calibration.keep_head_float,
+                               "keep_stem_float": ex.calibration.keep_stem_float,
+                               "float_nodes": list(ex.calibration.float_nodes)},
+                           "int8_vs_fp32_correlation": corr}
+            deploy_meta.pop("verify_max_abs_diff", None)
+            write_model_metadata(staging, deploy_meta)
+            if quant["target"] == "tensorrt":
+                from gridface.export.trt_check import check_tensorrt_onnx
+
+                check_tensorrt_onnx(staging)
         print(f"ONNX INT8 ({quant['target']}) {int8_path}: correlation with FP32 cov {corr['cov']:.4f}, "
               f"bbox {corr['bbox']:.4f}")
-        deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": quant,
-                       "fp32_onnx": onnx_path.name, "calibration": {
-                           **calib_record, "images": len(calib), "method": ex.calibration.method,
-                           "activation_type": ex.activation_type, "per_channel": ex.calibration.per_channel,
-                           "keep_head_float": ex.calibration.keep_head_float,
-                           "keep_stem_float": ex.calibration.keep_stem_float,
-                           "float_nodes": list(ex.calibration.float_nodes)},
-                       "int8_vs_fp32_correlation": corr}
-        deploy_meta.pop("verify_max_abs_diff", None)
-        write_model_metadata(int8_path, deploy_meta)
-        if quant["target"] == "tensorrt":
-            from gridface.export.trt_check import check_tensorrt_onnx
-
-            check_tensorrt_onnx(int8_path)
         result.update(onnx_int8=str(int8_path), int8_correlation=corr)
         deploy_path = int8_path
 
@@ -131,15 +132,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trt = require_tensorrt()
         build_from = deploy_path
         if ex.precision == "fp16" and tensorrt_major(trt) >= 11:
-            build_from = convert_fp16(onnx_path, out_dir / f"{stem}_fp16.onnx")
-            write_model_metadata(build_from, {**meta, "format": "onnx_fp16", "precision": "fp16",
-                                              "fp32_onnx": onnx_path.name})
+            build_from = out_dir / f"{stem}_fp16.onnx"
+            with staged_model(build_from) as staging:
+                convert_fp16(onnx_path, staging)
+                write_model_metadata(staging, {**meta, "format": "onnx_fp16", "precision": "fp16",
+                                               "fp32_onnx": onnx_path.name})
         engine_path = out_dir / f"{stem}_{ex.precision}.engine"
         batches = list(np.array_split(images, max(1, len(images) // 8)))
-        trt_meta = build_engine(build_from, engine_path, hw, ex.precision, tuple(ex.batch_profile), ex.workspace_gb,
-                                ex.timing_cache or out_dir / "timing.cache", batches)
-        engine_meta = {**deploy_meta, "format": "tensorrt", "onnx": build_from.name, **trt_meta}
-        write_model_metadata(engine_path, engine_meta)
+        with staged_model(engine_path) as staging:
+            trt_meta = build_engine(build_from, staging, hw, ex.precision, tuple(ex.batch_profile), ex.workspace_gb,
+                                    ex.timing_cache or out_dir / "timing.cache", batches,
+                                    calibration_cache=engine_path.with_suffix(".calib"))
+            engine_meta = {**deploy_meta, "format": "tensorrt", "onnx": build_from.name, **trt_meta}
+            write_model_metadata(staging, engine_meta)
         result["engine"] = str(engine_path)
     if ex.deepstream:
         from gridface.export.deepstream import deepstream_ready
@@ -165,14 +170,15 @@ def qat_int8_from_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, o
     ex = cfg.export
     module = GridBoxModule.from_checkpoint(checkpoint).eval()
     int8_path = out_dir / int8_model_path(onnx_path, "int8").name
-    export_onnx(module.net, int8_path, tuple(meta["input_hw"]), opset=ex.opset, exporter="torchscript")
-    diffs = verify_onnx(int8_path, module.net, images, ex.qat_atol)
+    with staged_model(int8_path) as staging:
+        export_onnx(module.net, staging, tuple(meta["input_hw"]), opset=ex.opset, exporter="torchscript")
+        diffs = verify_onnx(staging, module.net, images, ex.qat_atol)
+        deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": scheme("int8"),
+                       "fp32_onnx": onnx_path.name, "qat": module.qat_record, "verify_max_abs_diff": diffs}
+        write_model_metadata(staging, deploy_meta)
+        check_tensorrt_onnx(staging)
     print(f"ONNX INT8 (QAT, tensorrt) {int8_path}: max |ORT - PyTorch QAT| cov {diffs['cov']:.2e}, "
           f"bbox {diffs['bbox']:.2e} on {len(images)} images (tolerance {ex.qat_atol})")
-    deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": scheme("int8"),
-                   "fp32_onnx": onnx_path.name, "qat": module.qat_record, "verify_max_abs_diff": diffs}
-    write_model_metadata(int8_path, deploy_meta)
-    check_tensorrt_onnx(int8_path)
     return int8_path, deploy_meta, diffs
 
 
@@ -223,16 +229,17 @@ def fp32_onnx(cfg: DictConfig, module: GridBoxModule, checkpoint: Path, onnx_pat
     if hw[0] % module.net.stride or hw[1] % module.net.stride:
         raise ValueError(f"export.input_size {list(hw)} must be multiples of {module.net.stride}")
     module.input_hw = hw  # fully convolutional: deploy at another size than training
-    export_onnx(net, onnx_path, hw, opset=ex.opset, exporter=ex.exporter, simplify=ex.simplify)
     data, origin = stage_data_config(cfg.get("dataset"), module.hparams.get("data"), checkpoint, splits)
     log.info("export: verification images from the val split of %s", origin)
     images = load_images([s.image for s in split_samples(data, "val")], hw, ex.verify_images)
-    diffs = verify_onnx(onnx_path, net, images, ex.atol)
+    with staged_model(onnx_path) as staging:
+        export_onnx(net, staging, hw, opset=ex.opset, exporter=ex.exporter, simplify=ex.simplify)
+        diffs = verify_onnx(staging, net, images, ex.atol)
+        meta = model_metadata(module, checkpoint, "onnx_fp32", precision="fp32", exporter=ex.exporter,
+                              opset=ex.opset, verify_max_abs_diff=diffs)
+        write_model_metadata(staging, meta)
     print(f"ONNX FP32 {onnx_path}: max |ORT - PyTorch| cov {diffs['cov']:.2e}, bbox {diffs['bbox']:.2e} "
           f"on {len(images)} images (tolerance {ex.atol})")
-    meta = model_metadata(module, checkpoint, "onnx_fp32", precision="fp32", exporter=ex.exporter, opset=ex.opset,
-                          verify_max_abs_diff=diffs)
-    write_model_metadata(onnx_path, meta)
     return onnx_path, meta, images, data
 
 
