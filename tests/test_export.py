@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -177,6 +178,39 @@ def test_an_export_that_fails_its_check_leaves_the_previous_model_and_its_metada
     with pytest.raises(ExportCheckError, match=r"last.onnx: ONNX Runtime differs .* \(last.onnx was not written\)"):
         export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export.atol=1e-12"]))
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_an_export_from_an_onnx_model_writes_only_into_its_own_folder(tmp_path, trained_ckpt):
+    """export=onnx_int8 from an FP32 ONNX into another folder: the INT8 model and the DeepStream files are written
+    there (the config naming the FP32 model relative to itself, as nvinfer resolves it); the source folder is left
+    as it was (its hand-edited nvinfer config used to be overwritten)."""
+    ckpt, tmp = trained_ckpt
+    first = export_run(compose_export(tmp_path / "a", tmp / "cache", [f"model={ckpt}"]))
+    source = Path(first["onnx"]).parent
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    result = export_run(compose_export(tmp_path / "b", tmp / "cache", [f"model={first['onnx']}", "export=onnx_int8",
+                                                                       "export.calibration.images=4"]))
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    out = tmp_path / "b" / "export"
+    assert Path(result["onnx_int8"]).parent == out and Path(result["deepstream_config"]).parent == out
+    ds = Path(result["deepstream_config"]).read_text()
+    assert "onnx-file=../../a/export/last.onnx" in ds and (out / "last_labels.txt").is_file()
+
+
+def test_the_calibration_record_counts_the_images_that_calibrated(tmp_path, trained_ckpt):
+    """A calibration folder with unreadable files: they are skipped, and the INT8 model's metadata says how many
+    images calibrated and how many were skipped (it used to count the files drawn)."""
+    ckpt, tmp = trained_ckpt
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"ok{i}.jpg"), np.random.default_rng(i).integers(0, 255, (96, 128, 3), np.uint8))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    result = export_run(compose_export(tmp_path, tmp / "cache", [
+        f"model={ckpt}", "export=onnx_int8", f"export.calibration.folder={folder}", "export.calibration.images=5"]))
+    calib = json.loads(Path(result["onnx_int8"] + ".json").read_text())["calibration"]
+    assert (calib["drawn"], calib["images"], calib["skipped"]) == (5, 3, 2)
 
 
 @pytest.mark.slow

@@ -77,6 +77,30 @@ def test_bad_inputs_are_clear(tmp_path, model):
         Source(str(tmp_path / "broken.mp4"))
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["device=gpu"], "device = 'gpu': must be cpu, cuda or cuda:<index>"),
+    (["batch_size=0"], "batch_size = 0: must be a whole number >= 1"),
+    (["read_workers=0"], "read_workers = 0: must be a whole number >= 1"),
+    (["device=cuda:99"], "device = 'cuda:99': (no CUDA device is visible here|this machine has)"),
+])
+def test_infer_settings_out_of_range_name_the_key(tmp_path, model, overrides, message):
+    from gridface.utils.validate import ConfigError
+
+    (tmp_path / "a.jpg").write_bytes(cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes())
+    with pytest.raises(ConfigError, match=message):
+        infer_run(infer_cfg(tmp_path, model, tmp_path / "a.jpg", overrides))
+
+
+def test_a_source_where_no_image_could_be_read_is_an_error_after_its_summary(tmp_path, model):
+    """One truncated image named as the source: it used to print '0 images (1 skipped)' and exit 0."""
+    data = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"none of its 1 images could be read: 1 truncated; .*summary.json lists"):
+        infer_run(infer_cfg(tmp_path, model, tmp_path / "cut.jpg"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"] == 0 and summary["skipped_by_kind"] == {"truncated": 1}
+
+
 def infer_cfg(tmp_path, model, source, extra=()):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
@@ -220,6 +244,31 @@ def test_same_named_files_in_sub_folders_keep_apart(tmp_path, model):
     assert summary["frames"] == 2
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("photo.*")) == [
         "images/a/photo.jpg", "images/b/c/photo.jpg", "labels/a/photo.txt", "labels/b/c/photo.txt"]
+
+
+def test_files_differing_only_in_suffix_keep_apart_and_other_files_are_named(tmp_path, model, caplog):
+    """photo.jpg and photo.png in one folder each keep their outputs (the second used to overwrite the first's
+    annotated image and labels); a .gif and a .mov in the folder are named in a warning, not dropped silently; two
+    images the WIDER layout would write to one file stop save_wider=true before any work."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for suffix, seed in ((".jpg", 0), (".png", 1)):
+        cv2.imwrite(str(src / f"photo{suffix}"), np.random.default_rng(seed).integers(0, 255, (120, 160, 3), np.uint8))
+    (src / "clip.mov").write_bytes(b"not read")
+    (src / "anim.gif").write_bytes(b"GIF89a")
+    with caplog.at_level("WARNING", logger="gridface.inference.sources"):
+        summary = infer_run(infer_cfg(tmp_path, model, src))
+    out = tmp_path / "out"
+    assert summary["frames"] == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("photo.*")) == [
+        "images/photo.jpg.jpg", "images/photo.png.jpg", "labels/photo.jpg.txt", "labels/photo.png.txt"]
+    assert "2 files left out, not images gridface reads (.gif, .mov): anim.gif, clip.mov" in caplog.text
+    for sub, seed in (("a/x", 0), ("b/x", 1)):
+        (tmp_path / "w" / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "w" / sub / "p.jpg"), np.random.default_rng(seed).integers(0, 255, (60, 80, 3),
+                                                                                               np.uint8))
+    with pytest.raises(ValueError, match=r"save_wider=true: .*a/x/p.jpg and .*b/x/p.jpg would both write wider/x/p"):
+        infer_run(infer_cfg(tmp_path / "w_out", model, tmp_path / "w", ["save_wider=true"]))
 
 
 def test_truncated_video_is_reported_and_a_headerless_one_is_an_error(tmp_path, model):

@@ -74,6 +74,27 @@ def test_wrong_model_file(capsys, tmp_path, files, stage, kind, message):
     assert f"model = '{files[kind]}'" in line and re.search(message, line), line
 
 
+@pytest.mark.parametrize(("stage", "kind", "message"), [
+    ("infer", "ckpt", r"m.ckpt: not a PyTorch checkpoint \(4 bytes, not the zip archive torch.save writes\)"),
+    ("train", "ckpt", r"m.ckpt: not a PyTorch checkpoint"),
+    ("export", "ckpt", r"m.ckpt: not a PyTorch checkpoint"),
+    ("infer", "onnx", r"m.onnx: not a readable ONNX model \(.*\); a damaged or partly copied file"),
+    ("evaluate", "onnx", r"m.onnx: not a readable ONNX model"),
+])
+def test_a_damaged_model_file_is_one_line_naming_it(capsys, tmp_path, files, stage, kind, message):
+    """A file of the right suffix that is not what it says (a text file named .ckpt, a cut ONNX with its metadata
+    beside it): it used to be a protobuf traceback, or the advice to trust a checkpoint that held no objects."""
+    import json
+    import re
+
+    (tmp_path / "m.onnx.json").write_text(json.dumps({"format": "onnx_fp32", "input_name": "input_1",
+                                                      "output_names": ["output_cov/Sigmoid", "output_bbox/BiasAdd"],
+                                                      "input_hw": [64, 64], "class_names": ["face"], "stride": 16}))
+    line = one_line(capsys, stage, [f"model={files[kind]}", *(["export=onnx_int8"] if stage == "export" else [])],
+                    tmp_path)
+    assert re.search(message, line), line
+
+
 @pytest.mark.parametrize(("stage", "overrides"), [
     ("train", ["dataset=widerface", "dataset.root=/no/such/widerface"]),
     ("check_data", ["dataset=widerface", "dataset.root=/no/such/widerface"]),

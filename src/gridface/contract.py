@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +77,35 @@ def _is_engine(path: Path) -> bool:
     return path.suffix.lower() in ENGINE_SUFFIXES
 
 
+@contextmanager
+def unreadable_onnx(path: Path) -> Iterator[None]:
+    """What onnx or ONNX Runtime raise on a file that is not a whole ONNX model (protobuf decode errors, ORT's
+    INVALID_PROTOBUF) as one ``ValueError`` naming the file."""
+    try:
+        yield
+    except (ImportError, MemoryError):
+        raise
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise ValueError(f"{path}: not a readable ONNX model ({reason}); a damaged or partly copied file? Copy or "
+                         "export it again") from None
+
+
 def embedded_metadata(model_path: str | Path) -> dict[str, Any] | None:
     """The contract an ONNX model carries in its ``metadata_props`` (None when it has none). Read with ``onnx`` when
     installed, else with ONNX Runtime (a deployment box may have only onnxruntime)."""
     path = Path(model_path)
     try:
         import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except ImportError:
         import onnxruntime as ort
 
-        props = dict(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                     .get_modelmeta().custom_metadata_map)
+        with unreadable_onnx(path):
+            props = dict(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                         .get_modelmeta().custom_metadata_map)
+    else:
+        with unreadable_onnx(path):
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     if METADATA_KEY not in props:
         return None
     try:

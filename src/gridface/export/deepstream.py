@@ -7,6 +7,7 @@ model gets no config: TensorRT refuses its Q/DQ."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,16 @@ def deepstream_ready(meta: dict[str, Any]) -> bool:
 
 
 def write_deepstream_config(model_path: Path, meta: dict[str, Any], engine_path: Path | None = None,
-                            engine_meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """``<model>_nvinfer.txt`` and ``<model>_labels.txt`` beside ``model_path``; every value from the metadata."""
+                            engine_meta: dict[str, Any] | None = None, out_dir: Path | None = None
+                            ) -> tuple[Path, Path]:
+    """``<model>_nvinfer.txt`` and ``<model>_labels.txt`` in ``out_dir`` (default: beside ``model_path``), every value
+    from the metadata; the model and engine named relative to the config, as nvinfer resolves them."""
+    out_dir = Path(out_dir) if out_dir is not None else model_path.parent
     if not deepstream_ready(meta):
         raise ValueError(f"{model_path.name}: an ONNX Runtime uint8 INT8 model; TensorRT and DeepStream take only "
                          "symmetric int8 Q/DQ (export=onnx_int8_trt or export=tensorrt_int8)")
     precision = precision_of(engine_meta) if engine_meta else precision_of(meta)
-    labels = model_path.with_name(model_path.stem + "_labels.txt")
+    labels = out_dir / f"{model_path.stem}_labels.txt"
     write_text(labels, "\n".join(meta["class_names"]) + "\n")
     h, w = meta["input_hw"]
     post = {**decoder_defaults(), **(meta.get("postprocess") or {})}  # metadata without a key: the decoder's default
@@ -55,8 +59,8 @@ def write_deepstream_config(model_path: Path, meta: dict[str, Any], engine_path:
         f"net-scale-factor={float(meta.get('input_scale', 1 / 255)):.10f}",
         "offsets=0.0;0.0;0.0",  # gridface subtracts no mean
         f"model-color-format={COLOR_FORMAT[meta.get('color', 'RGB')]}",
-        f"onnx-file={model_path.name}",
-        *([f"model-engine-file={engine_path.name}"] if engine_path else []),
+        f"onnx-file={os.path.relpath(model_path, out_dir)}",
+        *([f"model-engine-file={os.path.relpath(engine_path, out_dir)}"] if engine_path else []),
         f"labelfile-path={labels.name}",
         f"infer-dims=3;{h};{w}",
         "batch-size=1",
@@ -80,6 +84,6 @@ def write_deepstream_config(model_path: Path, meta: dict[str, Any], engine_path:
         f"detected-min-h={int(post['minimum_bounding_box_height'])}",
         "topk=100",
     ]
-    cfg = model_path.with_name(model_path.stem + "_nvinfer.txt")
+    cfg = out_dir / f"{model_path.stem}_nvinfer.txt"
     write_text(cfg, "\n".join(lines) + "\n")
     return cfg, labels

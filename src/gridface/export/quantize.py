@@ -59,13 +59,16 @@ def calibration_batches(image_paths: Sequence[str | Path], input_hw: tuple[int, 
 
 
 class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over our batches."""
+    """onnxruntime.quantization.CalibrationDataReader over our batches; counts the images it handed over."""
 
     def __init__(self, batches: Iterator[np.ndarray]) -> None:
         self._it = iter(batches)
+        self.images = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         b = next(self._it, None)
+        if b is not None:
+            self.images += len(b)
         return None if b is None else {ONNX_INPUT: b}
 
     def rewind(self) -> None:  # one pass is all static calibration needs
@@ -93,10 +96,13 @@ def float_nodes(model_path: str | Path, keep_head_float: bool = True, keep_stem_
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Sequence[str | Path],
                   input_hw: tuple[int, int], method: str = "minmax", per_channel: bool = True,
                   batch_size: int = 8, activation_type: str = "uint8", keep_head_float: bool = True,
-                  keep_stem_float: bool = True, extra_float_nodes: Sequence[str] = ()) -> Path:
+                  keep_stem_float: bool = True, extra_float_nodes: Sequence[str] = (),
+                  stats: dict[str, int] | None = None) -> Path:
     """Write a QDQ INT8 model; ``extra_float_nodes`` names more ONNX nodes to leave in float
     (``scripts/int8_sensitivity.py`` shows which layers cost accuracy). ``activation_type`` uint8
-    (asymmetric: ONNX Runtime on CPUs) or int8 (TensorRT's scheme: symmetric, biases float; see the module)."""
+    (asymmetric: ONNX Runtime on CPUs) or int8 (TensorRT's scheme: symmetric, biases float; see the module).
+    ``stats``, when given, receives ``images``: how many images calibrated (unreadable files are skipped) and
+    ``skipped``; no readable image at all is an error."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -120,8 +126,9 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
             if unknown:
                 raise ValueError(f"export.calibration.float_nodes: {unknown} are not nodes of {fp32_path}")
             keep += list(extra_float_nodes)
+        reader = _Reader(calibration_batches(image_paths, input_hw, batch_size))
         quantize_static(
-            str(pre), str(tmp), _Reader(calibration_batches(image_paths, input_hw, batch_size)),
+            str(pre), str(tmp), reader,
             quant_format=QuantFormat.QDQ, per_channel=per_channel, calibrate_method=calib,
             activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=keep,
@@ -129,4 +136,9 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
                            # TensorRT dequantizes no int32: its biases stay float (ORT's default quantizes them)
                            "QuantizeBias": not tensorrt},
         )
+        if not reader.images:
+            raise ValueError(f"INT8 calibration: none of the {len(image_paths)} calibration images could be read "
+                             "(each is named in a warning above)")
+    if stats is not None:
+        stats.update(images=reader.images, skipped=len(image_paths) - reader.images)
     return int8_path

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from gridface.contract import ENGINE_SUFFIXES, ONNX_INPUT, ONNX_OUTPUTS, check_onnx_contract, read_metadata
+from gridface.contract import (
+    ENGINE_SUFFIXES,
+    ONNX_INPUT,
+    ONNX_OUTPUTS,
+    check_onnx_contract,
+    read_metadata,
+    unreadable_onnx,
+)
 from gridface.inference.base import ModelBackend
 
 
@@ -54,7 +61,9 @@ class OnnxBackend(ModelBackend):
             opts.intra_op_num_threads = threads
         if not spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ort.get_available_providers())
+        with unreadable_onnx(path):
+            self.session = ort.InferenceSession(str(path), opts,
+                                                providers=providers or ort.get_available_providers())
         check_onnx_contract(path, self.session, tuple(meta["input_hw"]))
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
                          dict(meta.get("postprocess") or {}), "onnx", meta.get("data"))

@@ -3,8 +3,9 @@
 Reading, decoding and the model's preprocessing (``prepare``: the letterbox) run in background threads
 ahead of the model (``prefetch`` items), so the model, not I/O, sets the pace; OpenCV releases the GIL, so they
 run in parallel with it. Unusable files in a folder (missing, truncated, corrupt: the checks of
-:mod:`gridface.data.images`) are reported and skipped. A frame's ``name`` is its path relative to the folder or
-glob root without the suffix, so same-named files in different sub-folders keep apart in the outputs.
+:mod:`gridface.data.images`) are reported and skipped, files of other types listed in one warning. A frame's
+``name`` is its path relative to the folder or glob root without the suffix (with it where two files differ only
+there), so same-named files in different sub-folders keep apart in the outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +41,17 @@ class Frame:
     prepared: Any = None  # what ``Source(prepare=...)`` made of the image (the network input)
 
 
+def report_left_out(folder: Path, files: list[Path], shown: int = 5) -> None:
+    """One warning for the files of a source folder that are not images gridface reads (a .gif, .heic, a video):
+    left out, never silently."""
+    if not files:
+        return
+    suffixes = sorted({f.suffix.lower() or "(no suffix)" for f in files})
+    names = ", ".join(str(f.relative_to(folder)) for f in files[:shown]) + (", ..." if len(files) > shown else "")
+    log.warning("%s: %d files left out, not images gridface reads (%s): %s; it reads %s", folder, len(files),
+                ", ".join(suffixes), names, ", ".join(IMAGE_SUFFIXES))
+
+
 class Source:
     """Iterates frames. ``kind`` is ``images``, ``video`` or ``camera``; ``fps``/``size`` for video."""
 
@@ -59,6 +72,7 @@ class Source:
         self.root: Path | None = None
         self.frame_count = 0
         self.missing_frames = 0  # video: frames the header promised that could not be read
+        self._names: dict[Path, str] | None = None
         if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
             self.kind = "camera"
             self.camera = int(spec)
@@ -73,10 +87,12 @@ class Source:
             self.root = Path(os.path.commonpath([str(f.parent) for f in self.files]))
         elif p.is_dir():
             self.kind = "images"
-            self.files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            self.files = [f for f in found if f.suffix.lower() in IMAGE_SUFFIXES]
             if not self.files:
                 raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             self.root = p
+            report_left_out(p, [f for f in found if f.suffix.lower() not in IMAGE_SUFFIXES])
         elif not p.exists():
             raise FileNotFoundError(f"source not found: {p}")
         elif p.suffix.lower() in IMAGE_SUFFIXES:
@@ -111,7 +127,17 @@ class Source:
             yield from self._video()
 
     def name_of(self, f: Path) -> str:
-        return f.relative_to(self.root).with_suffix("").as_posix() if self.root else f.stem
+        """The file's path relative to the root without its suffix, or with it where another file of the source has
+        the same path but another suffix (``photo.jpg`` and ``photo.png``: ``photo.jpg``, ``photo.png``), so that no
+        two files write one output."""
+        if self._names is None:
+            stems = Counter(self._relative(g).with_suffix("") for g in self.files)
+            self._names = {g: (self._relative(g).with_suffix("") if stems[self._relative(g).with_suffix("")] == 1
+                               else self._relative(g)).as_posix() for g in self.files}
+        return self._names.get(f) or self._relative(f).with_suffix("").as_posix()
+
+    def _relative(self, f: Path) -> Path:
+        return f.relative_to(self.root) if self.root else Path(f.name)
 
     def _load(self, f: Path) -> tuple[np.ndarray, Any]:
         image = read_image_bgr(f) if self.bgr else read_image_rgb(f)

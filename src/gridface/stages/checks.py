@@ -5,6 +5,7 @@ value and what is allowed."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,6 +84,25 @@ def check_postprocess(pp: DictConfig | dict) -> None:
     check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
 
 
+def check_device(device: Any) -> None:
+    """``device=`` of the stages that run a model on their own (evaluate, infer): cpu, cuda or cuda:N, and a CUDA
+    device only where one is visible."""
+    import re
+
+    text = str(device)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ConfigError(f"device = '{text}': must be cpu, cuda or cuda:<index>")
+    if text.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count()
+        index = int(text.split(":")[1]) if ":" in text else 0
+        if index >= count:
+            raise ConfigError(f"device = '{text}': " + ("no CUDA device is visible here" if not count else
+                                                        f"this machine has {count} CUDA device(s)") +
+                              "; use device=cpu")
+
+
 def check_stage_config(cfg: DictConfig) -> None:
     """What every stage checks first: the dataset (when given), post-processing, evaluation, and ``output_dir``
     when given (Hydra creates, and so checks, its own run folder before the stage starts)."""
@@ -104,5 +124,10 @@ def check_stage_config(cfg: DictConfig) -> None:
         if ev.get("min_height") is not None:
             raise ConfigError("evaluation.min_height is gone: faces are counted from postprocess."
                               "minimum_bounding_box_height, the decoder's cut, in network-input pixels")
+    if cfg.get("device") is not None:
+        check_device(cfg.device)
+    for key in ("batch_size", "read_workers", "prefetch", "frame_stride", "model_workers", "max_frames"):
+        if cfg.get("task_name") == "infer":
+            check_number(key, cfg.get(key), 1, integer=True)
     if cfg.get("output_dir"):
         check_writable("output_dir", cfg.output_dir)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from gridface.contract import ONNX_INPUT, deployment_metadata, read_metadata
+from gridface.contract import ONNX_INPUT, deployment_metadata, embedded_metadata, read_metadata
 from gridface.data.config import calibration_images, split_samples, stage_data_config
 from gridface.data.dataset import iter_network_inputs
 from gridface.export.deepstream import write_deepstream_config
@@ -101,13 +101,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         int8_path = out_dir / int8_model_path(onnx_path, ex.activation_type).name
         quant = scheme(ex.activation_type)
         with staged_model(int8_path) as staging:
+            used: dict[str, int] = {}
             quantize_int8(onnx_path, staging, calib, hw, ex.calibration.method, ex.calibration.per_channel,
                           ex.calibration.batch_size, ex.activation_type, ex.calibration.keep_head_float,
-                          ex.calibration.keep_stem_float, list(ex.calibration.float_nodes))
+                          ex.calibration.keep_stem_float, list(ex.calibration.float_nodes), stats=used)
             corr = int8_agreement(staging, onnx_path, images)
             deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": quant,
                            "fp32_onnx": onnx_path.name, "calibration": {
-                               **calib_record, "images": len(calib), "method": ex.calibration.method,
+                               **calib_record, "images": used["images"], "skipped": used["skipped"],
+                               "method": ex.calibration.method,
                                "activation_type": ex.activation_type, "per_channel": ex.calibration.per_channel,
                                "keep_head_float": ex.calibration.keep_head_float,
                                "keep_stem_float": ex.calibration.keep_stem_float,
@@ -154,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                   f"config is for {onnx_path.name} (FP32). For an INT8 DeepStream model: export=tensorrt_int8 or "
                   "export=onnx_int8_trt")
             deploy_path, deploy_meta = onnx_path, meta
-        ds_cfg, labels = write_deepstream_config(deploy_path, deploy_meta, engine_path, engine_meta)
+        ds_cfg, labels = write_deepstream_config(deploy_path, deploy_meta, engine_path, engine_meta, out_dir)
         result.update(deepstream_config=str(ds_cfg), labels=str(labels))
     write_json(out_dir / "export.json", result)
     return result
@@ -250,6 +252,7 @@ def existing_onnx(cfg: DictConfig, onnx_path: Path, splits: tuple[str, ...]
         raise ValueError(f"model={onnx_path} is already ONNX: export=onnx needs a checkpoint; give export=onnx_int8 "
                          "or export=tensorrt_* to derive a model from it")
     meta = read_metadata(onnx_path)
+    embedded_metadata(onnx_path)  # the file itself is a whole ONNX model (one line if not, before any work)
     hw = tuple(meta["input_hw"])
     if cfg.export.get("input_size") and tuple(cfg.export.input_size) != hw:
         raise ValueError(f"export.input_size {list(cfg.export.input_size)}: {onnx_path} has the fixed input size "

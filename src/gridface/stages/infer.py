@@ -58,6 +58,19 @@ def opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
+def check_wider_names(files: list[Path]) -> None:
+    """The WIDER submission layout names a result file by event folder and image name only: two images that share
+    both would write one file, the later over the earlier."""
+    seen: dict[tuple[str, str], Path] = {}
+    for f in files:
+        key = (f.parent.name, f.stem)
+        if key in seen:
+            raise ValueError(f"save_wider=true: {seen[key]} and {f} would both write wider/{key[0]}/{key[1]}.txt (the "
+                             "WIDER layout keys results by event folder and image name); run them apart or set "
+                             "save_wider=false")
+        seen[key] = f
+
+
 def model_workers(cfg: DictConfig) -> tuple[int, int | None]:
     """Batches the model runs at once, and ONNX Runtime's threads for each (``threads``; by default the cores
     shared out). Several single-threaded runs side by side keep the cores busy where one run's threads would
@@ -92,6 +105,8 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
     # Frames stay BGR, as OpenCV decodes, draws and encodes them: no full-size colour conversion either way.
     source = Source(spec, cfg.frame_stride, cfg.prefetch, cfg.read_workers, color="BGR",
                     prepare=lambda image: detector.prepare(image, "BGR"))
+    if cfg.save_wider:
+        check_wider_names(source.files)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
     frames = faces = 0
@@ -155,4 +170,7 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
         why += f"; the video ended {source.missing_frames} frames before its header's count (truncated or corrupt)"
     print(f"{frames} {'images' if source.kind == 'images' else 'frames'} ({n_skipped} skipped{why}), {faces} faces, "
           f"{summary['images_per_s']:.1f} images/s -> {out}")
+    if not frames and n_skipped:  # a script's `infer && publish` must not go on with empty results
+        raise ValueError(f"source={spec}: none of its {n_skipped} images could be read{why}; "
+                         f"{out / 'summary.json'} lists them")
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,24 @@ def load_checkpoint(path: str | Path, trust: bool | None = None) -> dict[str, An
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     trust = os.environ.get(TRUST_ENV, "") == "1" if trust is None else trust
+    with path.open("rb") as f:
+        legacy = f.read(1) == b"\x80"  # a pickle: torch.save's format before torch 1.6
+    if not legacy and not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        size = path.stat().st_size
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({size} bytes, not the zip archive torch.save writes"
+                         f"{': an empty file' if not size else ''}); a damaged or partly copied file, or another "
+                         "kind of file with a .ckpt name?")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         found = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        if not found and "global" not in str(e).lower():  # damaged data, not an object the safe loader refuses
+            raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint (its data is damaged: "
+                             f"{str(e).strip().splitlines()[-1][:200]})") from None
         what = f"objects of {', '.join(dict.fromkeys(found))}" if found else "objects other than weights"
         raise ValueError(
             f"{path}: refusing to load it: it holds {what}, and unpickling those can run arbitrary code. If you "
             f"made this file or trust where it came from, load it deliberately with {TRUST_ENV}=1") from None
     except Exception as e:  # noqa: BLE001 - any other reading failure means the same thing to the user
-        raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint ({e})") from e
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint ({reason})") from e
