@@ -161,6 +161,39 @@ def test_video_round_trip_keeps_frames_fps_and_size(tmp_path, model):
     green = (first[..., 1] > 200) & (first[..., 0] < 80) & (first[..., 2] < 80)
     assert green.any() == (summary["faces"] > 0)
     assert Path(summary["output_dir"]).is_dir()
+    assert sorted(p.name for p in Path(summary["output_dir"]).glob("*.mp4")) == ["clip_annotated.mp4"]
+
+
+def test_an_interrupted_video_run_keeps_a_playable_partial_video_and_no_final_one(tmp_path, model, monkeypatch,
+                                                                                  capsys):
+    """Ctrl-C after 4 frames: the frames annotated so far are a closed, playable clip_annotated.partial.mp4; nothing
+    sits under the final name (a killed run used to leave an unplayable clip_annotated.mp4); one line, exit 130."""
+    from gridface.inference.writers import OutputWriter
+    from gridface.stages.infer import run as stage_run
+    from gridface.utils.errors import user_errors
+
+    path = tmp_path / "clip.mp4"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (160, 120))
+    for i in range(12):
+        vw.write(np.full((120, 160, 3), 20 * i, np.uint8))
+    vw.release()
+    real_add, added = OutputWriter.add, []
+
+    def add(self, *args, **kwargs):
+        if len(added) == 4:
+            raise KeyboardInterrupt
+        added.append(1)
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(OutputWriter, "add", add)
+    with pytest.raises(SystemExit) as e:
+        user_errors("infer")(stage_run)(infer_cfg(tmp_path, model, path, ["batch_size=2", "model_workers=1"]))
+    assert e.value.code == 130 and capsys.readouterr().err.strip().endswith("gridface.infer: interrupted")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".mp4") == ["clip_annotated.partial.mp4"]
+    cap = cv2.VideoCapture(str(out / "clip_annotated.partial.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and cap.read()[0]
+    cap.release()
 
 
 def test_single_image_and_glob_sources(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -47,9 +48,13 @@ class OutputWriter:
         self.video_path: Path | None = None
 
     def open_video(self, name: str, fps: float, size: tuple[int, int]) -> None:
+        """The annotated video is written as ``.<name>_annotated.partial.mp4`` and renamed when complete: an mp4 is
+        playable only once closed (its index is written last), so a killed run never leaves an unplayable file
+        under the final name."""
         self.video_path = self.out / f"{name}_annotated.mp4"
         self.video_path.parent.mkdir(parents=True, exist_ok=True)
-        self.video = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self._video_staging = self.video_path.with_name(f".{name}_annotated.partial.mp4")
+        self.video = cv2.VideoWriter(str(self._video_staging), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.video.isOpened():
             raise RuntimeError(f"cannot write video {self.video_path} (no mp4v encoder in this OpenCV build?)")
 
@@ -74,8 +79,15 @@ class OutputWriter:
                                            round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2)],
                                   "score": round(float(s), 5)})
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Finish the outputs. ``complete=False`` (the run stopped early): the video, closed and playable, keeps the
+        frames written so far as ``<name>_annotated.partial.mp4``, and no detections.json claims the whole source."""
         if self.video is not None:
             self.video.release()
-        if self.save_json:
+            self.video = None
+            if not complete:
+                self.video_path = self.video_path.with_name(self.video_path.stem + ".partial.mp4")
+            if self._video_staging.exists():
+                os.replace(self._video_staging, self.video_path)
+        if self.save_json and complete:
             write_text(self.out / "detections.json", json.dumps(self.coco))

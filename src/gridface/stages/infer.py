@@ -136,23 +136,29 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
 
     total = min(n for n in (len(source), cfg.get("max_frames")) if n) if len(source) or cfg.get("max_frames") else None
     bar = tqdm(source, total=total, desc="inference", unit="frame" if source.kind != "images" else "img")
-    with ThreadPoolExecutor(workers, thread_name_prefix="model") as models, \
-            ThreadPoolExecutor(1, thread_name_prefix="writer") as pool:
-        for frame in bar:
-            if writer.video is None and source.kind != "images" and cfg.save_images:
-                name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
-                writer.open_video(name, source.fps / source.frame_stride, source.size)
-            if frame.image is None:
-                skipped[frame.error.kind if frame.error else "unreadable"] += 1
-                skipped_files.append(str(frame.error or frame.path))
-                continue
-            frames += 1
-            batch.append(frame)
-            if len(batch) == cfg.batch_size:
-                flush(models, pool)
-            if cfg.get("max_frames") and frames >= cfg.max_frames:
-                break
-        flush(models, pool, end=True)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="model") as models, \
+                ThreadPoolExecutor(1, thread_name_prefix="writer") as pool:
+            for frame in bar:
+                if writer.video is None and source.kind != "images" and cfg.save_images:
+                    name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
+                    writer.open_video(name, source.fps / source.frame_stride, source.size)
+                if frame.image is None:
+                    skipped[frame.error.kind if frame.error else "unreadable"] += 1
+                    skipped_files.append(str(frame.error or frame.path))
+                    continue
+                frames += 1
+                batch.append(frame)
+                if len(batch) == cfg.batch_size:
+                    flush(models, pool)
+                if cfg.get("max_frames") and frames >= cfg.max_frames:
+                    break
+            flush(models, pool, end=True)
+    except BaseException:  # Ctrl-C or an error: the video written so far stays playable, under a .partial name
+        writer.close(complete=False)
+        if writer.video_path is not None:
+            log.warning("stopped early: the frames annotated so far are in %s", writer.video_path)
+        raise
     writer.close()
     seconds = time.perf_counter() - start
     n_skipped = sum(skipped.values())

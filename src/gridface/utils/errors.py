@@ -65,6 +65,11 @@ def user_errors(stage: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
+            except KeyboardInterrupt:  # Ctrl-C: what was written stays (each stage writes atomically); no traceback
+                if _full_error():
+                    raise
+                print(f"gridface.{stage}: interrupted", file=sys.stderr)
+                sys.exit(130)
             except Exception as e:
                 mistake = user_error(e)
                 if mistake is None or _full_error():
