@@ -299,6 +299,32 @@ def test_kitti_orphan_image_counts_as_empty_and_orphan_label_is_named(tmp_path):
     assert by_kind[P.NO_LABEL_FILE].where == str(images / "nolabel.png")
 
 
+def test_boxes_wholly_outside_their_image_are_reported_and_those_crossing_its_border_counted(tmp_path):
+    """Images of 80x60: a box at x 100..120 is outside it (reported, naming the label file; training drops it and
+    validation would count it as a missed face), one from x 70 to 90 crosses the border (counted; clipped)."""
+    from gridface.data.check import scan_images
+    from gridface.data.report import split_stats
+
+    images, labels = kitti(tmp_path, {"a": f"{KFACE}\nface 0 0 0 100 10 120 30 0 0 0 0 0 0 0\n",
+                                      "b": f"{KFACE}\nface 0 0 0 70 10 90 30 0 0 0 0 0 0 0\n"}, ["a", "b"])
+    problems = DataProblems()
+    checks = scan_images(read_kitti(images, labels, problems=problems), problems, desc=None)
+    (p,) = problems.items
+    assert p.kind == P.OUTSIDE_IMAGE and p.where == str(labels / "a.txt")
+    assert "1 box(es) lie wholly outside the 80x60 image a.png (the first: x1=100 y1=10 x2=120 y2=30)" in p.message
+    assert split_stats(checks, None)["boxes_crossing_the_border"] == 1
+
+
+def test_a_kitti_label_file_that_is_not_utf8_skips_its_image_only(tmp_path):
+    images, labels = kitti(tmp_path, {"a": KFACE + "\n", "b": KFACE + "\n"}, ["a", "b"])
+    (labels / "b.txt").write_bytes(f"{KFACE}\nf\xe9ce 0 0 0 1 2 31 42 0 0 0 0 0 0 0\n".encode("latin-1"))
+    problems = DataProblems()
+    (s,) = read_kitti(images, labels, problems=problems)
+    assert s.image.name == "a.png"
+    (p,) = problems.items
+    assert p.kind == P.NOT_TEXT and p.where == f"{labels / 'b.txt'}:2" and "b.png skipped" in p.message
+
+
 def test_kitti_images_sharing_a_stem_and_unlisted_classes_are_reported(tmp_path, caplog):
     """Two images for one label file: the first (sorted) keeps the labels, the other is reported. Objects of classes
     that are not trained are skipped, as TAO does, and one warning names each class, its count and first line."""

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
+from gridface.data import problems as P
 from gridface.data.images import ImageReadError, read_image_rgb
 from gridface.data.problems import DataProblems
 from gridface.data.sample import Sample
@@ -34,14 +36,29 @@ def image_size(sample: Sample) -> ImageCheck:
 
 def scan_images(samples: Sequence[Sample], problems: DataProblems, workers: int | None = None,
                 desc: str | None = "decoding images") -> list[ImageCheck]:
-    """Decode each sample's image (OpenCV releases the GIL, so threads run in parallel); every unusable one
-    is added to ``problems`` with the label file line that lists it (raising there when ``strict``)."""
+    """Decode each sample's image (OpenCV releases the GIL, so threads run in parallel); every unusable one, and
+    every usable one with boxes wholly outside it, is added to ``problems`` with the label file line that lists it
+    (raising there when ``strict``)."""
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         results = list(tqdm(pool.map(image_size, samples), total=len(samples), desc=desc, unit="img",
                             disable=desc is None))
     for r in results:
+        where = r.sample.origin or str(r.sample.image)
         if r.error is not None:
-            where = r.sample.origin or str(r.sample.image)
             problems.add(f"image {r.error.kind}", where, f"{r.error}; image skipped")
+            continue
+        outside = boxes_outside(r.sample.boxes, r.size)
+        if outside.any():
+            x1, y1, x2, y2 = (f"{v:g}" for v in r.sample.boxes[outside][0])
+            problems.add(P.OUTSIDE_IMAGE, where, f"{int(outside.sum())} box(es) lie wholly outside the "
+                                                 f"{r.size[0]}x{r.size[1]} image {r.sample.image.name} (the first: "
+                                                 f"x1={x1} y1={y1} x2={x2} y2={y2}); training drops them, validation "
+                                                 "counts them as missed faces")
     return results
+
+
+def boxes_outside(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Which xyxy boxes have no area inside an image of ``size`` (width, height)."""
+    w, h = size
+    return (boxes[:, 0] >= w) | (boxes[:, 1] >= h) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)

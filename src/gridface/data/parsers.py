@@ -228,8 +228,14 @@ def read_kitti(
             problems.add(P.ORPHAN_LABEL, str(label_file),
                          f"label file has no image '{stem}.*' ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}; skipped")
             continue
+        try:
+            text = read_text(label_file)
+        except LabelError as e:  # one unreadable label file: its image cannot be used, the others can
+            line, reason = str(e)[len(str(label_file)) + 1:].split(": ", 1)
+            problems.add(P.NOT_TEXT, f"{label_file}:{line}", f"{reason}; its image {images[stem].name} skipped")
+            continue
         boxes, labels, ignore = [], [], []
-        for n, line in enumerate(read_text(label_file), 1):
+        for n, line in enumerate(text, 1):
             parts, where = line.split(), f"{label_file}:{n}"
             if not parts:
                 continue

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gridface.data.check import ImageCheck
+from gridface.data.check import ImageCheck, boxes_outside
 from gridface.data.problems import DataProblems
 from gridface.utils.io import atomic_path
 
@@ -36,10 +36,16 @@ def split_stats(checks: Sequence[ImageCheck], input_hw: tuple[int, int] | None) 
             w_img, h_img = c.size
             input_heights.append(h[kept] * min(input_hw[0] / h_img, input_hw[1] / w_img))
     heights_all = np.concatenate(heights) if heights else np.zeros(0)
+    crossing = 0  # boxes partly outside their image: clipped to it in training (wholly outside: a reported problem)
+    for c in ok:
+        w_img, h_img = c.size
+        b = c.sample.boxes
+        beyond = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w_img) | (b[:, 3] > h_img)
+        crossing += int((beyond & ~boxes_outside(b, c.size)).sum())
     stats: dict[str, Any] = {
         "images_listed": len(checks), "images_usable": len(ok), "images_skipped": len(checks) - len(ok),
         "images_without_faces": sum(int((~c.sample.ignore).sum() == 0) for c in ok),
-        "faces": int(len(heights_all)), "ignored_faces": ignored,
+        "faces": int(len(heights_all)), "ignored_faces": ignored, "boxes_crossing_the_border": crossing,
         "face_height_px": dict(zip(bin_labels(), np.histogram(heights_all, HEIGHT_BINS)[0].tolist(), strict=True)),
     }
     if ok:
