@@ -73,7 +73,7 @@ def jpeg_problem(data: bytes) -> str | None:
             break
         pos += 2 + length
     if data.find(b"\xff\xd9", pos) < 0:
-        return f"truncated: no end-of-image marker after the image data ({len(data)} bytes)"
+        return f"no end-of-image marker after the image data ({len(data)} bytes)"
     return None
 
 
