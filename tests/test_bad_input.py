@@ -123,6 +123,43 @@ def test_a_damaged_jpeg_with_its_end_marker_is_refused_not_decoded_into_invented
     check_jpeg_data(encode(photo(240, 320), ".jpg"), p)  # a whole one passes
 
 
+def test_padding_before_the_end_marker_decodes_with_a_warning_naming_the_file(tmp_path, caplog):
+    """Bytes between the last scan and the end marker (libjpeg: 'N extraneous bytes before marker 0xd9'): the padding
+    some encoders write, common in real datasets and harmless, so the picture is used, and the file named once."""
+    from gridface.data.device_decode import read_encoded
+    from gridface.data.images import check_jpeg_data
+
+    data = encode(photo(), ".jpg")
+    p = tmp_path / "padded.jpg"
+    p.write_bytes(data[:-2] + bytes(100) + b"\xff\xd9")
+    (tmp_path / "whole.jpg").write_bytes(data)
+    with caplog.at_level("WARNING", logger="gridface.data.images"):
+        np.testing.assert_array_equal(read_image_rgb(p), read_image_rgb(tmp_path / "whole.jpg"))
+        read_image_rgb(p)
+        read_encoded(p)
+        check_jpeg_data(p.read_bytes(), p)
+    (warning,) = [r.getMessage() for r in caplog.records if "extraneous" in r.getMessage()]  # once, named
+    assert warning.startswith(f"{p}: Corrupt JPEG data: ") and "bytes before marker 0xd9: decoded (padding" in warning
+
+
+def test_exif_orientation_after_large_header_segments_is_applied(tmp_path):
+    """A 128 KB APP13 (Photoshop) segment before the EXIF block: the orientation is still found, as OpenCV finds it."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(photo(60, 80)).save(buf, "JPEG", exif=exif.tobytes())
+    data = buf.getvalue()
+    app13 = b"\xff\xed" + (65533).to_bytes(2, "big") + bytes(65531)  # two segments of the largest size
+    data = data[:2] + app13 + app13 + data[2:]
+    p = tmp_path / "x.jpg"
+    p.write_bytes(data)
+    want = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert want.shape == (80, 60, 3)
+    np.testing.assert_array_equal(read_image_rgb(p), want)
+
+
 @pytest.mark.parametrize("kind", ["orientation", "grey", "cmyk", "progressive"])
 def test_jpegs_decode_to_opencvs_pixels(tmp_path, kind):
     """The strict decoder gives OpenCV's pixels (the same libjpeg-turbo), EXIF orientation applied as OpenCV does."""
@@ -388,8 +425,9 @@ def test_coco_annotations_naming_unknown_ids_or_malformed_are_skipped_and_report
 @pytest.mark.parametrize(("images", "categories", "message"), [
     ([{"id": 1, "file_name": "x.png"}, {"id": 1, "file_name": "y.png"}], [{"id": 1, "name": "face"}],
      r"images\[1\] \(y.png\) has id 1, the id of images\[0\] \(x.png\)"),
-    ([{"id": 1, "file_name": "x.png"}], [{"id": 1}], r"categories\[0\] needs id and name"),
-    ([{"id": 1, "file_name": "x.png"}], ["face"], r"categories\[0\] needs id and name, got face"),
+    ([{"id": 1, "file_name": "x.png"}], [{"id": 1}], r"categories\[0\] needs id \(.*\) and name"),
+    ([{"id": 1, "file_name": "x.png"}], ["face"], r"categories\[0\] needs id \(.*\) and name, got face"),
+    ([{"id": [1], "file_name": "x.png"}], [], r"images\[0\] has id \[1\]: a number or a string"),
 ])
 def test_coco_ambiguous_images_and_malformed_categories_name_the_entry(tmp_path, images, categories, message):
     f = tmp_path / "a.json"

@@ -14,7 +14,7 @@ import torch
 
 from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS
 from gridface.data.sources import synthetic
-from gridface.export.onnx_export import ExportCheckError, export_onnx, verify_onnx
+from gridface.export.onnx_export import ExportCheckError, export_onnx, verify_onnx, write_model_metadata
 from gridface.export.quantize import quantize_int8
 from gridface.inference.backends import load_backend
 from gridface.model import GridBoxNet
@@ -166,17 +166,26 @@ def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt
     np.testing.assert_allclose(load_backend(tmp_path / "export" / "last.onnx").run(x)[1], ref.run(x)[1], atol=1e-4)
 
 
-def test_an_export_that_fails_its_check_leaves_the_previous_model_and_its_metadata(tmp_path, trained_ckpt):
-    """Exported once, then again with a tolerance nothing meets: the check fails, naming the model and saying it was
-    not written, and the folder holds the first model with its own metadata, byte for byte, and no staging file
-    (the unchecked model used to replace it, beside the first one's metadata, and gridface.infer ran it)."""
+def test_an_export_that_fails_its_check_leaves_the_previous_model_and_its_metadata(tmp_path, trained_ckpt,
+                                                                                    monkeypatch):
+    """Exported once, then again with a check that fails: the error names the model (not its staging name) and says
+    it was not written, and the folder holds the first model with its own metadata, byte for byte, and no staging
+    file (the unchecked model used to replace it, beside the first one's metadata, and gridface.infer ran it)."""
+    import gridface.stages.export as stage
+
     ckpt, tmp = trained_ckpt
     export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}"]))
     folder = tmp_path / "export"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert {"last.onnx", "last.onnx.json"} <= set(before)
-    with pytest.raises(ExportCheckError, match=r"last.onnx: ONNX Runtime differs .* \(last.onnx was not written\)"):
-        export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export.atol=1e-12"]))
+
+    def failing_check(path, net, images, atol):
+        raise ExportCheckError(f"{path}: ONNX Runtime differs from PyTorch by up to 0.5, more than the tolerance")
+
+    monkeypatch.setattr(stage, "verify_onnx", failing_check)
+    with pytest.raises(ExportCheckError, match=r"export/last.onnx: ONNX Runtime differs .* \(last.onnx was not "
+                                               r"written\)"):
+        export_run(compose_export(tmp_path, tmp / "cache", [f"model={ckpt}"]))
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -195,6 +204,28 @@ def test_an_export_from_an_onnx_model_writes_only_into_its_own_folder(tmp_path, 
     assert Path(result["onnx_int8"]).parent == out and Path(result["deepstream_config"]).parent == out
     ds = Path(result["deepstream_config"]).read_text()
     assert "onnx-file=../../a/export/last.onnx" in ds and (out / "last_labels.txt").is_file()
+
+
+def test_an_onnx_model_this_onnx_cannot_load_keeps_its_reason_and_a_damaged_one_says_so(tmp_path, net):
+    """A whole model with an IR version newer than the installed onnx/ONNX Runtime read (an older runtime on the
+    deployment box): their reason, not 'damaged'; a cut file: damaged."""
+    from gridface.contract import embedded_metadata
+    from gridface.inference.backends import OnnxBackend
+
+    path = export_onnx(net, tmp_path / "m.onnx", HW)
+    proto = onnx.load(str(path))
+    proto.ir_version = 99
+    onnx.save(proto, str(tmp_path / "future.onnx"))
+    write_model_metadata(tmp_path / "future.onnx", {"format": "onnx_fp32", "input_name": ONNX_INPUT,
+                                                    "output_names": list(ONNX_OUTPUTS), "input_hw": list(HW),
+                                                    "class_names": ["face"], "stride": 16})
+    with pytest.raises(ValueError, match=r"future.onnx: cannot be loaded here: .*IR version") as e:
+        OnnxBackend(tmp_path / "future.onnx")
+    assert "damaged" not in str(e.value)
+    data = path.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.onnx: not a readable ONNX model .*a damaged or partly copied file"):
+        embedded_metadata(tmp_path / "cut.onnx")
 
 
 def test_the_calibration_record_counts_the_images_that_calibrated(tmp_path, trained_ckpt):

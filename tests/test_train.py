@@ -326,3 +326,29 @@ def test_checkpoint_with_a_foreign_object_is_refused_unless_trusted(tmp_path, mo
     monkeypatch.setenv(TRUST_ENV, "1")
     assert load_checkpoint(path)["state_dict"]["net.w"].item() == 1.0
     assert "this ran" in capsys.readouterr().out  # trusted deliberately: full unpickling
+
+
+@pytest.mark.parametrize("damage", ["pickle", "weights", "cut", "text"])
+def test_a_damaged_checkpoint_is_named_as_damaged_never_loaded(tmp_path, damage):
+    """torch.load reads no checksum: bytes overwritten in the weights loaded silently. The zip's CRCs are checked
+    first; a cut or non-zip file says what it is (it used to get the advice to trust it)."""
+    from gridface.utils.checkpoint import load_checkpoint
+
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {"net.w": torch.arange(20000.0)}}, path)
+    data = bytearray(path.read_bytes())
+    if damage == "pickle":
+        at = data.find(b"data.pkl") + 100
+        data[at:at + 8] = bytes(8)
+    elif damage == "weights":
+        data[len(data) // 2:len(data) // 2 + 16] = b"\x07" * 16
+    elif damage == "cut":
+        data = data[: len(data) // 2]
+    else:
+        data = bytearray(b"epoch=3 step=100\n")
+    path.write_bytes(bytes(data))
+    message = "not a PyTorch checkpoint" if damage in ("cut", "text") else r"its data is damaged: .* fails its checksum"
+    with pytest.raises(ValueError, match=message) as e:
+        load_checkpoint(path)
+    assert "GRIDFACE_TRUST_CHECKPOINTS" not in str(e.value)
+

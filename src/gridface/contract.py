@@ -86,9 +86,12 @@ def unreadable_onnx(path: Path) -> Iterator[None]:
     except (ImportError, MemoryError):
         raise
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise ValueError(f"{path}: not a readable ONNX model ({reason}); a damaged or partly copied file? Copy or "
-                         "export it again") from None
+        text = str(e).strip() or type(e).__name__
+        if type(e).__name__ == "DecodeError" or "INVALID_PROTOBUF" in text or "Protobuf parsing failed" in text:
+            raise ValueError(f"{path}: not a readable ONNX model ({text.splitlines()[-1]}); a damaged or partly "
+                             "copied file? Copy or export it again") from None
+        # a whole file this onnx / ONNX Runtime cannot load (e.g. an IR version newer than it reads): their words
+        raise ValueError(f"{path}: cannot be loaded here: {text}") from e
 
 
 def embedded_metadata(model_path: str | Path) -> dict[str, Any] | None:

@@ -216,14 +216,16 @@ class GridBoxModule(pl.LightningModule):
                              "bf16-mixed")
         add_l1_gradient(self.net, self.l1_regularization)
 
-    def stop_if_nothing_trained(self) -> None:
-        """Every training image of the epoch so far was unreadable (each named in a warning when skipped): stop,
-        before validation ranks the untrained weights and writes them as a checkpoint. Called at validation's start
-        and at the training epoch's end (a run without validation); every rank calls it, the count is summed."""
-        skipped = getattr(self, "_epoch_skipped", 0)
-        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+    def stop_if_nothing_trained(self, at_validation: bool = False) -> None:
+        """Every training image of the epoch was unreadable (each named in a warning when skipped): stop, before
+        validation ranks the untrained weights and writes them as a checkpoint. Called at the start of the epoch-end
+        validation (a mid-epoch one has seen only part of the epoch) and at the training epoch's end (a run without
+        validation); every rank calls it at the same points, the counts are summed."""
+        loop = self.trainer.fit_loop.epoch_loop
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING or (
+                at_validation and not loop.batch_progress.is_last_batch):
             return
-        trained = getattr(self, "_epoch_trained", 0)
+        trained, skipped = getattr(self, "_epoch_trained", 0), getattr(self, "_epoch_skipped", 0)
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(torch.tensor([float(trained), float(skipped)], device=self.device),
                                                   reduce_op="sum")
@@ -277,7 +279,7 @@ class GridBoxModule(pl.LightningModule):
 
     # --------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self.stop_if_nothing_trained()
+        self.stop_if_nothing_trained(at_validation=True)
         self._val_dets, self._val_gts, self._val_paths = [], [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

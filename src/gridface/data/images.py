@@ -13,12 +13,15 @@ converted by the same rules, so a photo gives the same boxes whichever way it ar
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import simplejpeg
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -85,7 +88,7 @@ ORIENTATION_STEPS = {2: (False, False, True), 3: (False, True, True), 4: (False,
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag of a JPEG's bytes (1 when absent or unreadable); headers only, no pixels."""
-    if data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+    if data.find(b"Exif\x00\x00") < 0:  # anywhere: large APP segments (Photoshop's APP13) may come first
         return 1
     from PIL import Image
 
@@ -117,11 +120,27 @@ def strict_jpeg_decode(data: bytes, path: str | Path, **options: Any) -> np.ndar
         return simplejpeg.decode_jpeg(data, strict=True, **options)
     except ValueError as strict_error:
         try:
-            simplejpeg.decode_jpeg(data, strict=False, **options)
+            pixels = simplejpeg.decode_jpeg(data, strict=False, **options)
         except ValueError:
             return None
+        if "extraneous bytes before marker 0xd9" in str(strict_error):
+            # every block was decoded, then bytes before the end marker: the padding some encoders write (common in
+            # real datasets, the picture whole), or, rarely, data damaged without losing the decoder's place
+            note_once(path, f"{strict_error}: decoded (padding some encoders write after the image data; if the "
+                            "picture looks damaged, replace the file)")
+            return pixels
         raise ImageReadError(path, CORRUPT, f"{strict_error}; a decoder would fill the damaged part with invented "
                                             "pixels") from None
+
+
+_noted: set[str] = set()
+
+
+def note_once(path: str | Path, message: str) -> None:
+    """A warning about a usable file, once per file and process (an image is read again every epoch)."""
+    if str(path) not in _noted:
+        _noted.add(str(path))
+        log.warning("%s: %s", path, message)
 
 
 def check_jpeg_data(data: bytes, path: str | Path = "<bytes>") -> None:

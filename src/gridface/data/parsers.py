@@ -296,9 +296,12 @@ def read_coco(
     cat_name: dict[Any, str] = {}
     for k, c in enumerate(data["categories"]):
         try:
+            if not isinstance(c["id"], int | str):
+                raise TypeError
             cat_name[c["id"]] = str(c["name"])
         except (KeyError, TypeError):
-            raise LabelError(f"{annotation_file}: categories[{k}] needs id and name, got {str(c)[:80]}") from None
+            raise LabelError(f"{annotation_file}: categories[{k}] needs id (a number or a string) and name, got "
+                             f"{str(c)[:80]}") from None
         cat[c["id"]] = index.get(cat_name[c["id"]].lower())
     file_of: dict[Any, str] = {}
     first_index: dict[str, int] = {}
@@ -308,6 +311,8 @@ def read_coco(
             image_id, file_name = img["id"], str(img["file_name"])
         except (KeyError, TypeError):
             raise LabelError(f"{annotation_file}: images[{k}] needs id and file_name") from None
+        if not isinstance(image_id, int | str):
+            raise LabelError(f"{annotation_file}: images[{k}] has id {image_id!r:.40}: a number or a string")
         if image_id in index_of_id:  # annotations name images by id: which of the two they label cannot be told
             raise LabelError(f"{annotation_file}: images[{k}] ({file_name}) has id {image_id!r}, the id of "
                              f"images[{index_of_id[image_id]}] ({file_of[image_id]}); each image needs its own id")
@@ -326,6 +331,10 @@ def read_coco(
             bbox, image_id, category = ann["bbox"], ann["image_id"], ann["category_id"]
         except (KeyError, TypeError):
             problems.add(P.SHORT_LINE, where, "needs bbox [x, y, w, h], image_id and category_id; skipped")
+            continue
+        if not isinstance(image_id, int | str) or not isinstance(category, int | str):
+            problems.add(P.UNKNOWN_REFERENCE, where, f"image_id {image_id!r:.40} and category_id {category!r:.40} "
+                                                     "must be numbers or strings; skipped")
             continue
         if image_id not in file_of:
             problems.add(P.UNKNOWN_REFERENCE, where, f"image_id {image_id!r} is not the id of any entry of images; "

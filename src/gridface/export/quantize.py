@@ -11,6 +11,7 @@ low coverage thresholds clustering uses (0.004). Two schemes, one per runtime (:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -126,7 +127,12 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
             if unknown:
                 raise ValueError(f"export.calibration.float_nodes: {unknown} are not nodes of {fp32_path}")
             keep += list(extra_float_nodes)
-        reader = _Reader(calibration_batches(image_paths, input_hw, batch_size))
+        batches = calibration_batches(image_paths, input_hw, batch_size)
+        first = next(batches, None)  # ONNX Runtime's own error for no data ("No data is collected") names nothing
+        if first is None:
+            raise ValueError(f"INT8 calibration: none of the {len(image_paths)} calibration images could be read "
+                             "(each is named in a warning above)")
+        reader = _Reader(itertools.chain([first], batches))
         quantize_static(
             str(pre), str(tmp), reader,
             quant_format=QuantFormat.QDQ, per_channel=per_channel, calibrate_method=calib,
@@ -136,9 +142,6 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
                            # TensorRT dequantizes no int32: its biases stay float (ORT's default quantizes them)
                            "QuantizeBias": not tensorrt},
         )
-        if not reader.images:
-            raise ValueError(f"INT8 calibration: none of the {len(image_paths)} calibration images could be read "
-                             "(each is named in a warning above)")
     if stats is not None:
         stats.update(images=reader.images, skipped=len(image_paths) - reader.images)
     return int8_path

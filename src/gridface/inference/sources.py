@@ -89,10 +89,10 @@ class Source:
             self.kind = "images"
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
             self.files = [f for f in found if f.suffix.lower() in IMAGE_SUFFIXES]
+            report_left_out(p, [f for f in found if f.suffix.lower() not in IMAGE_SUFFIXES])
             if not self.files:
                 raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             self.root = p
-            report_left_out(p, [f for f in found if f.suffix.lower() not in IMAGE_SUFFIXES])
         elif not p.exists():
             raise FileNotFoundError(f"source not found: {p}")
         elif p.suffix.lower() in IMAGE_SUFFIXES:

@@ -46,6 +46,7 @@ class OutputWriter:
         self.coco: list[dict] = []
         self.video: cv2.VideoWriter | None = None
         self.video_path: Path | None = None
+        self._video_staging: Path | None = None
 
     def open_video(self, name: str, fps: float, size: tuple[int, int]) -> None:
         """The annotated video is written as ``.<name>_annotated.partial.mp4`` and renamed when complete: an mp4 is
@@ -85,9 +86,11 @@ class OutputWriter:
         if self.video is not None:
             self.video.release()
             self.video = None
-            if not complete:
-                self.video_path = self.video_path.with_name(self.video_path.stem + ".partial.mp4")
-            if self._video_staging.exists():
+            if self._video_staging is not None and self._video_staging.exists():
+                if not complete:
+                    self.video_path = self.video_path.with_name(self.video_path.stem + ".partial.mp4")
                 os.replace(self._video_staging, self.video_path)
+            else:  # the writer never opened: no video
+                self.video_path = None
         if self.save_json and complete:
             write_text(self.out / "detections.json", json.dumps(self.coco))

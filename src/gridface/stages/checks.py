@@ -4,6 +4,7 @@ value and what is allowed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,14 @@ def check_postprocess(pp: DictConfig | dict) -> None:
     check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
 
 
-def check_device(device: Any) -> None:
-    """``device=`` of the stages that run a model on their own (evaluate, infer): cpu, cuda or cuda:N, and a CUDA
-    device only where one is visible."""
-    import re
-
+def check_device(device: Any, cuda_needed: bool = True) -> None:
+    """``device=`` of the stages that run a model on their own (evaluate, infer): cpu, cuda or cuda:N, and, for a
+    model torch runs (``cuda_needed``: a checkpoint; ONNX Runtime and TensorRT pick their own device), a CUDA device
+    only where torch sees one."""
     text = str(device)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise ConfigError(f"device = '{text}': must be cpu, cuda or cuda:<index>")
-    if text.startswith("cuda"):
+    if text.startswith("cuda") and cuda_needed:
         import torch
 
         count = torch.cuda.device_count()
@@ -125,9 +125,9 @@ def check_stage_config(cfg: DictConfig) -> None:
             raise ConfigError("evaluation.min_height is gone: faces are counted from postprocess."
                               "minimum_bounding_box_height, the decoder's cut, in network-input pixels")
     if cfg.get("device") is not None:
-        check_device(cfg.device)
-    for key in ("batch_size", "read_workers", "prefetch", "frame_stride", "model_workers", "max_frames"):
-        if cfg.get("task_name") == "infer":
+        check_device(cfg.device, cuda_needed=model is not None and Path(str(model)).suffix.lower() in CHECKPOINT)
+    if cfg.get("task_name") == "infer":  # what 0 breaks (the others are clamped to 1, or 0 means no limit)
+        for key in ("batch_size", "read_workers"):
             check_number(key, cfg.get(key), 1, integer=True)
     if cfg.get("output_dir"):
         check_writable("output_dir", cfg.output_dir)

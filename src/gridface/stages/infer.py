@@ -58,6 +58,18 @@ def opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
+def stop_early(writer: OutputWriter) -> None:
+    """A run stopped by Ctrl-C or an error: the video written so far stays playable, under a .partial name; an error
+    while closing is logged, never raised over the one that stopped the run."""
+    try:
+        writer.close(complete=False)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not close the outputs: %s", e)
+        return
+    if writer.video_path is not None:
+        log.warning("stopped early: the frames annotated so far are in %s", writer.video_path)
+
+
 def check_wider_names(files: list[Path]) -> None:
     """The WIDER submission layout names a result file by event folder and image name only: two images that share
     both would write one file, the later over the earlier."""
@@ -154,10 +166,13 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
                 if cfg.get("max_frames") and frames >= cfg.max_frames:
                     break
             flush(models, pool, end=True)
-    except BaseException:  # Ctrl-C or an error: the video written so far stays playable, under a .partial name
-        writer.close(complete=False)
-        if writer.video_path is not None:
-            log.warning("stopped early: the frames annotated so far are in %s", writer.video_path)
+    except KeyboardInterrupt:
+        if source.kind != "camera":
+            stop_early(writer)
+            raise
+        log.info("camera stopped (Ctrl-C): finishing the outputs")  # how a camera run ends
+    except BaseException:
+        stop_early(writer)
         raise
     writer.close()
     seconds = time.perf_counter() - start

@@ -45,17 +45,31 @@ def load_checkpoint(path: str | Path, trust: bool | None = None) -> dict[str, An
         raise ValueError(f"{path}: not a PyTorch checkpoint ({size} bytes, not the zip archive torch.save writes"
                          f"{': an empty file' if not size else ''}); a damaged or partly copied file, or another "
                          "kind of file with a .ckpt name?")
+    damaged = None if legacy else damaged_member(path)  # torch.load reads no checksum: damaged weights would load
+    if damaged:
+        raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint (its data is damaged: {damaged} fails "
+                         "its checksum); a damaged or partly copied file?")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         found = re.findall(r"GLOBAL ([\w.]+)", str(e))
         if not found and "global" not in str(e).lower():  # damaged data, not an object the safe loader refuses
             raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint (its data is damaged: "
-                             f"{str(e).strip().splitlines()[-1][:200]})") from None
+                             f"{(str(e).strip().splitlines() or ['?'])[-1]}); a damaged or partly copied file?"
+                             ) from None
         what = f"objects of {', '.join(dict.fromkeys(found))}" if found else "objects other than weights"
         raise ValueError(
             f"{path}: refusing to load it: it holds {what}, and unpickling those can run arbitrary code. If you "
             f"made this file or trust where it came from, load it deliberately with {TRUST_ENV}=1") from None
     except Exception as e:  # noqa: BLE001 - any other reading failure means the same thing to the user
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint ({reason})") from e
+        raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint ({str(e).strip() or type(e).__name__})"
+                         ) from e
+
+
+def damaged_member(path: Path) -> str | None:
+    """The first member of a checkpoint's zip archive whose CRC does not match (None: all intact, or no zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError):
+        return None
