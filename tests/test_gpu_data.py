@@ -283,6 +283,23 @@ def test_an_all_bad_batch_has_no_image_and_only_skips(tmp_path):
     assert [s["kind"] for s in batch["skips"]] == ["truncated", "missing"]
 
 
+def test_a_worker_checks_each_jpegs_data_once_and_refuses_a_damaged_one_every_time(tmp_path, monkeypatch):
+    """The compressed-data check costs about half a decode: once per file and worker (files do not change during a
+    run); a file that failed it is never cached as checked."""
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    data = cv2.imencode(".jpg", cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8),
+                                                 (9, 9), 3))[1].tobytes()
+    good.write_bytes(data)
+    bad.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    calls = []
+    real = device_decode.check_jpeg_data
+    monkeypatch.setattr(device_decode, "check_jpeg_data", lambda d, p: calls.append(p) or real(d, p))
+    ds = EncodedDataset([Sample(good, [], []), Sample(bad, [], [])], "train")
+    for _ in range(3):
+        assert "encoded" in ds[0] and ds[1]["skip"]["kind"] == "corrupt"
+    assert calls == [good, bad, bad, bad]
+
+
 # ----------------------------------------------------------------------------------------------- (d) augmenting
 def tao_augment() -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -76,9 +76,10 @@ class HostImages:
         return len(self.images)
 
 
-def read_encoded(path: str | Path) -> EncodedImage:
+def read_encoded(path: str | Path, check_data: bool = True) -> EncodedImage:
     """What a worker ships for one file: JPEG bytes whose structure is whole, or decoded pixels for other formats.
-    :class:`ImageReadError` (missing, empty, truncated, not an image, undecodable) as the CPU path raises it."""
+    :class:`ImageReadError` (missing, empty, truncated, corrupt, not an image, undecodable) as the CPU path raises
+    it. ``check_data=False``: skip the check of the compressed data (a file that passed it before)."""
     data = read_image_bytes(path)
     if not data:
         raise ImageReadError(path, EMPTY, "0 bytes")
@@ -86,7 +87,8 @@ def read_encoded(path: str | Path) -> EncodedImage:
         problem = jpeg_problem(data)
         if problem:
             raise ImageReadError(path, TRUNCATED, problem)
-        check_jpeg_data(data, path)  # the device decoder would decode damaged data into invented pixels
+        if check_data:
+            check_jpeg_data(data, path)  # the device decoder would decode damaged data into invented pixels
         return EncodedImage(JPEG, torch.frombuffer(bytearray(data), dtype=torch.uint8), exif_orientation(data))
     pixels = decode_image_rgb(data, path)  # the CPU path's reader: its checks and its error kinds
     return EncodedImage(PIXELS, torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
@@ -117,6 +119,7 @@ class EncodedDataset(Dataset):
         self.train = train
         self.letterbox_hw = (int(letterbox_hw[0]), int(letterbox_hw[1])) if letterbox_hw else None
         self._reported: set[int] = set()
+        self._data_checked: set[int] = set()  # files whose JPEG data passed check_jpeg_data in this worker
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -130,7 +133,8 @@ class EncodedDataset(Dataset):
             if self.letterbox_hw is not None:
                 pixels, lb = read_letterboxed(s.image, self.letterbox_hw)
                 return {"letterboxed": pixels, "letterbox": lb, "sample": s, "key": (epoch, index)}
-            encoded = read_encoded(s.image)
+            encoded = read_encoded(s.image, check_data=index not in self._data_checked)
+            self._data_checked.add(index)  # files do not change during a run: each is checked once per worker
         except ImageReadError as e:
             if index not in self._reported:
                 self._reported.add(index)
