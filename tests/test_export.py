@@ -189,21 +189,33 @@ def test_an_export_that_fails_its_check_leaves_the_previous_model_and_its_metada
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def test_an_export_from_an_onnx_model_writes_only_into_its_own_folder(tmp_path, trained_ckpt):
+def test_an_export_from_an_onnx_model_writes_only_into_its_own_folder_and_counts_its_calibration(tmp_path,
+                                                                                                 trained_ckpt):
     """export=onnx_int8 from an FP32 ONNX into another folder: the INT8 model and the DeepStream files are written
     there (the config naming the FP32 model relative to itself, as nvinfer resolves it); the source folder is left
-    as it was (its hand-edited nvinfer config used to be overwritten)."""
+    as it was (its hand-edited nvinfer config used to be overwritten). Its calibration folder holds unreadable files:
+    skipped, and the record says how many images calibrated (it used to count the files drawn)."""
     ckpt, tmp = trained_ckpt
     first = export_run(compose_export(tmp_path / "a", tmp / "cache", [f"model={ckpt}"]))
     source = Path(first["onnx"]).parent
     before = {p.name: p.read_bytes() for p in source.iterdir()}
-    result = export_run(compose_export(tmp_path / "b", tmp / "cache", [f"model={first['onnx']}", "export=onnx_int8",
-                                                                       "export.calibration.images=4"]))
+    calibration = tmp_path / "calib"
+    calibration.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(calibration / f"ok{i}.jpg"), np.random.default_rng(i).integers(0, 255, (96, 128, 3),
+                                                                                        np.uint8))
+    (calibration / "empty.jpg").write_bytes(b"")
+    (calibration / "text.png").write_text("not an image")
+    result = export_run(compose_export(tmp_path / "b", tmp / "cache", [
+        f"model={first['onnx']}", "export=onnx_int8", f"export.calibration.folder={calibration}",
+        "export.calibration.images=5"]))
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before
     out = tmp_path / "b" / "export"
     assert Path(result["onnx_int8"]).parent == out and Path(result["deepstream_config"]).parent == out
     ds = Path(result["deepstream_config"]).read_text()
     assert "onnx-file=../../a/export/last.onnx" in ds and (out / "last_labels.txt").is_file()
+    calib = json.loads(Path(result["onnx_int8"] + ".json").read_text())["calibration"]
+    assert (calib["drawn"], calib["images"], calib["skipped"]) == (5, 3, 2)
 
 
 def test_an_onnx_model_this_onnx_cannot_load_keeps_its_reason_and_a_damaged_one_says_so(tmp_path, net):
@@ -226,22 +238,6 @@ def test_an_onnx_model_this_onnx_cannot_load_keeps_its_reason_and_a_damaged_one_
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cut.onnx: not a readable ONNX model .*a damaged or partly copied file"):
         embedded_metadata(tmp_path / "cut.onnx")
-
-
-def test_the_calibration_record_counts_the_images_that_calibrated(tmp_path, trained_ckpt):
-    """A calibration folder with unreadable files: they are skipped, and the INT8 model's metadata says how many
-    images calibrated and how many were skipped (it used to count the files drawn)."""
-    ckpt, tmp = trained_ckpt
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(folder / f"ok{i}.jpg"), np.random.default_rng(i).integers(0, 255, (96, 128, 3), np.uint8))
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "text.png").write_text("not an image")
-    result = export_run(compose_export(tmp_path, tmp / "cache", [
-        f"model={ckpt}", "export=onnx_int8", f"export.calibration.folder={folder}", "export.calibration.images=5"]))
-    calib = json.loads(Path(result["onnx_int8"] + ".json").read_text())["calibration"]
-    assert (calib["drawn"], calib["images"], calib["skipped"]) == (5, 3, 2)
 
 
 @pytest.mark.slow
