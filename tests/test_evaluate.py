@@ -60,6 +60,22 @@ def test_model_mode_on_synthetic(tmp_path, tiny_checkpoint):
     assert (tmp_path / "eval" / "pr_ap50.png").is_file()
 
 
+def test_evaluation_refuses_data_it_cannot_measure_and_records_its_iou(tmp_path, tiny_checkpoint):
+    """Dataset classes other than the model's (scored by position, they were reported as the model's), or no face of
+    the model's classes in the split (AP 0 and NaN, exit 0): an error before predicting. Another IoU is recorded,
+    and the report's title says the AP50 keys measured it."""
+    ckpt, _ = tiny_checkpoint
+    with pytest.raises(ValueError, match=r"detects \['face'\], the dataset's classes are \['person'\]"):
+        run(compose_eval(tmp_path, [f"model={ckpt}", "num_workers=0", "dataset=synthetic",
+                                    "dataset.class_names=[person]"]))
+    with pytest.raises(ValueError, match="the val split lists 8 images but not one face box"):
+        run(compose_eval(tmp_path, [f"model={ckpt}", "num_workers=0", "dataset=synthetic", "dataset.val.num_images=8",
+                                    "dataset.faces_per_image=[0,0]"]))
+    result = run(compose_eval(tmp_path, [f"model={ckpt}", "num_workers=0", "evaluation.iou=0.7"]))
+    assert result["iou"] == 0.7
+    assert "(detections matched at IoU 0.7, not 0.5)" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
 @pytest.mark.slow
 def test_model_mode_on_wider_mini_val_writes_submission(tmp_path, tiny_checkpoint, shared_data):
     ckpt, _ = tiny_checkpoint

@@ -135,6 +135,27 @@ def test_bad_prune_settings_name_the_key():
         PruneSpec.from_config({"mode": "ratio", "ratio": 1.5})
     with pytest.raises(ValueError, match="does not have"):
         prune_network(GridBoxNet(), PruneSpec(mode="ratio", exclude=["backbone.nope"]), HW)
+    # per-layer pruning: torch-pruning caps nothing at max_ratio there, so a ratio above it is refused, not ignored
+    with pytest.raises(ValueError, match=r"prune.max_ratio=0.5: \{'ratio': 0.7\} exceed it"):
+        PruneSpec.from_config({"mode": "ratio", "ratio": 0.7, "max_ratio": 0.5})
+    PruneSpec.from_config({"mode": "ratio", "ratio": 0.7, "max_ratio": 0.5, "global_pruning": True})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["retrained=/nonexistent/retrained.ckpt"], "retrained = '/nonexistent/retrained.ckpt': no such file"),
+    (["latency.batch=0"], "latency.batch = 0: must be a whole number >= 1"),
+    (["latency.reps=-1"], "latency.reps = -1: must be a whole number >= 0"),
+    (["batch_size=0"], "batch_size = 0: must be a whole number >= 1"),
+])
+def test_prune_stage_settings_are_checked_before_any_pruning(tmp_path, untrained_ckpt, overrides, message):
+    """A bad key used to surface after the pruned checkpoint was written (and minutes of evaluation)."""
+    import re
+
+    from gridface.prune import run
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(compose_prune(tmp_path, [f"model={untrained_ckpt}", *overrides]))
+    assert not (tmp_path / "prune" / "pruned.ckpt").exists()
 
 
 def test_taylor_needs_batches_and_uses_them():

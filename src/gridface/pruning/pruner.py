@@ -79,6 +79,13 @@ class PruneSpec:
                 raise ValueError(f"prune ratio '{key}' must be in [0, 1), got {value}")
         if self.target_macs is not None and not 0 < self.target_macs <= 1:
             raise ValueError(f"prune.target_macs is a fraction of the network's MACs in (0, 1], got {self.target_macs}")
+        if self.mode == "ratio" and not self.global_pruning and self.target_macs is None:
+            # torch-pruning caps a layer's loss at max_pruning_ratio only when it ranks channels across layers
+            over = {k: v for k, v in [("ratio", self.ratio), *self.layer_ratios.items()] if v > self.max_ratio}
+            if over:
+                raise ValueError(f"prune.max_ratio={self.max_ratio}: {over} exceed it, and with per-layer pruning "
+                                 "each layer loses its own ratio (max_ratio caps layers only with "
+                                 "prune.global_pruning=true or prune.target_macs); lower them or raise max_ratio")
         TaoImportance(self.criterion, self.normalizer, self.equalization)  # validates those three
 
 

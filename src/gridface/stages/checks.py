@@ -26,19 +26,20 @@ WHAT = {".ckpt": "a gridface checkpoint (.ckpt)", ".onnx": "an ONNX model gridfa
         ".engine": "a TensorRT engine (.engine, .plan)"}
 
 
-def check_model_file(stage: str, model: str) -> None:
-    """``model=`` exists and is a kind of file ``stage`` reads: a wrong file is one line before any loading."""
+def check_model_file(stage: str, model: str, key: str = "model") -> None:
+    """``model=`` (or ``key``) exists and is a kind of file ``stage`` reads: a wrong file is one line before any
+    loading."""
     path = Path(model).expanduser()
     if not path.exists():
-        raise ConfigError(f"model = '{model}': no such file")
+        raise ConfigError(f"{key} = '{model}': no such file")
     if path.is_dir():
-        raise ConfigError(f"model = '{model}' is a folder: give the model file in it (e.g. checkpoints/best.ckpt)")
+        raise ConfigError(f"{key} = '{model}' is a folder: give the model file in it (e.g. checkpoints/best.ckpt)")
     kinds = STAGE_MODELS.get(stage)
     if kinds and path.suffix.lower() not in kinds:
         what = " or ".join(v for k, v in WHAT.items() if k in kinds)
         hint = (": an exported model cannot be trained or pruned; give the checkpoint it was exported from (its "
                 "metadata JSON names it)" if path.suffix.lower() in (".onnx", *ENGINE) else "")
-        raise ConfigError(f"model = '{model}': gridface.{stage} reads {what}, not a '{path.suffix or 'no suffix'}' "
+        raise ConfigError(f"{key} = '{model}': gridface.{stage} reads {what}, not a '{path.suffix or 'no suffix'}' "
                           f"file{hint}")
 
 

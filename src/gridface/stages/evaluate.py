@@ -44,7 +44,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = evaluate_predictions(load_predictions(cfg.predictions), load_ground_truth(cfg.gt), cfg.evaluation.iou)
         metrics = {f"wider_{s}": r.ap for s, r in results.items()}
         title = f"WIDER FACE evaluation of {cfg.predictions}"
-        details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt)}
+        details: dict[str, Any] = {"predictions": str(cfg.predictions), "gt": str(cfg.gt),
+                                   "iou": float(cfg.evaluation.iou)}
     elif cfg.get("model"):
         from gridface.inference.predict import predict_dataset  # torch's DataLoader: not for predictions=
 
@@ -53,7 +54,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         decoder = GridBoxDecoder(stride=backend.stride, **post)
         data, origin = stage_data_config(cfg.get("dataset"), backend.data, cfg.model, (cfg.split,))
         problems, skips = DataProblems(strict=bool(data.get("strict", False))), {}
+        data_classes = [str(c).lower() for c in data.get("class_names") or backend.class_names]
+        if data_classes != [c.lower() for c in backend.class_names]:  # scored by position: the names must agree
+            raise ValueError(f"model={cfg.model} detects {list(backend.class_names)}, the dataset's classes are "
+                             f"{list(data.get('class_names'))}: set dataset.class_names (and dataset.class_map) to "
+                             "the model's classes")
         samples = split_samples(data, cfg.split, problems)
+        if not any(len(x.boxes) > int(x.ignore.sum()) for x in samples):
+            raise ValueError(f"the {cfg.split} split lists {len(samples)} images but not one face box of the model's "
+                             f"classes {list(backend.class_names)}: nothing to measure (a warning above lists the "
+                             "classes the label reader skipped, if any)")
         dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers, skips)
         wider_path = cfg.get("gt") or cfg.get("wider_gt") or data.get("eval_gt")
         measured = detection_metrics(dets, gts, backend.class_names, cfg.evaluation, paths,
@@ -68,6 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                      for c, cv in curves.items()}, f"PR at IoU {cfg.evaluation.iou}")
         title = f"Evaluation of {cfg.model} on {data.get('name')}/{cfg.split}"
         details = {"model": str(cfg.model), "format": backend.format, "data_from": origin, "images": len(dets),
+                   "iou": float(cfg.evaluation.iou),
                    "input_hw": list(backend.input_hw), "postprocess": post,
                    "data_problems": run_summary(problems, skips)}
     else:
@@ -76,6 +87,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if results and cfg.plots:
         plot_pr_curves(out_dir / "pr_wider.png", {s: (r.recall, r.precision, r.ap) for s, r in results.items()},
                        "WIDER FACE")
+    if details["iou"] != 0.5:  # the metric keys keep their names (AP50, ...): the title says what they measured
+        title += f" (detections matched at IoU {details['iou']:g}, not 0.5)"
     details["seconds"] = time.perf_counter() - start
     write_report(out_dir, title, metrics, details, by_size)
     print((out_dir / "metrics.md").read_text())

@@ -28,10 +28,11 @@ from gridface.model.widths import channel_widths
 from gridface.module import GridBoxModule
 from gridface.pruning.pruner import PruneSpec, prune_module, taylor_losses
 from gridface.pruning.report import layer_table, size_summary, torch_latency, write_prune_report
-from gridface.stages.checks import check_stage_config
+from gridface.stages.checks import check_model_file, check_stage_config
 from gridface.training.qat import STATE_KEY as QAT_STATE_KEY
 from gridface.utils.checkpoint import load_checkpoint
 from gridface.utils.io import atomic_path
+from gridface.utils.validate import check_number
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_stage_config(cfg)
     if not cfg.get("model"):
         raise ValueError("give model=<path to a trained gridface .ckpt>")
+    check_number("batch_size", cfg.get("batch_size"), 1, integer=True)
+    check_number("num_workers", cfg.get("num_workers"), 0, integer=True)
+    check_number("latency.batch", cfg.latency.get("batch"), 1, integer=True)
+    check_number("latency.reps", cfg.latency.get("reps"), 0, integer=True)
+    check_number("latency.warmup", cfg.latency.get("warmup"), 0, integer=True)
+    if cfg.get("retrained"):  # before minutes of pruning and evaluation, not after
+        check_model_file("prune", str(cfg.retrained), key="retrained")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     spec = PruneSpec.from_config(OmegaConf.to_container(cfg.prune, resolve=True))
@@ -94,9 +102,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     layers = layer_table(channel_widths(module.net), channel_widths(pruned.net))
     warnings = []
     if after["params"] == before["params"]:
-        warnings.append(f"nothing was pruned: no channel scored below the settings ({spec_summary(spec)}). "
-                        "Filters of a model trained without loss.l1_regularization have similar norms; "
-                        "raise prune.threshold or use prune=ratio")
+        warnings.append(f"nothing was pruned ({spec_summary(spec)}): " + (
+            "no channel scored below prune.threshold. Filters of a model trained without loss.l1_regularization "
+            "have similar norms; raise prune.threshold or use prune=ratio" if spec.mode == "threshold" else
+            "every layer keeps all its channels after rounding to prune.granularity; raise prune.ratio or lower "
+            "prune.granularity"))
     report: dict[str, Any] = {
         "source_checkpoint": source, "pruned_checkpoint": str(ckpt_path), "spec": vars(spec),
         "spec_summary": spec_summary(spec), "input_hw": lat_hw, "before": before, "after": after,
@@ -117,7 +127,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("retrained"):
             retrained = GridBoxModule.from_checkpoint(cfg.retrained).eval()
             if channel_widths(retrained.net) != channel_widths(pruned.net):
-                log.warning("retrained=%s does not have this pruning's widths", cfg.retrained)
+                warnings.append(f"retrained={cfg.retrained} does not have this pruning's layer widths: its AP is not "
+                                "this pruning's retrained AP")
+                log.warning(warnings[-1])
             ap["retrained"] = validation_ap50(retrained, samples, cfg.batch_size, cfg.num_workers,
                                               Path(cfg.retrained))
             ap["retrained_checkpoint"] = str(cfg.retrained)
