@@ -30,6 +30,14 @@ WIDER_FIELDS = "x y w h blur expression illumination invalid occlusion pose"
 KITTI_FIELDS = 15  # type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y [score]
 
 
+class NotUTF8(LabelError):
+    """A label file that is not UTF-8 text; ``where`` (file:line) and ``reason`` for a reader that skips it."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where, self.reason = where, reason
+        super().__init__(f"{where}: {reason}")
+
+
 def read_text(path: Path) -> list[str]:
     """Lines of a UTF-8 text file, a byte-order mark and CR line ends removed."""
     data = path.read_bytes()
@@ -37,7 +45,7 @@ def read_text(path: Path) -> list[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
-        raise LabelError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+        raise NotUTF8(f"{path}:{line}", f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     return text.splitlines()
 
 
@@ -54,7 +62,7 @@ def parse_numbers(fields: list[str], where: str, what: str, problems: DataProble
     return values
 
 
-def warn_unmapped(source: Path, unmapped: dict[str, list], what: str) -> None:
+def warn_unmapped(source: Path, unmapped: dict[str, tuple[int, str]], what: str) -> None:
     """One warning for the objects a reader skipped because their class is not one of the classes trained: each
     name with its count and where it first appears (a typo in a label or in the class map shows up here)."""
     if not unmapped:
@@ -64,9 +72,10 @@ def warn_unmapped(source: Path, unmapped: dict[str, list], what: str) -> None:
                 what, listed)
 
 
-def note_unmapped(unmapped: dict[str, list], name: str, where: str) -> None:
-    entry = unmapped.setdefault(name, [0, where])
-    entry[0] += 1
+def note_unmapped(unmapped: dict[str, tuple[int, str]], name: str, where: str) -> None:
+    """Count an object of class ``name`` skipped at ``where`` (the first place is kept)."""
+    count, first = unmapped.get(name, (0, where))
+    unmapped[name] = (count + 1, first)
 
 
 def is_zero(field: str) -> bool:
@@ -222,7 +231,7 @@ def read_kitti(
         images[p.stem] = p
     labels_found = {p.stem: p for p in sorted(label_dir.glob("*.txt"))}
     samples: list[Sample] = []
-    unmapped: dict[str, list] = {}
+    unmapped: dict[str, tuple[int, str]] = {}
     for stem, label_file in labels_found.items():
         if stem not in images:
             problems.add(P.ORPHAN_LABEL, str(label_file),
@@ -230,9 +239,8 @@ def read_kitti(
             continue
         try:
             text = read_text(label_file)
-        except LabelError as e:  # one unreadable label file: its image cannot be used, the others can
-            line, reason = str(e)[len(str(label_file)) + 1:].split(": ", 1)
-            problems.add(P.NOT_TEXT, f"{label_file}:{line}", f"{reason}; its image {images[stem].name} skipped")
+        except NotUTF8 as e:  # one unreadable label file: its image cannot be used, the others can
+            problems.add(P.NOT_TEXT, e.where, f"{e.reason}; its image {images[stem].name} skipped")
             continue
         boxes, labels, ignore = [], [], []
         for n, line in enumerate(text, 1):
@@ -324,7 +332,7 @@ def read_coco(
         first_index.setdefault(file_name, k)
         file_of[image_id] = file_name
     per_file: dict[str, list] = {name: [] for name in first_index}
-    unmapped: dict[str, list] = {}
+    unmapped: dict[str, tuple[int, str]] = {}
     for k, ann in enumerate(data["annotations"]):
         where = f"{annotation_file}: annotations[{k}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
         try:

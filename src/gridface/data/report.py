@@ -26,22 +26,19 @@ def split_stats(checks: Sequence[ImageCheck], input_hw: tuple[int, int] | None) 
     pixels after the letterbox (what the 16-px grid sees)."""
     ok = [c for c in checks if c.size is not None]
     heights, input_heights, ignored = [], [], 0
+    crossing = 0  # boxes partly outside their image: clipped to it in training (wholly outside: a reported problem)
     for c in ok:
         s = c.sample
+        w_img, h_img = c.size
+        beyond = (s.boxes[:, 0] < 0) | (s.boxes[:, 1] < 0) | (s.boxes[:, 2] > w_img) | (s.boxes[:, 3] > h_img)
+        crossing += int((beyond & ~boxes_outside(s.boxes, c.size)).sum())
         h = s.boxes[:, 3] - s.boxes[:, 1]
         kept = ~s.ignore
         ignored += int(s.ignore.sum())
         heights.append(h[kept])
         if input_hw:
-            w_img, h_img = c.size
             input_heights.append(h[kept] * min(input_hw[0] / h_img, input_hw[1] / w_img))
     heights_all = np.concatenate(heights) if heights else np.zeros(0)
-    crossing = 0  # boxes partly outside their image: clipped to it in training (wholly outside: a reported problem)
-    for c in ok:
-        w_img, h_img = c.size
-        b = c.sample.boxes
-        beyond = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w_img) | (b[:, 3] > h_img)
-        crossing += int((beyond & ~boxes_outside(b, c.size)).sum())
     stats: dict[str, Any] = {
         "images_listed": len(checks), "images_usable": len(ok), "images_skipped": len(checks) - len(ok),
         "images_without_faces": sum(int((~c.sample.ignore).sum() == 0) for c in ok),

@@ -130,14 +130,12 @@ class Source:
         """The file's path relative to the root without its suffix, or with it where another file of the source has
         the same path but another suffix (``photo.jpg`` and ``photo.png``: ``photo.jpg``, ``photo.png``), so that no
         two files write one output."""
-        if self._names is None:
-            stems = Counter(self._relative(g).with_suffix("") for g in self.files)
-            self._names = {g: (self._relative(g).with_suffix("") if stems[self._relative(g).with_suffix("")] == 1
-                               else self._relative(g)).as_posix() for g in self.files}
-        return self._names.get(f) or self._relative(f).with_suffix("").as_posix()
-
-    def _relative(self, f: Path) -> Path:
-        return f.relative_to(self.root) if self.root else Path(f.name)
+        if self._names is None:  # once, over the whole listing (the files are fixed when the source is built)
+            relative = {g: g.relative_to(self.root) if self.root else Path(g.name) for g in self.files}
+            stems = Counter(r.with_suffix("") for r in relative.values())
+            self._names = {g: (r.with_suffix("") if stems[r.with_suffix("")] == 1 else r).as_posix()
+                           for g, r in relative.items()}
+        return self._names[f]
 
     def _load(self, f: Path) -> tuple[np.ndarray, Any]:
         image = read_image_bgr(f) if self.bgr else read_image_rgb(f)

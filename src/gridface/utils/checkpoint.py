@@ -40,15 +40,10 @@ def load_checkpoint(path: str | Path, trust: bool | None = None) -> dict[str, An
     trust = os.environ.get(TRUST_ENV, "") == "1" if trust is None else trust
     with path.open("rb") as f:
         legacy = f.read(1) == b"\x80"  # a pickle: torch.save's format before torch 1.6
-    if not legacy and not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        size = path.stat().st_size
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({size} bytes, not the zip archive torch.save writes"
-                         f"{': an empty file' if not size else ''}); a damaged or partly copied file, or another "
-                         "kind of file with a .ckpt name?")
-    damaged = None if legacy else damaged_member(path)  # torch.load reads no checksum: damaged weights would load
-    if damaged:
-        raise ValueError(f"{path}: not a readable gridface/Lightning checkpoint (its data is damaged: {damaged} fails "
-                         "its checksum); a damaged or partly copied file?")
+    problem = None if legacy else zip_problem(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}; a damaged or partly copied file, or another kind of file with a .ckpt "
+                         "name?")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
@@ -66,10 +61,15 @@ def load_checkpoint(path: str | Path, trust: bool | None = None) -> dict[str, An
                          ) from e
 
 
-def damaged_member(path: Path) -> str | None:
-    """The first member of a checkpoint's zip archive whose CRC does not match (None: all intact, or no zip)."""
+def zip_problem(path: Path) -> str | None:
+    """Why a checkpoint file is not a whole zip archive as torch.save writes it (since torch 1.6), or None. The
+    members' CRCs are checked too: torch.load reads none, so damaged weights would load."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, OSError):
-        return None
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        size = path.stat().st_size
+        return f"not a PyTorch checkpoint ({size} bytes, not the zip archive torch.save writes" + \
+            (": an empty file)" if not size else ")")
+    return f"not a readable gridface/Lightning checkpoint (its data is damaged: {damaged} fails its checksum)" \
+        if damaged else None
