@@ -1,5 +1,7 @@
 """Pruning: TAO threshold semantics, group equalisation, head invariance, reload, export, prune -> retrain."""
 
+import copy
+import itertools
 import json
 import math
 import subprocess
@@ -116,6 +118,27 @@ def test_threshold_minimum_and_granularity_on_the_network():
     widths = channel_widths(net)
     # nothing scores above 1.1: every prunable layer keeps the minimum 20, rounded up to 24
     assert {w[1] for n, w in widths.items() if len(w) == 2 and not n.startswith("head.")} == {24}
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_a_higher_ratio_never_gives_a_larger_network(global_pruning):
+    # torch-pruning rounds a small layer's kept count down to 0 and then leaves the layer whole: ratio 0.9
+    # kept the 64-channel stem entirely and gave a network ~10x the MACs of ratio 0.85
+    net = GridBoxNet().eval()
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+    sizes = []
+    for ratio in (0.5, 0.8, 0.85, 0.9, 0.95):
+        pruned = prune_network(copy.deepcopy(net), PruneSpec(mode="ratio", ratio=ratio, max_ratio=0.99,
+                                                             global_pruning=global_pruning), HW)
+        widths = channel_widths(pruned)
+        assert all(w[-1] >= 8 for n, w in widths.items() if not n.startswith("head."))
+        if ratio >= 0.9:  # every prunable layer loses channels: none is left whole
+            assert pruned.backbone.stem[0].out_channels < 64
+        sizes.append(count_macs_params(pruned, HW))
+    assert all(a[0] >= b[0] and a[1] >= b[1] for a, b in itertools.pairwise(sizes)), sizes
 
 
 def test_excluded_layers_keep_their_channels():

@@ -184,13 +184,28 @@ def prune_by_threshold(net: nn.Module, spec: PruneSpec, importance: TaoImportanc
             group.prune(idxs=sorted(drop))
 
 
+class RoundedPruner(tp.pruner.BasePruner):
+    """torch-pruning's pruner, with kept counts rounded down to ``round_to`` but never to zero.
+
+    torch-pruning rounds a layer's kept count down to a multiple of ``round_to``; where that is 0 (64 channels
+    at ratio 0.9 keep 6, rounded to 0 with granularity 8) it refuses to empty the layer and prunes nothing
+    there, so a higher ratio gave a *larger* network (ratio 0.9 kept 20 % of the MACs of ratio 0.0, 0.85 kept
+    2 %). Here such a layer keeps one ``round_to`` of channels, the fewest a multiple can be.
+    """
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        kept = current_channels - n_pruned
+        kept = max(kept - kept % round_to, min(round_to, current_channels))
+        return max(current_channels - kept, 0)
+
+
 def prune_by_ratio(net: nn.Module, spec: PruneSpec, importance: TaoImportance, input_hw: Sequence[int],
                    ratio: float) -> None:
     modules = dict(net.named_modules())
     unknown = [n for n in spec.layer_ratios if n not in modules]
     if unknown:
         raise ValueError(f"prune.layer_ratios names layers this network does not have: {unknown}")
-    pruner = tp.pruner.BasePruner(
+    pruner = RoundedPruner(
         net, example_input(net, input_hw), importance=importance, pruning_ratio=ratio,
         pruning_ratio_dict={modules[n]: r for n, r in spec.layer_ratios.items()},
         global_pruning=spec.global_pruning, max_pruning_ratio=spec.max_ratio,
