@@ -93,3 +93,20 @@ def test_model_mode_on_wider_mini_val_writes_submission(tmp_path, tiny_checkpoin
     assert len(preds) == 19
     again = evaluate_predictions(preds, load_ground_truth(mini / "ground_truth"))
     assert again["hard"].ap == pytest.approx(result["metrics"]["wider_hard"], abs=1e-3)
+
+
+def test_metrics_json_is_strict_json_with_null_for_an_undefined_metric(tmp_path):
+    # AP of a setting without faces is NaN; Python's json would write a bare NaN that jq and browsers refuse
+    import numpy as np
+
+    from gridface.evaluation.report import write_report
+
+    write_report(tmp_path, "t", {"wider_easy": 0.5, "wider_hard": float("nan")},
+                 {"images": np.int64(3), "score": np.float32(0.25), "worst": float("-inf")})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert saved["metrics"] == {"wider_easy": 0.5, "wider_hard": None}
+    assert saved["images"] == 3 and saved["score"] == 0.25 and saved["worst"] is None

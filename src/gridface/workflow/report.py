@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gridface.utils.io import atomic_path, write_text
+from gridface.utils.io import atomic_path, write_json, write_text
 from gridface.workflow.artifacts import ARTIFACTS
 from gridface.workflow.manifest import StageRecord
 
@@ -215,7 +215,7 @@ def write_pipeline_report(folder: Path, records: dict[str, StageRecord], samples
                                        markdown(rows, lines, bench.get("machine"), pictures, network)),
                "report_html": write_text(folder / "report.html",
                                          html_page(rows, lines, bench.get("machine"), pictures, network))}
-    write_text(folder / "rows.json", json.dumps(rows, indent=2, default=str))
+    write_json(folder / "rows.json", rows)
     outputs["rows"] = folder / "rows.json"
     outputs.update({p.stem: p for p in pictures.values() if p})
     return outputs
