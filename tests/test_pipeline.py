@@ -141,13 +141,17 @@ def test_a_stage_that_died_resumes_only_under_the_settings_it_started_with(tmp_p
     run(1e-3, die=True)  # changed settings: the finished run is set aside (as before)
     run(1e-3, die=True)  # the same settings: resumed
     assert seen == [None, None, '{"optimizer.max_lr": 0.001}']
+    run(1e-2, die=True)  # other settings again: the crashed run goes aside, the finished one stays aside
+    assert (tmp_path / "train.unfinished" / "last.ckpt").read_text() == '{"optimizer.max_lr": 0.001}'
+    assert read_manifest(tmp_path / "train.previous").config == {"optimizer.max_lr": 1e-4}
     run(1e-4, die=False)  # changed settings: a fresh folder, the crashed run kept aside
-    assert seen[3] is None, f"resumed the checkpoint of other settings: {seen[3]}"
-    assert (tmp_path / "train.previous" / "last.ckpt").read_text() == '{"optimizer.max_lr": 0.001}'
+    assert seen[3:] == [None, None], f"resumed the checkpoint of other settings: {seen[3:]}"
+    assert (tmp_path / "train.unfinished" / "last.ckpt").read_text() == '{"optimizer.max_lr": 0.01}'
+    assert read_manifest(tmp_path / "train.previous").config == {"optimizer.max_lr": 1e-4}
     record = read_manifest(tmp_path / "train")
     assert record.config == {"optimizer.max_lr": 1e-4} and why_stale(record, {}, {"optimizer.max_lr": 1e-4}) is None
     # a folder that does not say what it was started with (an older gridface, a copy) is not resumed either
     (tmp_path / "train" / "manifest.json").unlink()
     (tmp_path / "train" / "started.json").unlink()
     run(1e-4, die=False)
-    assert seen[4] is None and (tmp_path / "train.previous" / "last.ckpt").is_file()
+    assert seen[5] is None and (tmp_path / "train.unfinished" / "last.ckpt").is_file()

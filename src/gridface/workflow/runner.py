@@ -268,13 +268,17 @@ def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path
 
 
 def set_aside(folder: Path) -> None:
-    """Move a stage's earlier outputs to ``<stage>.previous`` (replacing an older one) instead of deleting them."""
+    """Move a stage's earlier outputs aside instead of deleting them: a finished run to ``<stage>.previous``, an
+    unfinished one (no manifest: it died or its settings were refused) to ``<stage>.unfinished``, each replacing an
+    older one of its kind, so failed attempts never replace the last finished run."""
     if not folder.exists():
         return
-    previous = folder.with_name(folder.name + ".previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    folder.rename(previous)
-    print(f"pipeline: {folder.name}: its earlier run is kept in {previous}", flush=True)
+    finished = read_manifest(folder) is not None
+    aside = folder.with_name(folder.name + (".previous" if finished else ".unfinished"))
+    shutil.rmtree(aside, ignore_errors=True)
+    folder.rename(aside)
+    print(f"pipeline: {folder.name}: its earlier {'' if finished else 'unfinished '}run is kept in {aside}",
+          flush=True)
 
 
 def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
