@@ -110,3 +110,12 @@ def test_metrics_json_is_strict_json_with_null_for_an_undefined_metric(tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
     assert saved["metrics"] == {"wider_easy": 0.5, "wider_hard": None}
     assert saved["images"] == 3 and saved["score"] == 0.25 and saved["worst"] is None
+
+
+def test_output_dir_puts_the_report_where_the_user_says(tmp_path, shared_data):
+    w = shared_data / "widerface"
+    cfg = compose_eval(tmp_path, [f"predictions={w / 'preds_yolov7face'}", f"gt={w / 'mini_val' / 'ground_truth'}",
+                                  f"output_dir={tmp_path / 'mine'}", "plots=false"])
+    run(cfg)
+    assert json.loads((tmp_path / "mine" / "metrics.json").read_text())["metrics"]["wider_easy"] > 0.9
+    assert (tmp_path / "mine" / "metrics.md").is_file() and not (tmp_path / "eval" / "metrics.json").exists()

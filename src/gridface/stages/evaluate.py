@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_stage_config(cfg)
-    out_dir = Path(cfg.paths.output_dir)
+    out_dir = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     start = time.perf_counter()
     if cfg.get("predictions"):
         if not cfg.get("gt"):
