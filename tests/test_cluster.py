@@ -304,3 +304,30 @@ def test_tuning_trial_is_pruned_when_its_metric_trails():
     good = study.ask()
     FakeTrainer.callback_metrics = {"val/AP50": 0.95}
     ReportToTrial(good, "val/AP50").on_validation_end(FakeTrainer(), None)  # ahead of the median: runs on
+
+
+def test_a_diverging_tuning_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    import csv
+
+    from gridface import tune
+    from gridface.utils.finite import NonFiniteError
+
+    from .helpers import compose_config
+
+    calls = []
+
+    def train_run(cfg, callbacks):  # trial 0 diverges, as a high learning rate does; the others finish
+        calls.append(cfg.optimizer.max_lr)
+        if len(calls) == 1:
+            raise NonFiniteError("training stopped at global step 3 (epoch 0): the loss is nan, at lr, here")
+        return {"metrics": {"val/AP50": 0.5 + len(calls) / 10}}
+
+    monkeypatch.setattr(tune, "train_run", train_run)
+    over = [*TINY, f"tune.dir={tmp_path / 'study'}", "tune.n_trials=3", "tune.seed=0", "tune.pruner=none"]
+    summary = tune.run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
+    assert len(calls) == 3 and (summary["complete"], summary["failed"]) == (2, 1)
+    assert summary["best_value"] == pytest.approx(0.8)
+    rows = list(csv.DictReader((tmp_path / "study" / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert rows[0]["reason"].startswith("training stopped at global step 3") and rows[0]["reason"].endswith("here")

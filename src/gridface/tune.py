@@ -8,6 +8,8 @@ through ``tune.storage``; Optuna does the coordination.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from gridface.accelerator import check_gpu_available
 from gridface.stages.train import run as train_run
 from gridface.utils.errors import optional_import, user_errors
+from gridface.utils.finite import NonFiniteError
 from gridface.utils.hydra import config_dir, override, stage_config
 from gridface.utils.io import write_json, write_text
 
@@ -103,14 +106,17 @@ def best_experiment(values: dict[str, Any], value: float, metric: str, number: i
 
 
 def trials_csv(trials: list[Any], keys: list[str]) -> str:
-    """Every trial of the study, one row each: number, state, value, worker, the searched values, folder."""
-    rows = [",".join(["number", "state", "value", "worker", *keys, "folder"])]
+    """Every trial of the study, one row each: number, state, value, worker, the searched values, folder, and why a
+    trial failed."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["number", "state", "value", "worker", *keys, "folder", "reason"])
     for t in trials:
         value = "" if t.value is None else f"{t.value:.6g}"
-        params = [str(t.params.get(k, "")) for k in keys]
-        rows.append(",".join([str(t.number), t.state.name, value, str(t.user_attrs.get("worker", "")), *params,
-                              str(t.user_attrs.get("folder", ""))]))
-    return "\n".join(rows) + "\n"
+        writer.writerow([t.number, t.state.name, value, t.user_attrs.get("worker", ""),
+                         *(t.params.get(k, "") for k in keys), t.user_attrs.get("folder", ""),
+                         t.user_attrs.get("reason", "")])
+    return out.getvalue()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -131,17 +137,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         folder = study_dir / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("folder", str(folder))
         trial.set_user_attr("worker", str(tc.worker))
-        result = train_run(trial_config(cfg, values, folder), callbacks=[ReportToTrial(trial, tc.metric)])
+        try:
+            result = train_run(trial_config(cfg, values, folder), callbacks=[ReportToTrial(trial, tc.metric)])
+        except NonFiniteError as e:
+            trial.set_user_attr("reason", str(e))
+            raise
         if tc.metric not in result["metrics"]:
             raise ValueError(f"tune.metric '{tc.metric}' was not logged; logged: {sorted(result['metrics'])}")
         return result["metrics"][tc.metric]
 
     timeout = float(tc.timeout_min) * 60 if tc.get("timeout_min") else None
-    study.optimize(objective, n_trials=int(tc.n_trials), timeout=timeout, catch=())
+    # a trial that diverges (a NaN loss at a high learning rate) is a result, not the end of the study: Optuna
+    # records it as FAIL with the guard's message, and the sampler steers away from it
+    study.optimize(objective, n_trials=int(tc.n_trials), timeout=timeout, catch=(NonFiniteError,))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     summary = {"study": tc.study_name, "storage": str(tc.storage), "worker": str(tc.worker),
                "trials": len(study.trials), "complete": len(done),
-               "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}
+               "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+               "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)}
     if done:
         best = study.best_trial
         summary.update({"best_trial": best.number, "best_value": best.value, "best_params": best.params})
@@ -149,8 +162,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                                           best.number))
         write_json(study_dir / "best.json", summary)
     write_text(study_dir / "trials.csv", trials_csv(study.trials, list(space)))
-    log.info("study %s: %d trials (%d complete, %d pruned); best %s", tc.study_name, summary["trials"],
-             summary["complete"], summary["pruned"], summary.get("best_params"))
+    log.info("study %s: %d trials (%d complete, %d pruned, %d failed); best %s", tc.study_name, summary["trials"],
+             summary["complete"], summary["pruned"], summary["failed"], summary.get("best_params"))
     return summary
 
 
