@@ -479,6 +479,10 @@ def test_check_data_reports_every_problem_with_file_and_line(tmp_path):
     out = tmp_path / "out"
     assert (out / "face_sizes.png").stat().st_size > 1000 and "image truncated: 1" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["problems"]["total"] == 4
+    # splits=val (not [val]) is the one split, not the letters v, a, l
+    one = check_run(compose_config("check_data", tmp_path / "out1", tmp_path / "cache",
+                                   ["dataset=kitti", f"dataset.root={root}", "splits=val"]))
+    assert list(one["splits"]) == ["val"] and one["splits"]["val"]["images_usable"] == 3
 
 
 def test_training_result_counts_every_data_problem_once(tmp_path):
@@ -557,10 +561,9 @@ def test_validation_with_no_readable_image_warns_and_checkpointing_goes_on(tmp_p
         assert f"{when}: no validation image could be read" in caplog.text
     assert result["global_step"] == 4 and result["metrics"]["val/images"] == 0
     assert math.isnan(result["metrics"]["val/AP50"]) and math.isnan(result["metrics"]["val/mAP"])
-    # last.ckpt: written with best.ckpt at epoch 0 (NaN ranks as the worst score; Lightning 2.6 rewrites last.ckpt
-    # only when that callback saves), not at epoch 1, whose NaN does not replace it
-    saved = torch.load(Path(result["last_checkpoint"]), weights_only=False)
-    assert saved["global_step"] == 2 and Path(result["best_checkpoint"]).is_file()
+    # best.ckpt: epoch 0's (NaN ranks as the worst score, so epoch 1's NaN does not replace it); last.ckpt: epoch 1's
+    assert torch.load(Path(result["best_checkpoint"]), weights_only=False)["global_step"] == 2
+    assert torch.load(Path(result["last_checkpoint"]), weights_only=False)["global_step"] == 4
 
 
 # ------------------------------------------------------------------------------------ config values

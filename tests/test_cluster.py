@@ -110,16 +110,34 @@ def test_configs_written_before_the_split_still_name_a_working_preemption_callba
 
 
 def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):
+    import torch
+
+    from gridface.training.resume import SETTINGS_KEY
+
     assert resolve_ckpt_path("auto", tmp_path) is None  # a fresh run
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
+    settings = {"module.optimizer.max_lr": 0.001, "seed": 42}
     for i, name in enumerate(["step.ckpt", "last.ckpt", "best.ckpt"]):
-        (ckpts / name).write_bytes(b"x")
+        torch.save({"global_step": i, SETTINGS_KEY: settings}, ckpts / name)
         os.utime(ckpts / name, ns=(10**18 + i, 10**18 + i))
-    assert resolve_ckpt_path("auto", tmp_path) == str(ckpts / "last.ckpt")  # best.ckpt is never resumed from
+    assert resolve_ckpt_path("auto", tmp_path, settings) == str(ckpts / "last.ckpt")  # never best.ckpt
     assert resolve_ckpt_path(None, tmp_path) is None
     with pytest.raises(FileNotFoundError, match="ckpt_path: checkpoint not found: .*nope.ckpt"):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
+    # a run folder trained under other settings is not resumed into this run; an explicit path still is
+    with pytest.raises(ValueError, match=r"other settings \(module.optimizer.max_lr: 0.001 -> 0.005\).*new folder"):
+        resolve_ckpt_path("auto", tmp_path, {**settings, "module.optimizer.max_lr": 0.005})
+    assert resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path, {"seed": 0}) == str(ckpts / "last.ckpt")
+    # a damaged newest checkpoint: a warning naming it, and the next newest
+    (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:200])
+    with pytest.warns(UserWarning, match=r"not resuming from .*last.ckpt: not a PyTorch checkpoint"):
+        assert resolve_ckpt_path("auto", tmp_path, settings) == str(ckpts / "step.ckpt")
+    with pytest.raises(ValueError, match=r"ckpt_path=.*last.ckpt: not a PyTorch checkpoint"):
+        resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path)
+    (ckpts / "step.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="every checkpoint in .* is damaged"), pytest.warns(UserWarning):
+        resolve_ckpt_path("auto", tmp_path, settings)
 
 
 def test_ddp_inside_a_local_sweep_stops_with_a_clear_message(tmp_path):
@@ -331,3 +349,39 @@ def test_a_diverging_tuning_trial_is_recorded_as_failed_and_the_study_goes_on(tm
     rows = list(csv.DictReader((tmp_path / "study" / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert rows[0]["reason"].startswith("training stopped at global step 3") and rows[0]["reason"].endswith("here")
+
+
+def test_training_settings_hold_what_decides_the_run_and_not_what_may_change_on_resume(tmp_path):
+    from gridface.training.resume import changed_settings, training_settings
+
+    base = training_settings(compose_train(tmp_path, TINY))
+    assert base["module.optimizer.max_lr"] == pytest.approx(0.002) and "module.model.backbone" in base
+    same = training_settings(compose_train(tmp_path, [*TINY, "trainer.max_epochs=9", "dataset.num_workers=3",
+                                                      "threads=1", "compile=true", "checkpoint_every_n_steps=7"]))
+    assert changed_settings(base, same) == ""
+    other = training_settings(compose_train(tmp_path, [*TINY, "network=mobilenet_v2", "seed=1",
+                                                       "trainer.accumulate_grad_batches=2"]))
+    assert changed_settings(base, other, shown=10).split("; ") == [
+        "datamodule.seed: 42 -> 1", "module.model.backbone: resnet18 -> mobilenet_v2", "seed: 42 -> 1",
+        "trainer.accumulate_grad_batches: 1 -> 2"]
+    assert changed_settings(base, other, shown=2).endswith("; and 2 more")
+
+
+def test_the_best_trial_command_repeats_the_study_overrides(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from gridface import tune
+
+    class Overrides:
+        task = ["experiment=facenet_widerface", "dataset.root=/data/wider face", "tune.n_trials=3", "+tune.seed=1"]
+
+    class Hydra:
+        overrides = Overrides()
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: Hydra()))
+    command = tune.train_command(tune.study_overrides(), {"optimizer.max_lr": 0.0012})
+    assert command == ("python -m gridface.train experiment=facenet_widerface 'dataset.root=/data/wider face' "
+                       "optimizer.max_lr=0.0012")
+    assert f"# trains it with the study's other settings: {command}\n" in tune.best_experiment(
+        {"optimizer.max_lr": 0.0012}, 0.5, "val/AP50", 3, command)

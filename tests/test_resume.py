@@ -242,3 +242,65 @@ def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_pa
     resumed = run(config(tmp_path, cache, hybrid), callbacks=[Probe(str(probe))])
     assert resumed["resumed_from"].endswith("preempted.ckpt") and resumed["global_step"] == 18
     assert_trained_alike(tmp_path / "ref_probe", probe, images=24)
+
+
+class ScoredEpochs(pl.LightningModule):
+    """Logs a given val/AP50 per epoch: the training run's checkpoint callbacks without the detector."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.layer, self.scores = torch.nn.Linear(2, 1), scores
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx) -> None:  # noqa: ANN001
+        self.log("val/AP50", self.scores[self.current_epoch])
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_ckpt_holds_the_last_epoch_when_it_is_not_the_best(tmp_path):
+    # Lightning 2.6's save_last wrote last.ckpt only with a new best: a resume from it repeated every later epoch
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .helpers import compose_train
+
+    cfg = compose_train(tmp_path)
+    callbacks = [instantiate(cfg.callbacks[k]) for k in ("model_checkpoint", "last_checkpoint", "step_checkpoint")]
+    data = DataLoader(TensorDataset(torch.rand(4, 2)), batch_size=2)
+    trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(ScoredEpochs([0.5, 0.7, 0.4]), data, data)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    assert torch.load(ckpts / "best.ckpt", weights_only=False)["epoch"] == 1
+    last = torch.load(ckpts / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    from gridface.training.resume import last_checkpoint_path, resolve_ckpt_path
+
+    assert last_checkpoint_path(trainer) == str(ckpts / "last.ckpt") == resolve_ckpt_path("auto", cfg.paths.output_dir)
+
+
+def test_the_csv_log_keeps_the_earlier_rows_when_the_run_resumes(tmp_path):
+    # Lightning's CSVLogger deleted metrics.csv when its folder held files: every resume lost the earlier epochs
+    import csv
+
+    from hydra.utils import instantiate
+
+    from .helpers import compose_train
+
+    cfg = compose_train(tmp_path)
+    first = instantiate(cfg.logger.csv)
+    first.log_metrics({"train/loss": 2.0}, step=1)
+    first.log_metrics({"train/loss": 1.5, "val/AP50": 0.25}, step=2)
+    first.save()
+    resumed = instantiate(cfg.logger.csv)  # the same folder, as ckpt_path=auto reruns it
+    resumed.log_metrics({"train/loss": 1.0, "lr": 0.1}, step=3)
+    resumed.save()
+    with open(Path(resumed.log_dir) / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert rows[1]["val/AP50"] == "0.25" and rows[2]["lr"] == "0.1" and rows[2]["train/loss"] == "1.0"

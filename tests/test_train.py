@@ -175,6 +175,8 @@ def test_two_job_multirun_sweep(tmp_path):
     assert len(results) == 2
     for r in results:
         assert "val/AP50" in json.loads(r.read_text())["metrics"]
+        log = (r.parent / "train.log").read_text()  # Lightning's messages reach the run's log file, not only stderr
+        assert "epoch 0: val/AP50=" in log and "training took" in log and "best checkpoint" in log, log[-2000:]
 
 
 def test_non_finite_loss_stops_the_run_and_never_reaches_a_checkpoint(tmp_path):

@@ -36,7 +36,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     problems = DataProblems(log_first=int(cfg.log_first))
     start = time.perf_counter()
     stats = {}
-    for split in cfg.splits:
+    splits = [cfg.splits] if isinstance(cfg.splits, str) else list(cfg.splits)  # splits=val means [val]
+    for split in splits:
         samples = split_samples(data, split, problems)
         checks = scan_images(samples, problems, cfg.get("workers"), desc=f"{split}: decoding images")
         stats[split] = split_stats(checks, input_hw)

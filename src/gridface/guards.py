@@ -19,6 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from gridface.training.resume import last_checkpoint_path
 from gridface.utils.finite import NonFiniteError, all_finite, non_finite_names
 
 LOSS, GRADIENT = 1, 2
@@ -26,8 +27,7 @@ LOSS, GRADIENT = 1, 2
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str:
     cb = trainer.checkpoint_callback
-    path = (getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")) if cb else ""
-    return path or "none written yet"
+    return last_checkpoint_path(trainer) or getattr(cb, "best_model_path", "") or "none written yet"
 
 
 class NonFiniteGuard(pl.Callback):

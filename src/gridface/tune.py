@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,25 @@ def trial_config(cfg: DictConfig, values: dict[str, Any], folder: Path) -> DictC
     return stage_config("tune", args, base=cfg, output_dir=folder)
 
 
-def best_experiment(values: dict[str, Any], value: float, metric: str, number: int) -> str:
-    """The best trial as an experiment file: only the keys the search changed."""
+def study_overrides() -> list[str]:
+    """The study's own command-line overrides (its experiment, data, ...), without the tune.* ones; [] when tune runs
+    without Hydra's command line (called from Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("tune.")]
+
+
+def train_command(overrides: list[str], values: dict[str, Any]) -> str:
+    """The command that trains the best trial: the study's overrides, then the trial's values."""
+    args = [*overrides, *(override(key, value) for key, value in values.items())]
+    return " ".join(["python -m gridface.train", *(shlex.quote(a) for a in args)])
+
+
+def best_experiment(values: dict[str, Any], value: float, metric: str, number: int, command: str = "") -> str:
+    """The best trial as an experiment file: only the keys the search changed (the study's own overrides, such as its
+    experiment=, are not in it: ``command`` repeats them, and is written in the header)."""
     nested: dict[str, Any] = {}
     for key, v in values.items():
         node = nested
@@ -102,6 +120,8 @@ def best_experiment(values: dict[str, Any], value: float, metric: str, number: i
             node = node.setdefault(p, {})
         node[leaf] = v
     header = f"# @package _global_\n# best trial {number} of the study: {metric} = {value:.4f}\n"
+    if command:
+        header += f"# trains it with the study's other settings: {command}\n"
     return header + OmegaConf.to_yaml(OmegaConf.create(nested))
 
 
@@ -124,6 +144,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_gpu_available(cfg.trainer.get("accelerator"))  # once, not as a failed trial each
 
     tc = cfg.tune
+    if tc.pruner not in ("median", "none"):
+        raise ValueError(f"tune.pruner = '{tc.pruner}': must be median or none")
     study_dir = Path(tc.dir)
     sampler = optuna.samplers.TPESampler(seed=tc.seed)
     pruner = (optuna.pruners.MedianPruner(n_warmup_steps=int(tc.pruner_warmup_epochs))
@@ -158,8 +180,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done:
         best = study.best_trial
         summary.update({"best_trial": best.number, "best_value": best.value, "best_params": best.params})
+        summary["train_command"] = train_command(study_overrides(), best.params)
         write_text(study_dir / "experiment" / "best.yaml", best_experiment(best.params, best.value, tc.metric,
-                                                                          best.number))
+                                                                          best.number, summary["train_command"]))
         write_json(study_dir / "best.json", summary)
     write_text(study_dir / "trials.csv", trials_csv(study.trials, list(space)))
     log.info("study %s: %d trials (%d complete, %d pruned, %d failed); best %s", tc.study_name, summary["trials"],

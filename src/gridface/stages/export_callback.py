@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from gridface.stages.export import run as export_run
+from gridface.training.resume import last_checkpoint_path
 from gridface.utils.hydra import flat_overrides, override, stage_config
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class ExportCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         ckpt_cb = trainer.checkpoint_callback
-        path = getattr(ckpt_cb, f"{self.checkpoint}_model_path", None) or getattr(ckpt_cb, "last_model_path", None)
+        best = getattr(ckpt_cb, "best_model_path", None)
+        path = (best if self.checkpoint == "best" else None) or last_checkpoint_path(trainer)
         if not path or not Path(path).is_file():
             raise RuntimeError("export callback: the run saved no checkpoint to export (is ModelCheckpoint on?)")
         out_dir = Path(self.output_dir) if self.output_dir else Path(path).parent.parent / "export"

@@ -18,7 +18,12 @@ from gridface.data.config import training_data_config
 from gridface.data.problems import run_summary, summary_line
 from gridface.stages.checks import check_stage_config
 from gridface.training.launch import check_ddp_launch, cluster_plugins
-from gridface.training.resume import resolve_ckpt_path
+from gridface.training.resume import (
+    TrainingSettingsRecord,
+    last_checkpoint_path,
+    resolve_ckpt_path,
+    training_settings,
+)
 from gridface.utils.checkpoint import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,7 @@ def build(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None
     module.hparams["data"] = training_data_config(cfg.dataset)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += list(extra_callbacks or [])
+    callbacks += [*(extra_callbacks or []), TrainingSettingsRecord(training_settings(cfg))]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     if not loggers:  # LearningRateMonitor refuses to run without a logger; logger=none must still train
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -49,7 +54,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str
     check_gpu_available(cfg.trainer.get("accelerator"))  # first: before the data and the model are built
     check_ddp_launch(cfg.trainer, multirun=is_multirun())
     with open_dict(cfg):  # resolved before the callbacks read it (the prune callback's resume_from)
-        cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+        cfg.ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir, training_settings(cfg))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
@@ -71,7 +76,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str
         "resumed_from": cfg.get("ckpt_path"),
         "train_seconds": elapsed,
         "best_checkpoint": getattr(ckpt_cb, "best_model_path", None),
-        "last_checkpoint": getattr(ckpt_cb, "last_model_path", None),
+        "last_checkpoint": last_checkpoint_path(trainer) or None,
         "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
         "data_problems": run_summary(datamodule.problems, module.skipped_images),
     }

@@ -1,28 +1,117 @@
 """Where a training run resumes from: ``ckpt_path=auto`` takes the newest resumable checkpoint of the run folder,
-so a requeued or restarted job (same folder) goes on from where it stopped."""
+so a requeued or restarted job (same folder) goes on from where it stopped; :class:`LastCheckpoint` keeps
+``last.ckpt`` at the newest epoch."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+from gridface.utils.checkpoint import zip_problem
 
 log = logging.getLogger(__name__)
 
 RESUMABLE = ("last.ckpt", "step.ckpt", "preempted.ckpt")  # what ckpt_path=auto picks from, newest first
+SETTINGS_KEY = "gridface_training_settings"  # in each checkpoint: what the run trains (training_settings)
+# what decides what a run trains: a resume under other values would continue a different run
+COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
+            "trainer.gradient_clip_algorithm")
+# ...except where the data lies and how fast it is read or the step runs: these may change between machines
+NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last")
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``auto``: the newest of the run folder's resumable checkpoints, or None for a fresh run. A path is
-    checked and returned as given."""
+def training_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The training config's keys that decide what a run trains, resolved and flattened to ``dotted.key: value``.
+    ``trainer.max_epochs`` and the like are not among them: extending a finished run is a resume."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif prefix.rsplit(".", 1)[-1] not in NOT_COMPARED:
+            flat[prefix] = value
+
+    for key in COMPARED:
+        node = OmegaConf.select(cfg, key, default=None)
+        walk(key, OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    return flat
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any], shown: int = 4) -> str:
+    """``key: old -> new`` for the first ``shown`` keys that differ, and how many more; '' when none."""
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    lines = [f"{k}: {saved.get(k, '<unset>')} -> {now.get(k, '<unset>')}" for k in keys[:shown]]
+    return "; ".join(lines) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
+                      settings: dict[str, Any] | None = None) -> str | None:
+    """``auto``: the newest readable of the run folder's resumable checkpoints, or None for a fresh run. A damaged
+    one is skipped with a warning; one written under other ``settings`` (:func:`training_settings`) is refused,
+    since resuming it would train neither run. A path is checked and returned as given: an explicit resume."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path != "auto":
-        if not Path(ckpt_path).expanduser().is_file():
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
             raise FileNotFoundError(f"ckpt_path: checkpoint not found: {ckpt_path}")
+        problem = zip_problem(path)
+        if problem:
+            raise ValueError(f"ckpt_path={ckpt_path}: {problem}")
         return str(ckpt_path)
     found = [p for p in (Path(output_dir) / "checkpoints" / name for name in RESUMABLE) if p.is_file()]
-    if not found:
-        return None
-    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-    log.info("resuming from %s (ckpt_path=auto: the newest checkpoint of this run folder)", newest)
-    return str(newest)
+    for path in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        problem = zip_problem(path)
+        if problem:
+            rank_zero_warn(f"ckpt_path=auto: not resuming from {path}: {problem}; trying an older checkpoint")
+            continue
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get(SETTINGS_KEY)
+        changed = changed_settings(saved, settings) if saved is not None and settings is not None else ""
+        if changed:
+            raise ValueError(
+                f"ckpt_path=auto: {Path(output_dir)} holds a run trained with other settings ({changed}), and "
+                "resuming it would train neither. Train in a new folder (hydra.run.dir=<folder>, or "
+                "hydra.sweep.dir= for -m), or continue that run under the new settings with ckpt_path=" + str(path))
+        log.info("resuming from %s (ckpt_path=auto: the newest checkpoint of this run folder)", path)
+        return str(path)
+    if found:
+        raise ValueError(f"ckpt_path=auto: every checkpoint in {Path(output_dir) / 'checkpoints'} is damaged (see the "
+                         "warnings above); move them away to start afresh there, or give ckpt_path= a good one")
+    return None
+
+
+class TrainingSettingsRecord(pl.Callback):
+    """Writes :func:`training_settings` into every checkpoint, for ``ckpt_path=auto`` to compare."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[SETTINGS_KEY] = self.settings
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` after every epoch (after its validation), whatever the metric did.
+
+    Lightning 2.6's ``save_last`` writes ``last.ckpt`` only when a top-k checkpoint is saved at the same step, so
+    with ``save_top_k: 1`` on ``val/AP50`` it stayed at the best epoch and a resume repeated every epoch since. This
+    is Lightning's metric-free ModelCheckpoint (one file, overwritten), under the name resumes look for."""
+
+    def __init__(self, dirpath: str, **kwargs: Any) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
+                         enable_version_counter=False, **kwargs)
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> str:
+    """The run's ``last.ckpt`` once written this run (or restored with it), else ''."""
+    return next((cb.best_model_path for cb in trainer.checkpoint_callbacks
+                 if isinstance(cb, LastCheckpoint) and cb.best_model_path), "")
