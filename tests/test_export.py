@@ -379,6 +379,13 @@ def test_deepstream_config_matches_model_and_nvinfer_keys(tmp_path, meta, engine
     engine_path = tmp_path / f"m_{engine}.engine" if engine else None
     cfg, _ = write_deepstream_config(model, meta, engine_path, {"precision": engine} if engine else None)
     check_nvinfer_config(cfg, meta, mode, engine_path)
+    assert "score_threshold" not in str(meta) and "threshold);" not in cfg.read_text()
+    # a model with its own threshold: named in a comment (not carried: nvinfer scores clusters its own way)
+    meta = {**meta, "postprocess": {**meta["postprocess"], "score_threshold": 0.82}}
+    cfg, _ = write_deepstream_config(model, meta, engine_path, {"precision": engine} if engine else None)
+    check_nvinfer_config(cfg, meta, mode, engine_path)
+    assert "# gridface.infer keeps boxes whose score=confidence is >= 0.8200 (the model's threshold);" in \
+        cfg.read_text() and "post-cluster-threshold" not in cfg.read_text().replace("no post-cluster-threshold", "")
 
 
 def test_deepstream_refuses_onnx_runtime_uint8_model(tmp_path):

@@ -155,3 +155,38 @@ def test_a_stage_that_died_resumes_only_under_the_settings_it_started_with(tmp_p
     (tmp_path / "train" / "started.json").unlink()
     run(1e-4, die=False)
     assert seen[5] is None and (tmp_path / "train.unfinished" / "last.ckpt").is_file()
+
+
+def test_stages_left_out_of_a_subset_run_are_reported_out_of_date(tmp_path, monkeypatch):
+    """pipeline.stages=[train] after a change reruns train only: prune (which read train's checkpoint) and what reads
+    prune are kept as they were, and the run says they are out of date instead of 'every stage is up to date'."""
+    from omegaconf import OmegaConf
+
+    from gridface.workflow import runner
+
+    def make(name):
+        def run(ctx, folder, inputs, cfg):
+            out = folder / f"{name}.ckpt"
+            out.write_text(json.dumps([cfg, *(p.read_text() for p in inputs.values())]))
+            return {"checkpoint": out}
+        return run
+
+    def config(ctx, folder, inputs):
+        return runner.resolved(ctx.cfg.pipeline.lr)
+
+    monkeypatch.setattr(runner, "STAGES", [
+        runner.Stage("train", {}, make("train"), config),
+        runner.Stage("prune", {"model": ("train", "checkpoint")}, make("prune"), config),
+        runner.Stage("retrain", {"model": ("prune", "checkpoint")}, make("retrain"), config)])
+
+    def run(lr, stages):
+        cfg = OmegaConf.create({"pipeline": {"stages": stages, "lr": lr}})
+        return runner.run_pipeline(cfg, tmp_path)
+
+    assert run(1, ["train", "prune", "retrain"])["ran"] == ["train", "prune", "retrain"]
+    assert run(1, ["train"])["outdated"] == {}  # nothing changed
+    result = run(2, ["train"])
+    assert result["ran"] == ["train"]
+    assert result["outdated"] == {"prune": "its input model was rebuilt", "retrain": "prune is out of date"}
+    assert run(2, ["train", "prune", "retrain"])["ran"] == ["prune", "retrain"]  # a full run brings them up to date
+    assert run(2, ["train"])["outdated"] == {}

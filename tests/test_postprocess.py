@@ -84,7 +84,7 @@ def test_default_score_is_the_highest_coverage_of_the_box_in_0_1(clustering):
     assert GridBoxDecoder(score="aggregate")(cov, bbox, (192, 256))[0].scores.max() > 1.0
 
 
-def test_model_score_threshold_is_recorded_by_the_decoder_and_applied_by_detector_only():
+def test_model_score_threshold_is_recorded_by_the_decoder_and_applied_by_detector_only(caplog):
     from gridface.inference.base import ModelBackend
     from gridface.inference.detector import Detector
 
@@ -102,7 +102,9 @@ def test_model_score_threshold_is_recorded_by_the_decoder_and_applied_by_detecto
     img = np.zeros((192, 256, 3), np.uint8)
     assert len(Detector(backend)(img)) == 1  # the model's own threshold drops the weak face
     assert len(Detector(backend, confidence_threshold=0)(img)) == 2  # the caller's cut replaces it
-    assert len(Detector(backend, score="aggregate")(img)) == 2  # chosen for another score: not applied
+    assert "does not apply" not in caplog.text
+    assert len(Detector(backend, score="aggregate")(img)) == 2  # chosen for another score: not applied, and said
+    assert "threshold 0.5 was chosen for score=confidence and does not apply to score=aggregate" in caplog.text
 
 
 def test_minimum_height_and_confidence_threshold_filter():

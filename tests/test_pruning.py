@@ -411,3 +411,14 @@ def test_taylor_prune_callback_keeps_batchnorm_statistics(taylor_setup):
     PruneCallback({"mode": "ratio", "criterion": "taylor", "ratio": 0.5}).setup(trainer, pruned, "fit")
     assert pruned.training
     assert_bn_statistics_kept(module.net, pruned.net)
+
+
+def test_collect_answers_a_wrong_folder_with_one_line(tmp_path, capsys):
+    from gridface.pruning.collect import main
+
+    for bad in (tmp_path / "missing", tmp_path):
+        with pytest.raises(SystemExit) as stop:
+            main([str(bad)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith("gridface.pruning.collect: error: ") and "Traceback" not in err
+    assert "no prune_report.json under" in err

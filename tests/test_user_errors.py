@@ -206,3 +206,21 @@ def test_gpu_recipe_without_a_gpu_says_to_add_trainer_cpu(capsys, tmp_path, stag
     if stage == "train":
         assert "dataset.root is not set" in one_line(capsys, stage, ["dataset=kitti"], tmp_path)  # not the GPU line
     assert "trainer.accelerator = gpu" in line and "add trainer=cpu" in line
+
+
+def test_qat_without_a_trained_model_stops_naming_model(capsys, tmp_path):
+    # it quantized and "fine-tuned" random weights, exit 0, AP50 0.0; checked before modelopt is needed
+    line = one_line(capsys, "train", ["experiment=qat", "trainer=cpu"], tmp_path)
+    assert "experiment=qat fine-tunes a trained model: give model=<trained .ckpt>" in line
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.max_epochs=-1", "trainer.max_epochs = -1: must be a whole number >= 1 (or give trainer.max_steps)"),
+    ("trainer.max_epochs=0", "trainer.max_epochs = 0: must be a whole number >= 1"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches = 0: must be a whole number >= 1"),
+    ("seed=abc", "seed = 'abc': must be a whole number"),
+    ("optimizer.max_lr=-1", "optimizer.max_lr = -1: must be a number > 0"),
+    ("trainer.limit_train_batches=-2", "invalid value -2 for limit_train_batches"),  # Lightning's, as one line
+])
+def test_wrong_training_values_are_one_line_naming_the_key(capsys, tmp_path, override, message):
+    assert message in one_line(capsys, "train", ["trainer=cpu", override], tmp_path)

@@ -21,8 +21,16 @@ __all__ = ["main", "run_pipeline"]
 def main(cfg: DictConfig) -> None:
     result = run_pipeline(cfg, Path(cfg.paths.output_dir))
     report = result["report"] or "none yet (pipeline.stages left out the report stage)"
+    outdated = result.get("outdated") or {}
     if result["ran"]:
         print(f"pipeline {result['run_dir']}: ran {', '.join(result['ran'])}")
+    if outdated:  # left out of pipeline.stages: kept as they were, and they now describe earlier outputs
+        print("pipeline: out of date, not rerun (not in pipeline.stages): "
+              + "; ".join(f"{name} ({why})" for name, why in outdated.items())
+              + ". Run without pipeline.stages= (or with them in it) to bring them up to date")
+        print(f"report: {report}" + (" (out of date: it describes the earlier outputs)" if "report" in outdated
+                                     else ""))
+    elif result["ran"]:
         print(f"report: {report}")
     else:  # a finished pipeline: only where its report is
         print(f"report: {report} (nothing to do: every stage of {result['run_dir']} is up to date)")

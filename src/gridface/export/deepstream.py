@@ -37,6 +37,19 @@ def deepstream_ready(meta: dict[str, Any]) -> bool:
     return target == "tensorrt"
 
 
+def threshold_note(post: dict[str, Any]) -> list[str]:
+    """Comment lines naming the model's own score threshold, which this config does not carry: gridface.infer drops
+    boxes below it, and nvinfer's post-cluster-threshold cuts on nvinfer's own cluster confidence, which was not
+    checked against gridface's score (no DeepStream here), so the same number could drop the wrong boxes."""
+    chosen = post.get("score_threshold")
+    if chosen is None:
+        return []
+    score = post.get("score", "confidence")
+    return [f"# gridface.infer keeps boxes whose score={score} is >= {float(chosen):.4f} (the model's threshold);",
+            "# nvinfer scores its clusters its own way, so no post-cluster-threshold is set: choose one on your data,",
+            "# or expect more boxes than gridface.infer shows."]
+
+
 def write_deepstream_config(model_path: Path, meta: dict[str, Any], engine_path: Path | None = None,
                             engine_meta: dict[str, Any] | None = None, out_dir: Path | None = None
                             ) -> tuple[Path, Path]:
@@ -76,6 +89,7 @@ def write_deepstream_config(model_path: Path, meta: dict[str, Any], engine_path:
         "symmetric-padding=1",
         "",
         "[class-attrs-all]",
+        *threshold_note(post),
         f"pre-cluster-threshold={post['coverage_threshold']}",
         f"eps={post['dbscan_eps']}",
         "minBoxes=1",

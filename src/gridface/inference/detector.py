@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from gridface.data.transforms import Letterbox, letterbox, to_tensor_layout
 from gridface.inference.backends import ModelBackend, load_backend
 from gridface.postprocess import Detections, GridBoxDecoder
 
+log = logging.getLogger(__name__)
+
 ImageLike = Any  # str | Path | np.ndarray | PIL.Image.Image
 
 
@@ -29,8 +32,13 @@ def operating_point(model: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     post = {**model, **overrides}
     chosen = model.get("score_threshold")
     same_score = post.get("score", "confidence") == model.get("score", "confidence")
-    if chosen is not None and "confidence_threshold" not in overrides and same_score:
-        post["confidence_threshold"] = max(float(post.get("confidence_threshold") or 0.0), float(chosen))
+    if chosen is not None and "confidence_threshold" not in overrides:
+        if same_score:
+            post["confidence_threshold"] = max(float(post.get("confidence_threshold") or 0.0), float(chosen))
+        else:
+            log.warning("the model's score threshold %.4g was chosen for score=%s and does not apply to score=%s: "
+                        "every box is kept; set postprocess.confidence_threshold= for a cut on this score",
+                        float(chosen), model.get("score", "confidence"), post.get("score"))
     return post
 
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gridface.utils.errors import user_errors
 from gridface.utils.io import atomic_path, write_json, write_text
 
 
@@ -109,6 +110,7 @@ def collect(paths: list[Path], max_ap_drop: float, out_dir: Path) -> dict[str, A
     return result
 
 
+@user_errors("pruning.collect")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep folders or prune_report.json files")

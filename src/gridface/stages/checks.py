@@ -104,6 +104,30 @@ def check_device(device: Any, cuda_needed: bool = True) -> None:
                               "; use device=cpu")
 
 
+def check_training(cfg: DictConfig) -> None:
+    """The training keys whose wrong values Lightning or torch answer with a traceback that names no key (an
+    OverflowError for max_epochs=-1, a ZeroDivisionError for accumulate_grad_batches=0, 'invalid literal for int()'
+    for seed=abc) or not at all (max_epochs=0 trained nothing and exited 0)."""
+    tr = cfg.trainer
+    check_number("seed", cfg.get("seed"), integer=True)
+    check_number("checkpoint_every_n_steps", cfg.get("checkpoint_every_n_steps"), 0, integer=True)
+    max_steps = tr.get("max_steps")
+    if max_steps not in (None, -1):
+        check_number("trainer.max_steps", max_steps, 1, integer=True)
+    else:
+        epochs = tr.get("max_epochs")
+        if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1):
+            raise ConfigError(f"trainer.max_epochs = {epochs!r}: must be a whole number >= 1 (or give "
+                              "trainer.max_steps): the learning-rate schedule spans the whole run, so it has an end")
+    check_number("trainer.accumulate_grad_batches", tr.get("accumulate_grad_batches"), 1, integer=True)
+    check_number("trainer.gradient_clip_val", tr.get("gradient_clip_val"), 0)
+    check_number("trainer.check_val_every_n_epoch", tr.get("check_val_every_n_epoch"), 1, integer=True)
+    opt = cfg.get("optimizer")
+    if opt is not None:
+        check_number("optimizer.max_lr", opt.get("max_lr"), 0, low_open=True)
+        check_number("optimizer.min_lr", opt.get("min_lr"), 0)
+
+
 def check_stage_config(cfg: DictConfig) -> None:
     """What every stage checks first: the dataset (when given), post-processing, evaluation, and ``output_dir``
     when given (Hydra creates, and so checks, its own run folder before the stage starts)."""
@@ -119,6 +143,8 @@ def check_stage_config(cfg: DictConfig) -> None:
         check_dataset(cfg.dataset)
     if cfg.get("postprocess") is not None:
         check_postprocess(cfg.postprocess)
+    if cfg.get("trainer") is not None:
+        check_training(cfg)
     ev = cfg.get("evaluation")
     if ev is not None:
         check_number("evaluation.iou", ev.get("iou"), 0, 1, low_open=True)

@@ -105,10 +105,15 @@ class QuantizeCallback(pl.Callback):
     """Fake-quantize the module's network before training (see the module docstring).
 
     ``base``: a Model Optimizer config name; ``float_modules``: wildcards of the modules left float;
-    ``calibration_batches``: how many training batches calibrate the ranges."""
+    ``calibration_batches``: how many training batches calibrate the ranges; ``require_model``: refuse to start
+    without ``model`` (the trained checkpoint given as ``model=``), as ``experiment=qat``'s short fine-tune does: on
+    random weights it would quantize and "fine-tune" a network that never learned."""
 
     def __init__(self, base: str = "INT8_DEFAULT_CFG", float_modules: Sequence[str] = (),
-                 calibration_batches: int = 8) -> None:
+                 calibration_batches: int = 8, require_model: bool = False, model: str | None = None) -> None:
+        if require_model and not model:
+            raise ValueError("experiment=qat fine-tunes a trained model: give model=<trained .ckpt>. To train with "
+                             "fake quantization from the start, add callbacks/quantize=qat to a full training run")
         if calibration_batches < 1:
             raise ValueError(f"callbacks.quantize.calibration_batches must be >= 1, got {calibration_batches}")
         self.base, self.float_modules = base, list(float_modules)

@@ -1,11 +1,12 @@
 """A user's mistake reads as one clear message, not as the last line of a traceback.
 
 Every ``@hydra.main`` entry point wraps its body in :func:`user_errors`: a bad value, a missing file or a malformed
-label (``ValueError``, ``OSError`` and their kinds), a missing optional dependency (:class:`MissingDependency`, from
-:func:`optional_import`) prints ``gridface.<stage>: error: <message>`` and exits with status 2, also when Hydra's
-``instantiate`` wrapped the error. Hydra creates the run folder before the stage starts, so :class:`RunDirCheck` (a
-Hydra callback, ``configs/hydra/default.yaml``) answers an unwritable ``hydra.run.dir`` the same way.
-``HYDRA_FULL_ERROR=1`` re-raises, with the whole trace, as Hydra does for its own errors.
+label (``ValueError``, ``OSError`` and their kinds, Lightning's ``MisconfigurationException``), a missing optional
+dependency (:class:`MissingDependency`, from :func:`optional_import`) prints ``gridface.<stage>: error: <message>``
+and exits with status 2, also when Hydra's ``instantiate`` wrapped the error. Hydra creates the run folder before the
+stage starts, so :class:`RunDirCheck` (a Hydra callback, ``configs/hydra/default.yaml``) answers an unwritable
+``hydra.run.dir`` the same way. ``HYDRA_FULL_ERROR=1`` re-raises, with the whole trace, as Hydra does for its own
+errors.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def user_error(error: BaseException) -> BaseException | None:
     """The user's mistake behind ``error``: itself, or the cause Hydra's ``instantiate`` wrapped; None for a bug."""
     if isinstance(error, USER_ERRORS):
         return error
-    if type(error).__name__ == "InstantiationException" and isinstance(error.__cause__, USER_ERRORS):
-        return error.__cause__
+    if type(error).__name__ == "MisconfigurationException":  # Lightning's word for a wrong trainer.* value
+        return error
+    if type(error).__name__ == "InstantiationException" and error.__cause__ is not None:
+        return user_error(error.__cause__)
     return None
 
 

@@ -112,21 +112,25 @@ def plot_accuracy_latency(path: Path, rows: list[dict[str, Any]]) -> Path | None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for i, r in enumerate(points):  # a legend, not labels on the points: pruned models sit close together
         deployed = not r["backend"].startswith("PyTorch")
         ax.scatter(r["latency_ms"], r["AP50"], s=70, marker="o" if deployed else "s", color=f"C{i}",
                    edgecolor="black" if deployed else "none", label=f"{r['artifact']} ({r['backend']})")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    # below the axes, in two columns: beside them, long backend names squeezed the plot into a third of the width
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ... in plain numbers
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency per image, batch 1 (ms, log scale); circles: deployed backends")
     ax.set_ylabel("AP50")
     ax.set_title("Accuracy against deployed latency")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

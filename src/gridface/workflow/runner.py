@@ -52,6 +52,7 @@ class PipelineRun:
     records: dict[str, StageRecord] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    outdated: dict[str, str] = field(default_factory=dict)  # stages left out of pipeline.stages whose inputs moved on
 
     # ---- configs of the stages: gridface.utils.hydra.stage_config, from the overrides of each stage's command
     def training_config(self, folder: Path, model: Path | None, changes: dict[str, Any]) -> DictConfig:
@@ -267,6 +268,21 @@ def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path
     return stage.run(PipelineRun(cfg, root), root / name, inputs, stage_cfg)
 
 
+def inputs_moved_on(record: StageRecord, stage: Stage, inputs: dict[str, Path], producers: dict[str, str],
+                    outdated: dict[str, str]) -> str | None:
+    """Why a stage left out of ``pipeline.stages`` no longer describes its inputs (another file, a rerun of the stage
+    that made one, or that stage itself out of date), or None. Cheap: paths and run ids, no hashing."""
+    for name, rec in record.inputs.items():
+        if name not in inputs or str(inputs[name]) != rec["path"]:
+            return f"its input {name} is another file now"
+        if producers.get(name) and rec.get("run_id") and producers[name] != rec["run_id"]:
+            return f"its input {name} was rebuilt"
+        source = stage.inputs[name][0] if name in stage.inputs else None
+        if source in outdated:
+            return f"{source} is out of date"
+    return None
+
+
 def set_aside(folder: Path) -> None:
     """Move a stage's earlier outputs aside instead of deleting them: a finished run to ``<stage>.previous``, an
     unfinished one (no manifest: it died or its settings were refused) to ``<stage>.unfinished``, each replacing an
@@ -302,6 +318,9 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
         if stage.name not in wanted:
             if record is not None:
                 ctx.records[stage.name] = record
+                why = inputs_moved_on(record, stage, inputs, producers, ctx.outdated)
+                if why:
+                    ctx.outdated[stage.name] = why
             continue
         if missing and not stage.optional_inputs:
             upstream_skipped = [m for m in missing if (r := ctx.records.get(m.split(".")[0])) is not None
@@ -354,5 +373,5 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
         ctx.ran.append(stage.name)
     report = ctx.records.get("report")
     report_path = Path(report.outputs["report_md"]["path"]) if report and "report_md" in report.outputs else None
-    return {"ran": ctx.ran, "skipped": ctx.skipped, "report": str(report_path) if report_path else None,
-            "run_dir": str(root)}
+    return {"ran": ctx.ran, "skipped": ctx.skipped, "outdated": ctx.outdated,
+            "report": str(report_path) if report_path else None, "run_dir": str(root)}
