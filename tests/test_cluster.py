@@ -357,7 +357,9 @@ def test_training_settings_hold_what_decides_the_run_and_not_what_may_change_on_
     base = training_settings(compose_train(tmp_path, TINY))
     assert base["module.optimizer.max_lr"] == pytest.approx(0.002) and "module.model.backbone" in base
     same = training_settings(compose_train(tmp_path, [*TINY, "trainer.max_epochs=9", "dataset.num_workers=3",
-                                                      "threads=1", "compile=true", "checkpoint_every_n_steps=7"]))
+                                                      "threads=1", "compile=true", "checkpoint_every_n_steps=7",
+                                                      f"paths.cache_dir={tmp_path / 'elsewhere'}",
+                                                      "network.pretrained=/other/node/resnet18.pth"]))
     assert changed_settings(base, same) == ""
     other = training_settings(compose_train(tmp_path, [*TINY, "network=mobilenet_v2", "seed=1",
                                                        "trainer.accumulate_grad_batches=2"]))

@@ -5,6 +5,7 @@ so a requeued or restarted job (same folder) goes on from where it stopped; :cla
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,15 @@ SETTINGS_KEY = "gridface_training_settings"  # in each checkpoint: what the run 
 # what decides what a run trains: a resume under other values would continue a different run
 COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
             "trainer.gradient_clip_algorithm")
-# ...except where the data lies and how fast it is read or the step runs: these may change between machines
-NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last")
+# ...except how fast data is read or the step runs, the weights a run started from (a resume starts from its
+# checkpoint), and where files lie (a path is compared as "a path": data roots and annotation files may move between
+# machines or Slurm nodes)
+NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last", "pretrained", "init_from")
+A_PATH = "<a path>"
+
+
+def is_path(value: Any) -> bool:
+    return isinstance(value, str) and (os.sep in value or value.startswith("~"))
 
 
 def training_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -37,7 +45,7 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
             for k, v in value.items():
                 walk(f"{prefix}.{k}", v)
         elif prefix.rsplit(".", 1)[-1] not in NOT_COMPARED:
-            flat[prefix] = value
+            flat[prefix] = A_PATH if is_path(value) else value
 
     for key in COMPARED:
         node = OmegaConf.select(cfg, key, default=None)
