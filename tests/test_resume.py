@@ -304,3 +304,21 @@ def test_the_csv_log_keeps_the_earlier_rows_when_the_run_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["1", "2", "3"]
     assert rows[1]["val/AP50"] == "0.25" and rows[2]["lr"] == "0.1" and rows[2]["train/loss"] == "1.0"
+
+
+@pytest.mark.parametrize(("limits", "step"), [({"max_steps": 3}, 3),  # ends inside epoch 1, before its validation
+                                             ({"max_epochs": 3, "check_val_every_n_epoch": 2}, 6)])
+def test_last_ckpt_holds_the_final_step_when_no_validation_followed_it(tmp_path, limits, step):
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .helpers import compose_train
+
+    cfg = compose_train(tmp_path)
+    callbacks = [instantiate(cfg.callbacks[k]) for k in ("model_checkpoint", "last_checkpoint")]
+    data = DataLoader(TensorDataset(torch.rand(4, 2)), batch_size=2)
+    trainer = pl.Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         **limits)
+    trainer.fit(ScoredEpochs([0.5, 0.7, 0.4]), data, data)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == trainer.global_step == step

@@ -118,6 +118,14 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
                          enable_version_counter=False, **kwargs)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Also the final weights of a run that ended where no validation followed (``trainer.max_steps`` inside an
+        epoch, or a last epoch that ``check_val_every_n_epoch`` skips): saved after validations only, its last.ckpt
+        would hold an earlier step, or be missing."""
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 def last_checkpoint_path(trainer: pl.Trainer) -> str:
     """The run's ``last.ckpt`` once written this run (or restored with it), else ''."""
