@@ -354,3 +354,14 @@ def test_a_damaged_checkpoint_is_named_as_damaged_never_loaded(tmp_path, damage)
         load_checkpoint(path)
     assert "GRIDFACE_TRUST_CHECKPOINTS" not in str(e.value)
 
+
+
+def test_a_run_that_ends_before_any_validation_says_so_and_keeps_its_final_weights(tmp_path):
+    # it printed "final {}; best checkpoint " and exit 0, and last.ckpt held no step of it
+    from gridface.train import run
+
+    cfg = compose_train(tmp_path, [*TINY, "trainer.max_steps=2", "logger=none"])
+    with pytest.warns(UserWarning, match=r"no validation ran .* the final weights are in .*last\.ckpt"):
+        result = run(cfg)
+    assert result["metrics"] == {} and result["best_checkpoint"] == ""
+    assert torch.load(result["last_checkpoint"], weights_only=False)["global_step"] == 2

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from gridface.accelerator import check_gpu_available, resolve_precision
 from gridface.data.config import training_data_config
@@ -83,6 +83,9 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str
     rank_zero_info(summary_line(result["data_problems"]["counts"]))
     rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; "
                    f"best checkpoint {result['best_checkpoint']}")
+    if not metrics and trainer.limit_val_batches:
+        rank_zero_warn(f"no validation ran (trainer.max_steps or check_val_every_n_epoch ended the run before one): "
+                       f"no val metrics and no best.ckpt; the final weights are in {result['last_checkpoint']}")
     return result
 
 
