@@ -224,3 +224,21 @@ def test_qat_without_a_trained_model_stops_naming_model(capsys, tmp_path):
 ])
 def test_wrong_training_values_are_one_line_naming_the_key(capsys, tmp_path, override, message):
     assert message in one_line(capsys, "train", ["trainer=cpu", override], tmp_path)
+
+
+def test_a_run_folder_where_nothing_can_be_created_is_one_line_also_for_root(tmp_path):
+    # /proc passes access(W_OK) for root, yet refuses new folders: two chained tracebacks before
+    from gridface.utils.errors import unwritable_folder
+
+    assert unwritable_folder(tmp_path / "new" / "run") is None and not (tmp_path / "new").exists()
+    assert list(tmp_path.iterdir()) == []  # the trial folder is gone
+    if Path("/proc").is_dir():  # Linux
+        assert unwritable_folder("/proc/gridface-run").startswith("nothing can be created in '/proc'")
+
+
+def test_check_data_settings_are_checked(capsys, tmp_path):
+    assert "workers = 'abc': must be a whole number >= 1" in one_line(capsys, "check_data", ["workers=abc"],
+                                                                       tmp_path)
+    assert "log_first = -1" in one_line(capsys, "check_data", ["log_first=-1"], tmp_path)
+    assert "fail_on_problems = 'maybe': must be true or false" in one_line(capsys, "check_data",
+                                                                           ["fail_on_problems=maybe"], tmp_path)

@@ -24,6 +24,7 @@ from gridface.stages.checks import check_stage_config
 from gridface.utils.errors import user_errors
 from gridface.utils.hydra import config_dir
 from gridface.utils.io import write_json, write_text
+from gridface.utils.validate import ConfigError, check_number
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = as_plain(cfg.dataset)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     input_hw = (int(data["input_height"]), int(data["input_width"])) if "input_height" in data else None
+    check_number("workers", cfg.get("workers"), 1, integer=True)
+    check_number("log_first", cfg.get("log_first"), 0, integer=True)
+    if not isinstance(cfg.get("fail_on_problems"), bool):
+        raise ConfigError(f"fail_on_problems = {cfg.get('fail_on_problems')!r}: must be true or false")
     problems = DataProblems(log_first=int(cfg.log_first))
     start = time.perf_counter()
     stats = {}

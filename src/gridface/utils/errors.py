@@ -15,6 +15,7 @@ import functools
 import importlib
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,15 +84,19 @@ def user_errors(stage: str) -> Callable[[F], F]:
 
 
 def unwritable_folder(folder: str | Path) -> str | None:
-    """Why ``folder`` cannot be created and written (its nearest existing parent is a file, or not writable), or
-    None. Nothing is created: Hydra makes the folder itself, a moment later."""
+    """Why ``folder`` cannot be created and written (its nearest existing parent is a file, or a folder in which
+    nothing can be made), or None. Tried, not inferred from permission bits: root passes every access() check, yet
+    cannot create folders under /proc or on a read-only mount. Nothing is left behind: Hydra makes the folder itself,
+    a moment later."""
     path = Path(folder).expanduser().absolute()
     for parent in (path, *path.parents):
         if parent.exists():
             if not parent.is_dir():
                 return f"'{parent}' is a file, not a folder"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"'{parent}' is not writable"
+            try:
+                Path(tempfile.mkdtemp(prefix=".gridface-write-test.", dir=parent)).rmdir()
+            except OSError as e:
+                return f"nothing can be created in '{parent}' ({e.strerror or e})"
             return None
     return None
 
