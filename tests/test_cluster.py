@@ -367,6 +367,8 @@ def test_training_settings_hold_what_decides_the_run_and_not_what_may_change_on_
         "datamodule.seed: 42 -> 1", "module.model.backbone: resnet18 -> mobilenet_v2", "seed: 42 -> 1",
         "trainer.accumulate_grad_batches: 1 -> 2"]
     assert changed_settings(base, other, shown=2).endswith("; and 2 more")
+    pruned = training_settings(compose_train(tmp_path, [*TINY, "callbacks/prune=ratio"]))  # it decides the network
+    assert "callbacks.prune.spec.ratio: <unset> -> 0.5" in changed_settings(base, pruned, shown=99)
 
 
 def test_the_best_trial_command_repeats_the_study_overrides(monkeypatch):

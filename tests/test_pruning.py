@@ -284,6 +284,9 @@ def test_collect_names_fastest_model_within_budget_and_draws_chart(tmp_path):
     assert (tmp_path / "sweep" / "accuracy_vs_latency.png").stat().st_size > 10_000
     assert "**medium**" in (tmp_path / "sweep" / "sweep.md").read_text()
     assert collect([tmp_path / "heavy"], 1.0, tmp_path / "s2")["best"] is None
+    report("facesless", 0.5, None)  # a split without faces: AP is NaN, written as null
+    with pytest.raises(ValueError, match="facesless/prune_report.json: its AP is undefined"):
+        collect([tmp_path / "facesless"], 1.0, tmp_path / "s3")
 
 
 @pytest.mark.slow

@@ -292,18 +292,27 @@ def test_the_csv_log_keeps_the_earlier_rows_when_the_run_resumes(tmp_path):
 
     from .helpers import compose_train
 
-    cfg = compose_train(tmp_path)
+    cfg = compose_train(tmp_path, ["ckpt_path=null"])
     first = instantiate(cfg.logger.csv)
-    first.log_metrics({"train/loss": 2.0}, step=1)
-    first.log_metrics({"train/loss": 1.5, "val/AP50": 0.25}, step=2)
+    for step in (1, 2, 3, 4):  # the interrupted run logged up to step 4; its checkpoint was at step 2
+        first.log_metrics({"train/loss": 2.0 - step / 10, **({"val/AP50": 0.25} if step == 2 else {})}, step=step)
     first.save()
-    resumed = instantiate(cfg.logger.csv)  # the same folder, as ckpt_path=auto reruns it
+
+    def rows(logger):
+        with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    resumed = instantiate(cfg.logger.csv, resume_from="checkpoints/step.ckpt")  # ckpt_path, as train.run resolves it
     resumed.log_metrics({"train/loss": 1.0, "lr": 0.1}, step=3)
     resumed.save()
-    with open(Path(resumed.log_dir) / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["step"] for r in rows] == ["1", "2", "3"]
-    assert rows[1]["val/AP50"] == "0.25" and rows[2]["lr"] == "0.1" and rows[2]["train/loss"] == "1.0"
+    got = rows(resumed)
+    assert [r["step"] for r in got] == ["1", "2", "3"]  # step 3 and 4 of the interrupted run are logged again
+    assert got[1]["val/AP50"] == "0.25" and got[2]["lr"] == "0.1" and got[2]["train/loss"] == "1.0"
+    afresh = instantiate(cfg.logger.csv)  # a new run in the same folder: the old log is kept aside, not appended to
+    afresh.log_metrics({"train/loss": 3.0}, step=1)
+    afresh.save()
+    assert [r["train/loss"] for r in rows(afresh)] == ["3.0"]
+    assert (Path(afresh.log_dir) / "metrics.previous.csv").is_file()
 
 
 @pytest.mark.parametrize(("limits", "step"), [({"max_steps": 3}, 3),  # ends inside epoch 1, before its validation

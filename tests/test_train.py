@@ -356,8 +356,8 @@ def test_a_damaged_checkpoint_is_named_as_damaged_never_loaded(tmp_path, damage)
 
 
 
-def test_a_run_that_ends_before_any_validation_says_so_and_keeps_its_final_weights(tmp_path):
-    # it printed "final {}; best checkpoint " and exit 0, and last.ckpt held no step of it
+def test_a_run_that_ends_before_any_validation_says_so_and_where_its_weights_are(tmp_path):
+    # it printed "final {}; best checkpoint " and exit 0
     from gridface.train import run
 
     cfg = compose_train(tmp_path, [*TINY, "trainer.max_steps=2", "logger=none"])

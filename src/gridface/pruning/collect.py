@@ -40,6 +40,9 @@ def summarise(path: Path) -> dict[str, Any]:
     if "before" not in ap or "median_ms" not in lat.get("after", {}):
         raise ValueError(f"{path}: report has no AP or latency "
                          "(run gridface.prune with evaluate=true and latency.reps>0)")
+    if ap["before"] is None or ap.get("pruned") is None:  # NaN in the report: a split without faces
+        raise ValueError(f"{path}: its AP is undefined (null: the evaluated split has no faces); evaluate on a split "
+                         "with faces")
     retrained = ap.get("retrained")
     return {"report": str(path), "setting": report["spec_summary"], "params_ratio": report["params_ratio"],
             "macs_ratio": report["macs_ratio"], "latency_ms": lat["after"]["median_ms"],

@@ -84,8 +84,10 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str
     rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; "
                    f"best checkpoint {result['best_checkpoint']}")
     if not metrics and trainer.limit_val_batches:
-        rank_zero_warn(f"no validation ran (trainer.max_steps or check_val_every_n_epoch ended the run before one): "
-                       f"no val metrics and no best.ckpt; the final weights are in {result['last_checkpoint']}")
+        kept = (f"the final weights are in {result['last_checkpoint']}" if result["last_checkpoint"] else
+                "no checkpoint holds its final step")
+        rank_zero_warn("no validation ran (trainer.max_steps or check_val_every_n_epoch ended the run before one): "
+                       f"no val metrics and no best.ckpt; {kept}")
     return result
 
 

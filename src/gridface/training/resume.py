@@ -23,7 +23,7 @@ RESUMABLE = ("last.ckpt", "step.ckpt", "preempted.ckpt")  # what ckpt_path=auto 
 SETTINGS_KEY = "gridface_training_settings"  # in each checkpoint: what the run trains (training_settings)
 # what decides what a run trains: a resume under other values would continue a different run
 COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
-            "trainer.gradient_clip_algorithm")
+            "trainer.gradient_clip_algorithm", "callbacks.prune.spec", "callbacks.quantize")
 # ...except how fast data is read or the step runs, the weights a run started from (a resume starts from its
 # checkpoint), and where files lie (a path is compared as "a path": data roots and annotation files may move between
 # machines or Slurm nodes)
@@ -119,9 +119,9 @@ class LastCheckpoint(ModelCheckpoint):
                          enable_version_counter=False, **kwargs)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Also the final weights of a run that ended where no validation followed (``trainer.max_steps`` inside an
-        epoch, or a last epoch that ``check_val_every_n_epoch`` skips): saved after validations only, its last.ckpt
-        would hold an earlier step, or be missing."""
+        """Also the final weights of a run whose last epoch no validation followed (``check_val_every_n_epoch``
+        skipped it): saved after validations only, last.ckpt would hold an earlier epoch. (A ``max_steps`` stop
+        inside an epoch is saved by Lightning's own epoch-end hook, as an epoch that ended.)"""
         super().on_train_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
