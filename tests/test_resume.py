@@ -331,3 +331,32 @@ def test_last_ckpt_holds_the_final_step_when_no_validation_followed_it(tmp_path,
     trainer.fit(ScoredEpochs([0.5, 0.7, 0.4]), data, data)
     last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == trainer.global_step == step
+
+
+class SeenBatches(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer, self.seen = torch.nn.Linear(2, 1), []
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        self.seen.append((self.current_epoch, batch_idx))
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_run_extended_from_its_max_steps_stop_goes_on_inside_the_epoch(tmp_path):
+    # last.ckpt written at train end, inside an epoch: extending max_steps must not skip the rest of that epoch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gridface.training.resume import LastCheckpoint
+
+    data = DataLoader(TensorDataset(torch.rand(8, 2)), batch_size=2)  # 4 batches an epoch
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    first = SeenBatches()
+    pl.Trainer(max_steps=6, callbacks=[LastCheckpoint(str(tmp_path))], **quiet).fit(first, data)
+    assert first.seen[-1] == (1, 1) and torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6
+    extended = SeenBatches()
+    pl.Trainer(max_steps=12, **quiet).fit(extended, data, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert extended.seen == [(1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
