@@ -119,9 +119,9 @@ class LastCheckpoint(ModelCheckpoint):
                          enable_version_counter=False, **kwargs)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Also the final weights of a run whose last epoch no validation followed (``check_val_every_n_epoch``
-        skipped it): saved after validations only, last.ckpt would hold an earlier epoch. (A ``max_steps`` stop
-        inside an epoch is saved by Lightning's own epoch-end hook, as an epoch that ended.)"""
+        """Also the final step of a run that ended where no validation followed (``trainer.max_steps`` inside an
+        epoch, or a last epoch ``check_val_every_n_epoch`` skipped): saved after validations only, last.ckpt would
+        hold an earlier step. A run extended from a mid-epoch one goes on inside that epoch (tests/test_resume.py)."""
         super().on_train_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
