@@ -245,13 +245,15 @@ def test_preempted_run_through_the_device_prefetch_loader_resumes_exactly(tmp_pa
 
 
 class ScoredEpochs(pl.LightningModule):
-    """Logs a given val/AP50 per epoch: the training run's checkpoint callbacks without the detector."""
+    """Logs a given val/AP50 per epoch and records the (epoch, batch) it trains on: the training run's checkpoint
+    callbacks without the detector."""
 
-    def __init__(self, scores: list[float]) -> None:
+    def __init__(self, scores: list[float] | None = None) -> None:
         super().__init__()
-        self.layer, self.scores = torch.nn.Linear(2, 1), scores
+        self.layer, self.scores, self.seen = torch.nn.Linear(2, 1), scores or [], []
 
     def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        self.seen.append((self.current_epoch, batch_idx))
         return self.layer(batch[0]).sum()
 
     def validation_step(self, batch, batch_idx) -> None:  # noqa: ANN001
@@ -333,19 +335,6 @@ def test_last_ckpt_holds_the_final_step_when_no_validation_followed_it(tmp_path,
     assert last["global_step"] == trainer.global_step == step
 
 
-class SeenBatches(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer, self.seen = torch.nn.Linear(2, 1), []
-
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
-        self.seen.append((self.current_epoch, batch_idx))
-        return self.layer(batch[0]).sum()
-
-    def configure_optimizers(self):  # noqa: ANN201
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def test_a_run_extended_from_its_max_steps_stop_goes_on_inside_the_epoch(tmp_path):
     # last.ckpt written at train end, inside an epoch: extending max_steps must not skip the rest of that epoch
     from torch.utils.data import DataLoader, TensorDataset
@@ -354,9 +343,9 @@ def test_a_run_extended_from_its_max_steps_stop_goes_on_inside_the_epoch(tmp_pat
 
     data = DataLoader(TensorDataset(torch.rand(8, 2)), batch_size=2)  # 4 batches an epoch
     quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-    first = SeenBatches()
+    first = ScoredEpochs()  # trained without a validation loader
     pl.Trainer(max_steps=6, callbacks=[LastCheckpoint(str(tmp_path))], **quiet).fit(first, data)
     assert first.seen[-1] == (1, 1) and torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6
-    extended = SeenBatches()
+    extended = ScoredEpochs()
     pl.Trainer(max_steps=12, **quiet).fit(extended, data, ckpt_path=str(tmp_path / "last.ckpt"))
     assert extended.seen == [(1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
