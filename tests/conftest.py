@@ -1,4 +1,7 @@
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,32 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "widerface").is_dir():
         pytest.skip(f"real WIDER FACE test data not found at {SHARED_DATA} (present only on dev/CI machines)")
     return SHARED_DATA
+
+
+def pytest_report_header(config) -> str:
+    """The free space where the tests write: a full run keeps ~1 GB at a time, and a disk that fills mid-run fails
+    tests with ``No space left on device`` far from their cause."""
+    folder = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    return f"gridface: {shutil.disk_usage(folder).free / 2**30:.1f} GiB free in {folder}"
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Callable[[str], Path]]:
+    """``tmp_path_factory.mktemp`` for a test file's shared fixtures, whose folders go when the file's tests have
+    all passed. A file's checkpoints are ~130 MB each (ResNet18 and its optimizer state): kept to the end of the
+    session, one full run left 11-14 GB in /tmp and filled CI's disk. As ``tmp_path_retention_policy = "failed"``
+    does for ``tmp_path``, the folders of a file with a failure stay to be looked at."""
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -85,8 +85,8 @@ def test_pruned_export_matches_pytorch(pruned, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def calibration_images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calib")
+def calibration_images(module_tmp):
+    root = module_tmp("calib")
     return [s.image for s in synthetic(str(root), num_images=4, seed=1, width=HW[1], height=HW[0])]
 
 

@@ -36,8 +36,8 @@ def test_predictions_mode_needs_gt(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ckpt")
+def tiny_checkpoint(module_tmp):
+    tmp = module_tmp("ckpt")
     cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                               "trainer.limit_val_batches=1", "logger=none"])
     result = train_run(cfg)

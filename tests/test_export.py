@@ -39,8 +39,8 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("img")
+def images(module_tmp):
+    root = module_tmp("img")
     samples = synthetic(str(root), num_images=12, seed=3, width=HW[1], height=HW[0])
     from gridface.stages.export import load_images
 
@@ -124,8 +124,8 @@ def test_int8_without_images_is_an_error(tmp_path, net):
 
 
 @pytest.fixture(scope="module")
-def trained_ckpt(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ck")
+def trained_ckpt(module_tmp):
+    tmp = module_tmp("ck")
     cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                               "trainer.limit_val_batches=1", "logger=none"])
     return train_run(cfg)["last_checkpoint"], tmp

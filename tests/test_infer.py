@@ -18,8 +18,8 @@ from .helpers import TINY, compose_train
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("m")
+def model(module_tmp):
+    tmp = module_tmp("m")
     cfg = compose_train(tmp, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                               "trainer.limit_val_batches=1", "logger=none"])
     ckpt = train_run(cfg)["last_checkpoint"]

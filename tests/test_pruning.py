@@ -207,9 +207,9 @@ def compose_prune(tmp_path, overrides):
 
 
 @pytest.fixture(scope="module")
-def untrained_ckpt(tmp_path_factory):
+def untrained_ckpt(module_tmp):
     """A checkpoint of an untrained module (shape and I/O tests do not need accuracy)."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    path = module_tmp("ckpt") / "model.ckpt"
     module = GridBoxModule(input_size=(64, 96), postprocess={"dbscan_eps": 0.3})
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
@@ -371,7 +371,7 @@ def assert_bn_statistics_kept(original: nn.Module, pruned: nn.Module) -> None:
 
 
 @pytest.fixture(scope="module")
-def taylor_setup(tmp_path_factory):
+def taylor_setup(module_tmp):
     """A module with marked BN layers, its checkpoint, and a loader of 8 synthetic training images (4 batches)."""
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
@@ -379,7 +379,7 @@ def taylor_setup(tmp_path_factory):
     from gridface.data.config import as_plain, split_samples
     from gridface.data.dataset import DetectionDataset, collate
 
-    root = tmp_path_factory.mktemp("taylor")
+    root = module_tmp("taylor")
     cfg = compose_train(root, ["dataset.train.num_images=8", "dataset.val.num_images=2"])
     module = GridBoxModule(input_size=HW, data=as_plain(cfg.dataset))
     mark_batchnorms(module.net)

@@ -24,9 +24,9 @@ FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.l
 
 
 @pytest.fixture(scope="module")
-def qat_ckpt(tmp_path_factory):
+def qat_ckpt(module_tmp):
     """A float checkpoint of a few steps, then experiment=qat from it (calibrated on one batch, two steps)."""
-    tmp = tmp_path_factory.mktemp("qat")
+    tmp = module_tmp("qat")
     float_ckpt = train_run(compose_train(tmp / "float", [*TINY, *FEW_STEPS]))["last_checkpoint"]
     cfg = compose_train(tmp / "qat", [*TINY, *FEW_STEPS, "experiment=qat", f"model={float_ckpt}",
                                       "callbacks.quantize.calibration_batches=1"])

@@ -37,8 +37,8 @@ def torch_threads_restored():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("resume_cache")
+def cache(module_tmp) -> Path:
+    return module_tmp("resume_cache")
 
 
 def config(folder: Path, cache: Path, extra: list[str] | None = None):
@@ -46,9 +46,9 @@ def config(folder: Path, cache: Path, extra: list[str] | None = None):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache) -> Path:
+def uninterrupted(module_tmp, cache) -> Path:
     """The reference: the same run, never stopped (in this process). Its probe folder."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
+    folder = module_tmp("uninterrupted")
     threads = torch.get_num_threads()
     try:
         result = run(config(folder, cache), callbacks=[Probe(str(folder / "probe"))])

@@ -21,8 +21,8 @@ HW = (64, 96)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trt")
+def models(module_tmp):
+    tmp = module_tmp("trt")
     torch.manual_seed(0)
     net = GridBoxNet().eval()
     images = [s.image for s in synthetic(str(tmp / "img"), num_images=4, seed=1, width=HW[1], height=HW[0])]
