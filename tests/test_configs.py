@@ -170,3 +170,37 @@ def test_old_input_model_spellings_still_work_with_a_message_naming_the_new_key(
             "model=/a.ckpt", "model=/b.ckpt"]
         assert f"gridface.{stage}: 'checkpoint=' is deprecated, use 'model='" in capsys.readouterr().err
     assert rename_legacy_arguments("evaluate", ["x", "model=/a.onnx"])[1:] == ["model=/a.onnx"]
+
+
+def _claim(parent: str, results) -> None:
+    from gridface.utils.hydra import new_run_dir
+
+    results.put(new_run_dir(parent))
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """A shell loop of ``python -m gridface.train ... &``: every run of one second shared ``<date>_<time>`` and
+    overwrote the others' checkpoints, logs and metrics. Each process now makes its folder (atomically) at start."""
+    import multiprocessing
+
+    from gridface.utils import hydra as gridface_hydra
+
+    monkeypatch.setattr(gridface_hydra, "_NEW_RUN_DIRS", {})
+    monkeypatch.setattr("time.strftime", lambda fmt: "2026-12-07_12-00-00")  # every process in the same second
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.log_dir={tmp_path}"], return_hydra_config=True)
+    first = Path(cfg.hydra.run.dir)
+    assert first == tmp_path / "train" / "runs" / "2026-12-07_12-00-00" and first.is_dir()
+    assert Path(cfg.hydra.run.dir) == first  # read again (Hydra and Lightning's DDP launcher do): the same folder
+
+    gridface_hydra._NEW_RUN_DIRS.clear()  # six new runs, not forks of this one (a fork keeps its parent's folder)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    runs = [context.Process(target=_claim, args=(str(first.parent), results)) for _ in range(6)]
+    for run in runs:
+        run.start()
+    folders = sorted(Path(results.get(timeout=60)).name for _ in runs)
+    for run in runs:
+        run.join(timeout=60)
+    assert folders == [f"2026-12-07_12-00-00_{n}" for n in range(2, 8)]
+    assert sorted(p.name for p in first.parent.iterdir()) == ["2026-12-07_12-00-00", *folders]

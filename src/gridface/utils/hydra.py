@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,34 @@ def rank_output_subdir() -> str | None:
     return None if rank_suffix() else ".hydra"
 
 
+_NEW_RUN_DIRS: dict[str, str] = {}
+
+
+def new_run_dir(parent: str) -> str:
+    """``<parent>/<date>_<time>``, a folder this process makes itself (``os.mkdir`` is atomic), or ``..._2``,
+    ``_3``... when another run took the name: two runs started in the same second (a shell loop of ``&`` jobs) would
+    otherwise share one folder and overwrite each other's checkpoints, logs and metrics. Decided once per process,
+    as Hydra and Lightning's DDP launcher read ``hydra.run.dir`` more than once. Ranks other than 0 (an ``srun`` of
+    one's own) take the name without making it; an unwritable ``parent`` is left to Hydra (RunDirCheck names it)."""
+    if parent not in _NEW_RUN_DIRS:
+        folder = os.path.join(parent, time.strftime("%Y-%m-%d_%H-%M-%S"))
+        if not rank_suffix():
+            try:
+                os.makedirs(parent, exist_ok=True)
+                for n in count(1):
+                    candidate = folder if n == 1 else f"{folder}_{n}"
+                    try:
+                        os.mkdir(candidate)
+                    except FileExistsError:
+                        continue
+                    folder = candidate
+                    break
+            except OSError:
+                pass
+        _NEW_RUN_DIRS[parent] = folder
+    return _NEW_RUN_DIRS[parent]
+
+
 def gpus_per_node(accelerator: str, devices: Any) -> int | None:
     """Slurm's ``--gpus-per-node`` for a Trainer: its device count on GPUs, none on CPUs."""
     if str(accelerator) in ("gpu", "cuda", "auto") and isinstance(devices, int) and devices > 0:
@@ -35,6 +65,7 @@ OmegaConf.register_new_resolver("len", lambda x: len(x), replace=True)
 OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
 OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node, replace=True)
 OmegaConf.register_new_resolver("rank_output_subdir", rank_output_subdir, replace=True)
+OmegaConf.register_new_resolver("new_run_dir", new_run_dir, replace=True)
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
