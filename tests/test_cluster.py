@@ -140,6 +140,38 @@ def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):
         resolve_ckpt_path("auto", tmp_path, settings)
 
 
+def test_a_requeued_job_given_ckpt_path_goes_on_from_its_own_newest_checkpoint(tmp_path, monkeypatch):
+    """``sbatch train.sbatch ckpt_path=<other run>/last.ckpt`` (or a submitit job) is requeued with the same
+    command: taking that checkpoint again threw away all the job had trained before its preemption, at every
+    requeue. A requeued job (SLURM_RESTART_COUNT) goes on from its run folder's newest checkpoint instead."""
+    import torch
+
+    from gridface.training.resume import SETTINGS_KEY
+
+    settings = {"module.optimizer.max_lr": 0.001, "seed": 42}
+    start = tmp_path / "earlier_run" / "last.ckpt"
+    start.parent.mkdir()
+    torch.save({"global_step": 100, SETTINGS_KEY: {**settings, "seed": 1}}, start)
+    os.utime(start, ns=(10**18 - 10**12, 10**18 - 10**12))  # written before the job started
+    run = tmp_path / "run"
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert resolve_ckpt_path(str(start), run, settings) == str(start)  # the first start: nothing of its own yet
+    (run / "checkpoints").mkdir(parents=True)
+    for i, name in enumerate(["last.ckpt", "preempted.ckpt"]):
+        torch.save({"global_step": 150 + i, SETTINGS_KEY: settings}, run / "checkpoints" / name)
+        os.utime(run / "checkpoints" / name, ns=(10**18 + i, 10**18 + i))
+    assert resolve_ckpt_path(str(start), run, settings) == str(start)  # not requeued: the path as given
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert resolve_ckpt_path(str(start), run, settings) == str(run / "checkpoints" / "preempted.ckpt")
+    # its own last.ckpt named: the newer preempted.ckpt still wins
+    assert resolve_ckpt_path(str(run / "checkpoints" / "last.ckpt"), run, settings) == str(
+        run / "checkpoints" / "preempted.ckpt")
+    # a folder trained under other settings is not this job's progress: the path as given
+    assert resolve_ckpt_path(str(start), run, {**settings, "seed": 7}) == str(start)
+    os.utime(start, ns=(2 * 10**18, 2 * 10**18))  # given a checkpoint newer than any of its own: that one
+    assert resolve_ckpt_path(str(start), run, settings) == str(start)
+
+
 def test_ddp_inside_a_local_sweep_stops_with_a_clear_message(tmp_path):
     cfg = compose_train(tmp_path, ["trainer=ddp_cpu"])
     with pytest.raises(ConfigError, match="inside a local -m sweep.*hydra/launcher=slurm"):

@@ -1,6 +1,6 @@
 """Where a training run resumes from: ``ckpt_path=auto`` takes the newest resumable checkpoint of the run folder,
-so a requeued or restarted job (same folder) goes on from where it stopped; :class:`LastCheckpoint` keeps
-``last.ckpt`` at the newest epoch."""
+so a requeued or restarted job (same folder) goes on from where it stopped (a requeued job given an explicit
+``ckpt_path`` too); :class:`LastCheckpoint` keeps ``last.ckpt`` at the newest epoch."""
 
 from __future__ import annotations
 
@@ -64,22 +64,42 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
                       settings: dict[str, Any] | None = None) -> str | None:
     """``auto``: the newest readable of the run folder's resumable checkpoints, or None for a fresh run. A damaged
     one is skipped with a warning; one written under other ``settings`` (:func:`training_settings`) is refused,
-    since resuming it would train neither run. A path is checked and returned as given: an explicit resume."""
+    since resuming it would train neither run. A path is checked and returned as given (an explicit resume), but
+    in a requeued Slurm job the run folder's own newer checkpoint wins, as Lightning's requeue checkpoint does: the
+    requeued command still names the checkpoint the job first started from, and taking it again would throw away
+    everything the job trained before it was preempted, at every requeue."""
     if ckpt_path in (None, "", "null"):
         return None
-    if ckpt_path != "auto":
-        path = Path(ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path: checkpoint not found: {ckpt_path}")
-        problem = zip_problem(path)
-        if problem:
-            raise ValueError(f"ckpt_path={ckpt_path}: {problem}")
-        return str(ckpt_path)
+    if ckpt_path == "auto":
+        return _newest_of_run(output_dir, settings)
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: checkpoint not found: {ckpt_path}")
+    problem = zip_problem(path)
+    if problem:
+        raise ValueError(f"ckpt_path={ckpt_path}: {problem}")
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts:
+        try:
+            own = _newest_of_run(output_dir, settings, quiet=True)
+        except ValueError:  # other settings, or all damaged: not this job's own progress
+            own = None
+        if own and Path(own).resolve() != path.resolve() and Path(own).stat().st_mtime_ns > path.stat().st_mtime_ns:
+            log.info("resuming from %s, not ckpt_path=%s: this Slurm job was requeued (SLURM_RESTART_COUNT=%d) and "
+                     "that is its own newest checkpoint", own, ckpt_path, restarts)
+            return own
+    return str(ckpt_path)
+
+
+def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quiet: bool = False) -> str | None:
+    """``ckpt_path=auto``: the newest readable resumable checkpoint of the run folder ``output_dir`` (None if it
+    has none); ValueError when it was trained under other ``settings`` or every one is damaged."""
     found = [p for p in (Path(output_dir) / "checkpoints" / name for name in RESUMABLE) if p.is_file()]
     for path in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True):
         problem = zip_problem(path)
         if problem:
-            rank_zero_warn(f"ckpt_path=auto: not resuming from {path}: {problem}; trying an older checkpoint")
+            if not quiet:
+                rank_zero_warn(f"ckpt_path=auto: not resuming from {path}: {problem}; trying an older checkpoint")
             continue
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get(SETTINGS_KEY)
         changed = changed_settings(saved, settings) if saved is not None and settings is not None else ""
@@ -88,7 +108,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
                 f"ckpt_path=auto: {Path(output_dir)} holds a run trained with other settings ({changed}), and "
                 "resuming it would train neither. Train in a new folder (hydra.run.dir=<folder>, or "
                 "hydra.sweep.dir= for -m), or continue that run under the new settings with ckpt_path=" + str(path))
-        log.info("resuming from %s (ckpt_path=auto: the newest checkpoint of this run folder)", path)
+        if not quiet:
+            log.info("resuming from %s (ckpt_path=auto: the newest checkpoint of this run folder)", path)
         return str(path)
     if found:
         raise ValueError(f"ckpt_path=auto: every checkpoint in {Path(output_dir) / 'checkpoints'} is damaged (see the "
