@@ -38,12 +38,13 @@ def submitit_stand_in(signum, frame):  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_preempted_run_checkpoints_on_the_signal_and_resumes_to_the_same_step(tmp_path):
+def test_preempted_run_checkpoints_on_the_signal_and_resumes_to_the_same_step(tmp_path, monkeypatch):
     over = [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
             "checkpoint_every_n_steps=0", "logger=none"]
     plain = run(compose_train(tmp_path / "plain", over))
     assert plain["global_step"] == 12 and plain["resumed_from"] is None
 
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # inside Slurm job 4242 (SLURM_NTASKS unset: no SLURMEnvironment)
     cfg = compose_train(tmp_path / "preempted", over)
     previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
     try:
@@ -56,7 +57,12 @@ def test_preempted_run_checkpoints_on_the_signal_and_resumes_to_the_same_step(tm
 
     saved = torch.load(ckpts / "preempted.ckpt", weights_only=False)
     assert saved["global_step"] == 7  # the first step boundary after the signal (at step 6): no step half-done
-    resumed = run(compose_train(tmp_path / "preempted", over))  # same folder, ckpt_path=auto
+    assert saved["gridface_slurm_job_id"] == "4242"
+    # requeued, same folder; its command names a checkpoint (ckpt_path=<...>/last.ckpt, the end of epoch 1, as a
+    # job started from another run's would): it goes on from the newer one it wrote itself. (ckpt_path=auto, the
+    # default, finds preempted.ckpt too: tests/test_resume.py.)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    resumed = run(compose_train(tmp_path / "preempted", [*over, f"ckpt_path={ckpts / 'last.ckpt'}"]))
     assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt")
     assert resumed["global_step"] == plain["global_step"]
     assert Path(resumed["best_checkpoint"]).is_file() and resumed["best_score"] is not None
@@ -143,23 +149,26 @@ def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):
 def test_a_requeued_job_given_ckpt_path_goes_on_from_its_own_newest_checkpoint(tmp_path, monkeypatch):
     """``sbatch train.sbatch ckpt_path=<other run>/last.ckpt`` (or a submitit job) is requeued with the same
     command: taking that checkpoint again threw away all the job had trained before its preemption, at every
-    requeue. A requeued job (SLURM_RESTART_COUNT) goes on from its run folder's newest checkpoint instead."""
+    requeue. A requeued job (SLURM_RESTART_COUNT) goes on from the newest checkpoint it wrote itself (its job id is
+    in every checkpoint; a requeue keeps the id); checkpoints another job left in the folder do not count."""
     import torch
 
-    from gridface.training.resume import SETTINGS_KEY
+    from gridface.training.resume import SETTINGS_KEY, SLURM_JOB_KEY
 
     settings = {"module.optimizer.max_lr": 0.001, "seed": 42}
-    start = tmp_path / "earlier_run" / "last.ckpt"
-    start.parent.mkdir()
-    torch.save({"global_step": 100, SETTINGS_KEY: {**settings, "seed": 1}}, start)
-    os.utime(start, ns=(10**18 - 10**12, 10**18 - 10**12))  # written before the job started
-    run = tmp_path / "run"
+
+    def save(path, step, job, age):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"global_step": step, SETTINGS_KEY: settings, SLURM_JOB_KEY: job}, path)
+        os.utime(path, ns=(10**18 + age, 10**18 + age))
+
+    start, run = tmp_path / "earlier_run" / "last.ckpt", tmp_path / "run"
+    save(start, 100, "12", age=0)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
     assert resolve_ckpt_path(str(start), run, settings) == str(start)  # the first start: nothing of its own yet
-    (run / "checkpoints").mkdir(parents=True)
-    for i, name in enumerate(["last.ckpt", "preempted.ckpt"]):
-        torch.save({"global_step": 150 + i, SETTINGS_KEY: settings}, run / "checkpoints" / name)
-        os.utime(run / "checkpoints" / name, ns=(10**18 + i, 10**18 + i))
+    save(run / "checkpoints" / "last.ckpt", 150, "77", age=1)
+    save(run / "checkpoints" / "preempted.ckpt", 151, "77", age=2)
     assert resolve_ckpt_path(str(start), run, settings) == str(start)  # not requeued: the path as given
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert resolve_ckpt_path(str(start), run, settings) == str(run / "checkpoints" / "preempted.ckpt")
@@ -168,8 +177,13 @@ def test_a_requeued_job_given_ckpt_path_goes_on_from_its_own_newest_checkpoint(t
         run / "checkpoints" / "preempted.ckpt")
     # a folder trained under other settings is not this job's progress: the path as given
     assert resolve_ckpt_path(str(start), run, {**settings, "seed": 7}) == str(start)
-    os.utime(start, ns=(2 * 10**18, 2 * 10**18))  # given a checkpoint newer than any of its own: that one
-    assert resolve_ckpt_path(str(start), run, settings) == str(start)
+    # a rollback inside a reused folder, requeued before this job wrote anything: the newer last.ckpt is another
+    # job's, and the checkpoint given is kept
+    for name in ("preempted.ckpt", "last.ckpt"):
+        save(run / "checkpoints" / name, 150, "12", age=3)
+    save(run / "checkpoints" / "step.ckpt", 120, "12", age=0)
+    assert resolve_ckpt_path(str(run / "checkpoints" / "step.ckpt"), run, settings) == str(
+        run / "checkpoints" / "step.ckpt")
 
 
 def test_ddp_inside_a_local_sweep_stops_with_a_clear_message(tmp_path):

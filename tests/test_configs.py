@@ -172,31 +172,35 @@ def test_old_input_model_spellings_still_work_with_a_message_naming_the_new_key(
     assert rename_legacy_arguments("evaluate", ["x", "model=/a.onnx"])[1:] == ["model=/a.onnx"]
 
 
-def _claim(parent: str, results) -> None:
-    from gridface.utils.hydra import new_run_dir
+def _start_run(cfg, results) -> None:
+    from gridface.utils.hydra import make_run_dir
 
-    results.put(new_run_dir(parent))
+    make_run_dir(cfg)
+    results.put(cfg.hydra.run.dir)
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     """A shell loop of ``python -m gridface.train ... &``: every run of one second shared ``<date>_<time>`` and
-    overwrote the others' checkpoints, logs and metrics. Each process now makes its folder (atomically) at start."""
+    overwrote the others' checkpoints, logs and metrics. Each run now makes its folder (atomically) at its start."""
     import multiprocessing
 
     from gridface.utils import hydra as gridface_hydra
 
-    monkeypatch.setattr(gridface_hydra, "_NEW_RUN_DIRS", {})
+    monkeypatch.setattr(gridface_hydra, "_RUN_DIRS", {})
+    monkeypatch.setattr(gridface_hydra, "_MADE", set())
     monkeypatch.setattr("time.strftime", lambda fmt: "2026-12-07_12-00-00")  # every process in the same second
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.log_dir={tmp_path}"], return_hydra_config=True)
-    first = Path(cfg.hydra.run.dir)
-    assert first == tmp_path / "train" / "runs" / "2026-12-07_12-00-00" and first.is_dir()
-    assert Path(cfg.hydra.run.dir) == first  # read again (Hydra and Lightning's DDP launcher do): the same folder
+    first = tmp_path / "train" / "runs" / "2026-12-07_12-00-00"
+    assert Path(cfg.hydra.run.dir) == first and not first.exists()  # reading the name makes nothing (--cfg)
+    gridface_hydra.make_run_dir(cfg)
+    assert first.is_dir() and Path(cfg.hydra.run.dir) == first  # read again (Hydra, Lightning's DDP launcher)
 
-    gridface_hydra._NEW_RUN_DIRS.clear()  # six new runs, not forks of this one (a fork keeps its parent's folder)
+    gridface_hydra._RUN_DIRS.clear()  # six new runs, not forks of this one (a fork keeps its parent's folder)
+    gridface_hydra._MADE.clear()
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    runs = [context.Process(target=_claim, args=(str(first.parent), results)) for _ in range(6)]
+    runs = [context.Process(target=_start_run, args=(cfg, results)) for _ in range(6)]
     for run in runs:
         run.start()
     folders = sorted(Path(results.get(timeout=60)).name for _ in runs)
@@ -204,3 +208,14 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
         run.join(timeout=60)
     assert folders == [f"2026-12-07_12-00-00_{n}" for n in range(2, 8)]
     assert sorted(p.name for p in first.parent.iterdir()) == ["2026-12-07_12-00-00", *folders]
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_composing_a_stage_config_makes_no_folder(tmp_path, monkeypatch, name):
+    """The pipeline and tune override ``hydra.run.dir``; composing them (a test, ``--cfg``, a notebook) left an
+    empty ``outputs/train/runs/<date>_<time>`` behind, which looked like a failed run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDFACE_ROOT", raising=False)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        run_dir = compose(name, return_hydra_config=True).hydra.run.dir
+    assert run_dir and list(tmp_path.iterdir()) == []

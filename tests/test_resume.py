@@ -342,7 +342,7 @@ def test_a_run_extended_from_its_max_steps_stop_goes_on_inside_the_epoch(tmp_pat
     from gridface.training.resume import LastCheckpoint
 
     data = DataLoader(TensorDataset(torch.rand(8, 2)), batch_size=2)  # 4 batches an epoch
-    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": tmp_path}
     first = ScoredEpochs()  # trained without a validation loader
     pl.Trainer(max_steps=6, callbacks=[LastCheckpoint(str(tmp_path))], **quiet).fit(first, data)
     assert first.seen[-1] == (1, 1) and torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6

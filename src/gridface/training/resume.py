@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RESUMABLE = ("last.ckpt", "step.ckpt", "preempted.ckpt")  # what ckpt_path=auto picks from, newest first
 SETTINGS_KEY = "gridface_training_settings"  # in each checkpoint: what the run trains (training_settings)
+SLURM_JOB_KEY = "gridface_slurm_job_id"  # in each checkpoint: the Slurm job that wrote it (a requeue keeps the id)
 # what decides what a run trains: a resume under other values would continue a different run
 COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
             "trainer.gradient_clip_algorithm", "callbacks.prune.spec", "callbacks.quantize")
@@ -65,9 +66,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
     """``auto``: the newest readable of the run folder's resumable checkpoints, or None for a fresh run. A damaged
     one is skipped with a warning; one written under other ``settings`` (:func:`training_settings`) is refused,
     since resuming it would train neither run. A path is checked and returned as given (an explicit resume), but
-    in a requeued Slurm job the run folder's own newer checkpoint wins, as Lightning's requeue checkpoint does: the
-    requeued command still names the checkpoint the job first started from, and taking it again would throw away
-    everything the job trained before it was preempted, at every requeue."""
+    in a requeued Slurm job the newest checkpoint this job wrote into its run folder wins, as Lightning's requeue
+    checkpoint does: the requeued command still names the checkpoint the job first started from, and taking it again
+    would throw away everything the job trained before it was preempted, at every requeue."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "auto":
@@ -78,17 +79,22 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
     problem = zip_problem(path)
     if problem:
         raise ValueError(f"ckpt_path={ckpt_path}: {problem}")
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    if restarts:
+    restarts, job = int(os.environ.get("SLURM_RESTART_COUNT") or 0), os.environ.get("SLURM_JOB_ID")
+    if restarts and job:
         try:
             own = _newest_of_run(output_dir, settings, quiet=True)
-        except ValueError:  # other settings, or all damaged: not this job's own progress
+        except ValueError:  # other settings, or all damaged: not this job's progress
             own = None
-        if own and Path(own).resolve() != path.resolve() and Path(own).stat().st_mtime_ns > path.stat().st_mtime_ns:
-            log.info("resuming from %s, not ckpt_path=%s: this Slurm job was requeued (SLURM_RESTART_COUNT=%d) and "
-                     "that is its own newest checkpoint", own, ckpt_path, restarts)
+        if own and Path(own).resolve() != path.resolve() and _saved(own, SLURM_JOB_KEY) == job:
+            log.info("resuming from %s, not ckpt_path=%s: this Slurm job (%s) was requeued (SLURM_RESTART_COUNT=%d) "
+                     "and that is the newest checkpoint it wrote", own, ckpt_path, job, restarts)
             return own
     return str(ckpt_path)
+
+
+def _saved(path: str | Path, key: str) -> Any:
+    """One top-level entry of a checkpoint, read without loading its tensors."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True).get(key)
 
 
 def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quiet: bool = False) -> str | None:
@@ -101,7 +107,7 @@ def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quie
             if not quiet:
                 rank_zero_warn(f"ckpt_path=auto: not resuming from {path}: {problem}; trying an older checkpoint")
             continue
-        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get(SETTINGS_KEY)
+        saved = _saved(path, SETTINGS_KEY)
         changed = changed_settings(saved, settings) if saved is not None and settings is not None else ""
         if changed:
             raise ValueError(
@@ -118,7 +124,8 @@ def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quie
 
 
 class TrainingSettingsRecord(pl.Callback):
-    """Writes :func:`training_settings` into every checkpoint, for ``ckpt_path=auto`` to compare."""
+    """Writes :func:`training_settings` into every checkpoint, for ``ckpt_path=auto`` to compare, and the Slurm job
+    that wrote it, for a requeued job to tell its own checkpoints (:func:`resolve_ckpt_path`)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
@@ -126,6 +133,7 @@ class TrainingSettingsRecord(pl.Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint[SETTINGS_KEY] = self.settings
+        checkpoint[SLURM_JOB_KEY] = os.environ.get("SLURM_JOB_ID")
 
 
 class LastCheckpoint(ModelCheckpoint):

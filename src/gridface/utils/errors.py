@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
 
+from gridface.utils.hydra import make_run_dir
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -102,7 +104,8 @@ def unwritable_folder(folder: str | Path) -> str | None:
 
 
 class RunDirCheck(Callback):
-    """Hydra callback: an unwritable ``hydra.run.dir`` / ``hydra.sweep.dir`` is one line, before Hydra's traceback."""
+    """Hydra callback: makes a new run's folder (:func:`gridface.utils.hydra.make_run_dir`); an unwritable
+    ``hydra.run.dir`` / ``hydra.sweep.dir`` is one line, before Hydra's traceback."""
 
     def _check(self, config: Any, key: str) -> None:
         from omegaconf import OmegaConf
@@ -115,6 +118,7 @@ class RunDirCheck(Callback):
                           f"writable folder with hydra.{key}.dir=<folder>")
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        make_run_dir(config)  # a run folder of its own, before anything reads the name
         self._check(config, "run")
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:

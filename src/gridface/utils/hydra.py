@@ -26,32 +26,54 @@ def rank_output_subdir() -> str | None:
     return None if rank_suffix() else ".hydra"
 
 
-_NEW_RUN_DIRS: dict[str, str] = {}
+_RUN_DIRS: dict[str, str] = {}  # parent -> this process's run folder under it
+_MADE: set[str] = set()  # the parents whose run folder this process has made
+_making = False
 
 
 def new_run_dir(parent: str) -> str:
-    """``<parent>/<date>_<time>``, a folder this process makes itself (``os.mkdir`` is atomic), or ``..._2``,
-    ``_3``... when another run took the name: two runs started in the same second (a shell loop of ``&`` jobs) would
-    otherwise share one folder and overwrite each other's checkpoints, logs and metrics. Decided once per process,
-    as Hydra and Lightning's DDP launcher read ``hydra.run.dir`` more than once. Ranks other than 0 (an ``srun`` of
-    one's own) take the name without making it; an unwritable ``parent`` is left to Hydra (RunDirCheck names it)."""
-    if parent not in _NEW_RUN_DIRS:
-        folder = os.path.join(parent, time.strftime("%Y-%m-%d_%H-%M-%S"))
-        if not rank_suffix():
+    """``<parent>/<date>_<time>``, the same each time it is read (Hydra and Lightning's DDP launcher read
+    ``hydra.run.dir`` more than once). Reading it makes nothing: a config composed or printed (the pipeline and
+    tune override the key, ``--cfg``) leaves no folder; the run's start makes it (:func:`make_run_dir`)."""
+    if parent not in _RUN_DIRS:
+        _RUN_DIRS[parent] = os.path.join(parent, time.strftime("%Y-%m-%d_%H-%M-%S"))
+    if _making and parent not in _MADE:
+        _MADE.add(parent)
+        _RUN_DIRS[parent] = _made_folder(_RUN_DIRS[parent])
+    return _RUN_DIRS[parent]
+
+
+def _made_folder(folder: str) -> str:
+    """``folder``, or ``folder_2``, ``_3``..., the first that ``os.mkdir`` (atomic) makes here; ``folder`` when
+    nothing can be made (Hydra's own error, named by RunDirCheck, follows)."""
+    try:
+        os.makedirs(os.path.dirname(folder) or ".", exist_ok=True)
+        for n in count(1):
+            candidate = folder if n == 1 else f"{folder}_{n}"
             try:
-                os.makedirs(parent, exist_ok=True)
-                for n in count(1):
-                    candidate = folder if n == 1 else f"{folder}_{n}"
-                    try:
-                        os.mkdir(candidate)
-                    except FileExistsError:
-                        continue
-                    folder = candidate
-                    break
-            except OSError:
-                pass
-        _NEW_RUN_DIRS[parent] = folder
-    return _NEW_RUN_DIRS[parent]
+                os.mkdir(candidate)
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError:
+        pass
+    return folder
+
+
+def make_run_dir(config: Any) -> None:
+    """Makes the run folder of ``config`` when its ``hydra.run.dir`` is a :func:`new_run_dir`: two runs started in
+    the same second (a shell loop of ``&`` jobs) would otherwise share one folder and overwrite each other's
+    checkpoints, logs and metrics; the second gets ``<date>_<time>_2``. Rank 0 only: the other ranks of an
+    ``srun`` of one's own read the plain name (give such jobs ``hydra.run.dir``, as scripts/slurm/train.sbatch
+    does)."""
+    global _making
+    if rank_suffix():
+        return
+    _making = True
+    try:
+        OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=False)
+    finally:
+        _making = False
 
 
 def gpus_per_node(accelerator: str, devices: Any) -> int | None:
