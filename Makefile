@@ -53,7 +53,7 @@ lint: $(STAMP) ## ruff
 
 # the newest `make train` checkpoint, if any: the deployment and pipeline figures then run a trained model;
 # PRUNED=<retrained pruned .ckpt> adds its rows and makes it the model the pipeline bench runs
-CHECKPOINT ?= $(lastword $(sort $(wildcard outputs/train/runs/*/checkpoints/best.ckpt)))
+CHECKPOINT ?= $(firstword $(shell ls -t outputs/train/runs/*/checkpoints/best.ckpt 2>/dev/null))
 PRUNED ?=
 
 bench: $(STAMP) ## speed benchmarks side by side in one record (bench_results/record.md): deployment, inference pipeline, clustering, training, WIDER evaluation

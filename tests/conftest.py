@@ -49,7 +49,8 @@ def shared_data() -> Path:
 def pytest_report_header(config) -> str:
     """The free space where the tests write: a full run keeps ~1 GB at a time, and a disk that fills mid-run fails
     tests with ``No space left on device`` far from their cause."""
-    folder = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    folder = Path(config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    folder = next(p for p in (folder, *folder.absolute().parents) if p.exists())
     return f"gridface: {shutil.disk_usage(folder).free / 2**30:.1f} GiB free in {folder}"
 
 
