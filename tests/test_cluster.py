@@ -405,8 +405,13 @@ def test_training_settings_hold_what_decides_the_run_and_not_what_may_change_on_
     same = training_settings(compose_train(tmp_path, [*TINY, "trainer.max_epochs=9", "dataset.num_workers=3",
                                                       "threads=1", "compile=true", "checkpoint_every_n_steps=7",
                                                       f"paths.cache_dir={tmp_path / 'elsewhere'}",
-                                                      "network.pretrained=/other/node/resnet18.pth"]))
+                                                      "network.pretrained=/other/node/resnet18.pth",
+                                                      # validation and clustering never reach the weights
+                                                      "+dataset.eval_gt=/data/wider_face_split",
+                                                      "evaluation.iou=0.7", "postprocess=nms"]))
     assert changed_settings(base, same) == ""
+    # a checkpoint of an older gridface recorded them: not a difference either
+    assert changed_settings({**base, "module.evaluation.iou": 0.5, "module.postprocess.eps": 0.3}, same) == ""
     other = training_settings(compose_train(tmp_path, [*TINY, "network=mobilenet_v2", "seed=1",
                                                        "trainer.accumulate_grad_batches=2"]))
     assert changed_settings(base, other, shown=10).split("; ") == [

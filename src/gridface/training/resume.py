@@ -29,6 +29,9 @@ COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "
 # checkpoint), and where files lie (a path is compared as "a path": data roots and annotation files may move between
 # machines or Slurm nodes)
 NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last", "pretrained", "init_from")
+# ...nor how validation measures and clusters (AP's IoU, the WIDER ground truth, DBSCAN/NMS): they never reach the
+# weights, and a resume may add the WIDER .mat folder (dataset.eval_gt) or change the clustering
+NOT_COMPARED_NODES = ("module.evaluation", "module.postprocess")
 A_PATH = "<a path>"
 
 
@@ -42,6 +45,8 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
+        if not compared(prefix):
+            return
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}", v)
@@ -54,9 +59,16 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def compared(key: str) -> bool:
+    """Whether the dotted ``key`` is among the training settings (not under :data:`NOT_COMPARED_NODES`)."""
+    return not any(key == node or key.startswith(node + ".") for node in NOT_COMPARED_NODES)
+
+
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], shown: int = 4) -> str:
-    """``key: old -> new`` for the first ``shown`` keys that differ, and how many more; '' when none."""
-    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "<unset>") != now.get(k, "<unset>"))
+    """``key: old -> new`` for the first ``shown`` keys that differ, and how many more; '' when none. Keys no longer
+    compared are passed over (a checkpoint of an older gridface holds them)."""
+    keys = sorted(k for k in saved.keys() | now.keys()
+                  if compared(k) and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     lines = [f"{k}: {saved.get(k, '<unset>')} -> {now.get(k, '<unset>')}" for k in keys[:shown]]
     return "; ".join(lines) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
 
