@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -77,3 +78,22 @@ def overfit_fixed_batch(batch: dict, seed: int, steps: int, lr: float = 1e-3, lo
         return history
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+def take_every_stamp(parent: Path, seconds: int = 300) -> set[str]:
+    """Makes ``parent/<date>_<time>`` for each second from now on, as other runs or sweeps started then would:
+    a run or sweep started in them must make a folder of its own (``<date>_<time>_2``). The names made."""
+    now = time.time()
+    taken = {time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now + s)) for s in range(-1, seconds)}
+    for name in taken:
+        (parent / name).mkdir(parents=True)
+    return taken
+
+
+def made_beside(parent: Path, taken: set[str]) -> Path:
+    """The one folder under ``parent`` that is not in ``taken``, which must be a taken second's ``_2``; the taken
+    ones must still be empty."""
+    made = [p for p in parent.iterdir() if p.name not in taken]
+    assert len(made) == 1 and made[0].name.endswith("_2") and made[0].name[:-2] in taken, made
+    assert not [p for p in parent.iterdir() if p.name in taken and any(p.iterdir())], "wrote into a taken folder"
+    return made[0]

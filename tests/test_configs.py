@@ -217,5 +217,6 @@ def test_composing_a_stage_config_makes_no_folder(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GRIDFACE_ROOT", raising=False)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        run_dir = compose(name, return_hydra_config=True).hydra.run.dir
-    assert run_dir and list(tmp_path.iterdir()) == []
+        hydra_config = compose(name, return_hydra_config=True).hydra
+        run_dir, sweep_dir = hydra_config.run.dir, hydra_config.sweep.dir
+    assert run_dir and sweep_dir and list(tmp_path.iterdir()) == []

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .helpers import made_beside, take_every_stamp
+
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_BIN = Path("/usr/local/lib/gridface-slurm/bin")  # where tests/slurm/cluster.sh keeps the client commands
 SLURM_CONF = Path(os.environ.get("GRIDFACE_SLURM_STATE", "/var/tmp/gridface-slurm")) / "slurm.conf"
@@ -41,10 +43,11 @@ def cluster_missing() -> str:
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(bool(cluster_missing()), reason=cluster_missing() or "n/a")]
 
 
-def gridface(stage: str, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def gridface(stage: str, args: list[str], cwd: Path, timeout: float,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([sys.executable, "-m", f"gridface.{stage}", "-m", "hydra/launcher=slurm", *args],
-                              cwd=cwd, env=slurm_env(), capture_output=True, text=True, timeout=timeout)
+                              cwd=cwd, env=env or slurm_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         subprocess.run([str(SLURM_BIN / "scancel"), "--user", os.environ.get("USER", "root")], env=slurm_env())
         raise
@@ -55,13 +58,17 @@ def submitit_logs(sweep: Path) -> str:
 
 
 def test_ddp_sweep_runs_one_job_per_override_each_with_two_ranks(tmp_path):
-    sweep = tmp_path / "sweep"
+    """The sweep's default folder, with this second's name taken by another sweep: the Slurm jobs (submitit's
+    pickled config) run in the folder the sweep made, not in a name of their own second."""
+    multiruns = tmp_path / "outputs" / "train" / "multiruns"
+    taken = take_every_stamp(multiruns)
     start = time.perf_counter()
     out = gridface("train", ["trainer=ddp_cpu", "seed=1,2", *TINY, "trainer.max_epochs=1",
-                             "trainer.limit_train_batches=2", f"hydra.sweep.dir={sweep}",
-                             f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path, timeout=400)
+                             "trainer.limit_train_batches=2", f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path,
+                   timeout=400, env={**slurm_env(), "GRIDFACE_ROOT": str(tmp_path)})
     wall = time.perf_counter() - start
-    assert out.returncode == 0, out.stderr[-3000:] + submitit_logs(sweep)[-3000:]
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    sweep = made_beside(multiruns, taken)
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["0", "1"]  # one run folder per job, none per rank
     for job in jobs:

@@ -14,7 +14,7 @@ from gridface.module import GridBoxModule
 from gridface.schedule import SoftStartAnnealingLR, soft_start_annealing
 from gridface.train import run
 
-from .helpers import TINY, compose_train
+from .helpers import TINY, compose_train, made_beside, take_every_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,15 +164,19 @@ def test_checkpoint_rebuilds_model_in_fresh_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_job_multirun_sweep(tmp_path):
+def test_two_job_multirun_sweep_in_a_folder_of_its_own(tmp_path):
+    """Each job of a sweep gets a folder in the sweep's own folder, also when another sweep took this second's
+    name (two sweeps started together shared ``multiruns/<date>_<time>`` and overwrote each other's jobs).
+    test_slurm's DDP sweep checks the same through submitit's job processes."""
     env = {**os.environ, "GRIDFACE_ROOT": str(tmp_path)}
+    multiruns = tmp_path / "outputs" / "train" / "multiruns"
+    taken = take_every_stamp(multiruns)
     cmd = [sys.executable, "-m", "gridface.train", "-m", "seed=1,2", *TINY, "trainer.max_epochs=1",
-           "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "logger=none",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+           "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "logger=none"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted((tmp_path / "sweep").glob("*/result.json"))
-    assert len(results) == 2
+    results = sorted(made_beside(multiruns, taken).glob("*/result.json"))
+    assert [r.parent.name for r in results] == ["0", "1"]
     for r in results:
         assert "val/AP50" in json.loads(r.read_text())["metrics"]
         log = (r.parent / "train.log").read_text()  # Lightning's messages reach the run's log file, not only stderr

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
 
-from gridface.utils.hydra import make_run_dir
+from gridface.utils.hydra import make_run_dir, make_sweep_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,8 +104,9 @@ def unwritable_folder(folder: str | Path) -> str | None:
 
 
 class RunDirCheck(Callback):
-    """Hydra callback: makes a new run's folder (:func:`gridface.utils.hydra.make_run_dir`); an unwritable
-    ``hydra.run.dir`` / ``hydra.sweep.dir`` is one line, before Hydra's traceback."""
+    """Hydra callback: makes a new run's or sweep's folder (:func:`gridface.utils.hydra.make_run_dir`,
+    :func:`~gridface.utils.hydra.make_sweep_dir`); an unwritable ``hydra.run.dir`` / ``hydra.sweep.dir`` is one
+    line, before Hydra's traceback."""
 
     def _check(self, config: Any, key: str) -> None:
         from omegaconf import OmegaConf
@@ -122,4 +123,5 @@ class RunDirCheck(Callback):
         self._check(config, "run")
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        make_sweep_dir(config)  # a sweep folder of its own, before the sweeper and launcher read the name
         self._check(config, "sweep")

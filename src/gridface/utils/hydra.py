@@ -76,6 +76,27 @@ def make_run_dir(config: Any) -> None:
         _making = False
 
 
+def new_sweep_dir(parent: str) -> str:
+    """``<parent>/<date>_<time>`` of a sweep (``-m``), made by :func:`make_sweep_dir` at the sweep's start (``_2``,
+    ``_3``... when taken). Registered with OmegaConf's cache: Hydra copies the sweep config's resolver cache into
+    every job's config (``load_sweep_config``), pickled to submitit's job processes too, so each job reads the
+    folder its sweep made, not a later second's name."""
+    folder = os.path.join(parent, time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return _made_folder(folder) if _making else folder
+
+
+def make_sweep_dir(config: Any) -> None:
+    """Makes the folder of a sweep whose ``hydra.sweep.dir`` is a :func:`new_sweep_dir`, before Hydra's sweeper
+    or launcher reads it: two sweeps started in the same second (a script that starts one per dataset) shared
+    ``multiruns/<date>_<time>`` and their jobs 0, 1... overwrote each other's checkpoints."""
+    global _making
+    _making = True
+    try:
+        OmegaConf.select(config, "hydra.sweep.dir", throw_on_resolution_failure=False)
+    finally:
+        _making = False
+
+
 def gpus_per_node(accelerator: str, devices: Any) -> int | None:
     """Slurm's ``--gpus-per-node`` for a Trainer: its device count on GPUs, none on CPUs."""
     if str(accelerator) in ("gpu", "cuda", "auto") and isinstance(devices, int) and devices > 0:
@@ -88,6 +109,7 @@ OmegaConf.register_new_resolver("rank_suffix", rank_suffix, replace=True)
 OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node, replace=True)
 OmegaConf.register_new_resolver("rank_output_subdir", rank_output_subdir, replace=True)
 OmegaConf.register_new_resolver("new_run_dir", new_run_dir, replace=True)
+OmegaConf.register_new_resolver("new_sweep_dir", new_sweep_dir, replace=True, use_cache=True)
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
