@@ -566,6 +566,27 @@ def test_validation_with_no_readable_image_warns_and_checkpointing_goes_on(tmp_p
     assert torch.load(Path(result["last_checkpoint"]), weights_only=False)["global_step"] == 4
 
 
+def test_a_sanity_check_that_reads_no_image_does_not_stop_the_first_validation(tmp_path, caplog):
+    """The sanity check's one batch holds only an unreadable image (sorted first), later validations read the
+    others: the run ended after its first epoch with Lightning's 'self.log(val/AP50, ...) twice ... with different
+    arguments' (NaN was logged without the progress-bar flag the measured metrics have)."""
+    import logging
+    import math
+
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    first = root / "val" / "images" / "0.jpg"
+    first.write_bytes(first.read_bytes()[:300])
+    cfg = train_on(tmp_path, root, "checkpoint_every_n_steps=0", "dataset.batch_size=1",
+                   "trainer.max_epochs=1", "trainer.num_sanity_val_steps=1")
+    with caplog.at_level(logging.WARNING, logger="gridface.module"):
+        result = train_run(cfg)
+    assert "the sanity check: no validation image could be read" in caplog.text
+    assert "epoch 0: no validation image" not in caplog.text and result["global_step"] == 3, result
+    assert result["metrics"]["val/images"] == 2 and not math.isnan(result["metrics"]["val/AP50"])
+
+
 # ------------------------------------------------------------------------------------ config values
 @pytest.mark.parametrize(
     ("overrides", "message"),

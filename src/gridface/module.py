@@ -328,18 +328,21 @@ class GridBoxModule(pl.LightningModule):
                 log.warning("%s: no validation image could be read (each unreadable file is named in the warning "
                             "logged when it was first skipped); val/AP50 and the other detection metrics are NaN "
                             "for this validation, which never replaces a measured best checkpoint", when)
-            metrics = {**dict.fromkeys(self.metric_names(), float("nan")), "images": 0.0}
-            for k, v in metrics.items():
-                self.log(f"val/{k}", v, rank_zero_only=True)
+            self._log_validation({**dict.fromkeys(self.metric_names(), float("nan")), "images": 0.0})
             return
         metrics = {**self.compute_metrics(dets, gts, paths), "images": float(len(gts))}
-        for k, v in metrics.items():
-            self.log(f"val/{k}", v, prog_bar=k in ("AP50", "mAP"), rank_zero_only=True)
+        self._log_validation(metrics)
         if not self.trainer.sanity_checking:
             self.set_score_threshold()
         if not self.trainer.sanity_checking:
             rank_zero_info(f"epoch {self.current_epoch}: " + ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()
                                                                         if k != "images") + f" ({len(gts)} images)")
+
+    def _log_validation(self, metrics: dict[str, float]) -> None:
+        """``val/<name>`` with the same logging options whether measured or NaN: Lightning refuses a key logged
+        again with other options in one run (a sanity check that could read no image, then a real validation)."""
+        for k, v in metrics.items():
+            self.log(f"val/{k}", v, prog_bar=k in ("AP50", "mAP"), rank_zero_only=True)
 
     def metric_names(self) -> list[str]:
         """The names :meth:`compute_metrics` returns (without measuring anything)."""
