@@ -3,6 +3,7 @@ checked for the behaviour a user would see (the error naming file and line, or t
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -564,6 +565,49 @@ def test_validation_with_no_readable_image_warns_and_checkpointing_goes_on(tmp_p
     # best.ckpt: epoch 0's (NaN ranks as the worst score, so epoch 1's NaN does not replace it); last.ckpt: epoch 1's
     assert torch.load(Path(result["best_checkpoint"]), weights_only=False)["global_step"] == 2
     assert torch.load(Path(result["last_checkpoint"]), weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize(("split", "label", "message"), [
+    ("val", "", r"the validation split lists 3 images but not one face box"),  # best.ckpt chosen by AP 0 == 0
+    ("train", "face 0.00 0 0.00 0.1 0.2 0.3 0.45 0 0 0 0 0 0 0", r"every box of the training split lies within "
+                                                                  r"0\.\.1 .*labels look normalised"),
+    ("val", "face 0.00 0 0.00 0.1 0.2 0.3 0.45 0 0 0 0 0 0 0", r"every box of the validation split lies within"),
+], ids=["val-without-faces", "train-normalised", "val-normalised"])
+def test_a_split_with_nothing_to_train_or_measure_stops_training_and_fails_check_data(tmp_path, split, label,
+                                                                                     message):
+    """A validation split without one face trained to the end with val/AP50 0 every epoch (best.ckpt: epoch 0's);
+    labels normalised to 0-1 trained on nothing (each face below min_box_size: all ignored) and said 'no data
+    problems'. Training stops at start-up; check_data, the same question, fails (it passed these)."""
+    from gridface.check_data import run as check_run
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    for file in (root / split / "labels").glob("*.txt"):
+        file.write_text(label + "\n" if label else "")
+    with pytest.raises(ValueError, match=message):
+        train_run(train_on(tmp_path, root, "trainer.max_epochs=1"))
+    assert not list((tmp_path / "out").rglob("*.ckpt"))
+    if split == "val":  # no validation, nothing measured: the run may go on
+        assert train_run(train_on(tmp_path / "noval", root, "trainer.max_epochs=1",
+                                  "trainer.limit_val_batches=0"))["global_step"] == 2
+    report = check_run(compose_config("check_data", tmp_path / "check", tmp_path / "cache",
+                                      ["dataset=kitti", f"dataset.root={root}"]))
+    kind = P.NO_FACES if not label else P.NORMALISED
+    assert report["problems"]["counts"][kind] == 1
+    assert re.search(message.replace("validation", "val").replace("training", "train"),
+                     report["problems"]["examples"][kind][0])
+
+
+def test_check_data_fails_a_class_filter_that_matches_no_label(tmp_path):
+    """'dataset.class_names=[head]' on face labels: check_data said '0 faces ... no data problems' (exit 0), then
+    training refused the data."""
+    from gridface.check_data import run as check_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    report = check_run(compose_config("check_data", tmp_path / "check", tmp_path / "cache",
+                                      ["dataset=kitti", f"dataset.root={root}", "dataset.class_names=[head]"]))
+    assert report["problems"]["counts"][P.NO_FACES] == 2  # train and val
+    assert "the train split lists 3 images but not one face box" in report["problems"]["examples"][P.NO_FACES][0]
 
 
 def test_a_sanity_check_that_reads_no_image_does_not_stop_the_first_validation(tmp_path, caplog):

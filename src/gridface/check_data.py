@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from gridface.data.check import scan_images
+from gridface.data.check import scan_images, split_faults
 from gridface.data.config import as_plain, split_samples
 from gridface.data.problems import DataProblems, summary_line
 from gridface.data.report import markdown, plot_face_sizes, split_stats
@@ -44,6 +44,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     splits = [cfg.splits] if isinstance(cfg.splits, str) else list(cfg.splits)  # splits=val means [val]
     for split in splits:
         samples = split_samples(data, split, problems)
+        for kind, message in split_faults(samples, split):  # what training and evaluation refuse at start-up
+            problems.add(kind, str(data.get('root') or data.get('name', 'the dataset')), message)
         checks = scan_images(samples, problems, cfg.get("workers"), desc=f"{split}: decoding images")
         stats[split] = split_stats(checks, input_hw)
     title = f"Dataset check: {data.get('name', 'dataset')}"

@@ -62,3 +62,23 @@ def boxes_outside(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Which xyxy boxes have no area inside an image of ``size`` (width, height)."""
     w, h = size
     return (boxes[:, 0] >= w) | (boxes[:, 1] >= h) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
+
+
+def split_faults(samples: Sequence[Sample], split: str) -> list[tuple[str, str]]:
+    """What makes a whole split useless, as (problem kind, message): not one face box of the classes read (a
+    detector trained on background, an AP that measures nothing), or every box within 0-1 (labels normalised to
+    the image size: each face then lies in the image's top-left pixel). Training, evaluation and check_data ask
+    the same question here, so ``check_data && train`` cannot pass what training refuses."""
+    faults = []
+    if not any(len(s.boxes) > int(s.ignore.sum()) for s in samples):
+        faults.append((P.NO_FACES, f"the {split} split lists {len(samples)} images but not one face box of the "
+                                   "classes read; check dataset.class_names and dataset.class_map against the "
+                                   "labels' class names (a warning above lists the classes the label reader "
+                                   "skipped, if any)"))
+    boxes = [s.boxes for s in samples if len(s.boxes)]
+    if boxes and float(np.concatenate(boxes)[:, 2:].max()) <= 1.0:
+        faults.append((P.NORMALISED, f"every box of the {split} split lies within 0..1 (x2 and y2 <= 1): the "
+                                     "labels look normalised to the image size, and each face would be the image's "
+                                     "top-left pixel; KITTI and COCO boxes are in pixels (multiply x by the image "
+                                     "width and y by its height)"))
+    return faults

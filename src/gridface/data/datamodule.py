@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from gridface.data.check import scan_images
+from gridface.data.check import scan_images, split_faults
 from gridface.data.config import DECODE_CHOICES, PREFETCH_CHOICES
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.data.device_augment import DeviceAugment
@@ -158,11 +158,10 @@ class GridBoxDataModule(pl.LightningDataModule):
 
     def load(self, source: Callable[..., list[Sample]], split: str) -> list[Sample]:
         samples = source(problems=self.problems)
-        if split == "train" and not any(len(s.boxes) > int(s.ignore.sum()) for s in samples):
-            # a detector trained on background alone: a class list or class map that matches none of the labels
-            raise ValueError(f"the training split lists {len(samples)} images but not one face box of the classes "
-                             "trained; check dataset.class_names and dataset.class_map against the labels' class "
-                             "names (a warning above lists the classes the label reader skipped, if any)")
+        trainer = self.trainer  # None: loaders used without a Trainer (benchmarks)
+        if split == "train" or trainer is None or trainer.limit_val_batches != 0:
+            for _, message in split_faults(samples, "training" if split == "train" else "validation"):
+                raise ValueError(message)  # at start-up, not after hours on background or an AP of nothing
         if self.strict:
             scan_images(samples, self.problems, desc=f"dataset.strict: checking the {split} images")
         return samples

@@ -28,6 +28,8 @@ OUTSIDE_IMAGE = "box outside the image"
 NO_LABEL_FILE = "image without a label file"
 ORPHAN_LABEL = "label file without an image"
 MISSING_IMAGE = "image missing"
+NO_FACES = "split without a face to train or measure"
+NORMALISED = "boxes in 0-1, not pixels"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gridface.data.check import split_faults
 from gridface.data.config import split_samples, stage_data_config
 from gridface.data.problems import DataProblems, run_summary
 from gridface.evaluation.metrics import detection_metrics
@@ -60,10 +61,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              f"{list(data.get('class_names'))}: set dataset.class_names (and dataset.class_map) to "
                              "the model's classes")
         samples = split_samples(data, cfg.split, problems)
-        if not any(len(x.boxes) > int(x.ignore.sum()) for x in samples):
-            raise ValueError(f"the {cfg.split} split lists {len(samples)} images but not one face box of the model's "
-                             f"classes {list(backend.class_names)}: nothing to measure (a warning above lists the "
-                             "classes the label reader skipped, if any)")
+        for _, message in split_faults(samples, cfg.split):
+            raise ValueError(f"{message}; nothing to measure for model={cfg.model} (classes "
+                             f"{list(backend.class_names)})")
         dets, gts, paths = predict_dataset(backend, samples, decoder, cfg.batch_size, cfg.num_workers, skips)
         wider_path = cfg.get("gt") or cfg.get("wider_gt") or data.get("eval_gt")
         measured = detection_metrics(dets, gts, backend.class_names, cfg.evaluation, paths,
