@@ -598,6 +598,35 @@ def test_a_split_with_nothing_to_train_or_measure_stops_training_and_fails_check
                      report["problems"]["examples"][kind][0])
 
 
+@pytest.mark.parametrize("decode", ["cpu", "hybrid", "gpu"])
+def test_training_reports_label_boxes_wholly_outside_their_image(tmp_path, caplog, decode):
+    """Labels made for the full-size images, trained on resized ones: the boxes beyond the image were dropped with
+    a debug line, and the run said 'no data problems'. Each image is now reported once (file:line, its size, the
+    first box) and counted in result.json, as check_data counts it; on every data path (the device paths on the
+    CPU here)."""
+    import logging
+
+    from gridface.check_data import run as check_run
+    from gridface.train import run as train_run
+
+    root = broken_kitti_set(tmp_path / "data")
+    for split in ("train", "val"):
+        label = root / split / "labels" / "1.txt"
+        label.write_text(label.read_text().splitlines()[0] + "\nface 0.00 0 0.00 300 200 360 260 0 0 0 0 0 0 0\n")
+    cfg = train_on(tmp_path, root, "checkpoint_every_n_steps=0", f"dataset.decode={decode}")
+    with caplog.at_level(logging.WARNING, logger="gridface.data"):
+        result = train_run(cfg)
+    problems = result["data_problems"]
+    assert problems["counts"][P.OUTSIDE_IMAGE] == 2, problems  # each image once, over two epochs
+    expected = {f"{root / split / 'labels' / '1.txt'}: 1 box(es) lie wholly outside the 128x96 image 1.jpg "
+                "(the first: x1=300 y1=200 x2=360 y2=260)" for split in ("train", "val")}
+    assert {e.split(";")[0] for e in problems["examples"][P.OUTSIDE_IMAGE]} == expected
+    assert caplog.text.count("lie wholly outside the 128x96 image") == 2
+    report = check_run(compose_config("check_data", tmp_path / "check", tmp_path / "cache",
+                                      ["dataset=kitti", f"dataset.root={root}"]))
+    assert {e.split(";")[0] for e in report["problems"]["examples"][P.OUTSIDE_IMAGE]} == expected
+
+
 def test_check_data_fails_a_class_filter_that_matches_no_label(tmp_path):
     """'dataset.class_names=[head]' on face labels: check_data said '0 faces ... no data problems' (exit 0), then
     training refused the data."""

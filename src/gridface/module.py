@@ -22,6 +22,7 @@ import torch.distributed as dist
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
+from gridface.data.problems import OUTSIDE_IMAGE, DataProblems
 from gridface.evaluation.ap import f1_best_threshold
 from gridface.evaluation.metrics import detection_metrics, image_record
 from gridface.loss import GridBoxLoss, add_l1_gradient, l1_weight_penalty
@@ -94,6 +95,10 @@ class GridBoxModule(pl.LightningModule):
         self.operating_point: dict[str, float] | None = None  # the last validation's F1-best threshold
         # images skipped because they could not be used (path -> kind and where listed), for the run's summary
         self.skipped_images: dict[str, dict[str, str]] = {}
+        # images whose labels list boxes wholly outside them (path -> problem record), seen once decoded: logged
+        # as label problems are (the first ones in full, then counted) and reported with the skips
+        self.images_with_boxes_outside: dict[str, dict[str, str]] = {}
+        self.decode_problems = DataProblems()
         self.channels_last, self.compile_net = bool(channels_last), bool(compile)
         self._memory_format = torch.contiguous_format
         if init_from:
@@ -164,6 +169,10 @@ class GridBoxModule(pl.LightningModule):
     def note_skips(self, batch: dict[str, Any]) -> None:
         for skip in batch.get("skips", ()):
             self.skipped_images.setdefault(skip["path"], skip)
+        for record in batch.get("outside", ()):  # label boxes wholly outside their image: reported once an image
+            if record["path"] not in self.images_with_boxes_outside:
+                self.images_with_boxes_outside[record["path"]] = record
+                self.decode_problems.add(OUTSIDE_IMAGE, record["origin"], record["message"])
 
     def on_train_epoch_start(self) -> None:
         # counted on the host (skips) and on the device (clipped boxes of the device paths), logged at the epoch's

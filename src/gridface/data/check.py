@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -48,13 +49,9 @@ def scan_images(samples: Sequence[Sample], problems: DataProblems, workers: int 
         if r.error is not None:
             problems.add(f"image {r.error.kind}", where, f"{r.error}; image skipped")
             continue
-        outside = boxes_outside(r.sample.boxes, r.size)
-        if outside.any():
-            x1, y1, x2, y2 = (f"{v:g}" for v in r.sample.boxes[outside][0])
-            problems.add(P.OUTSIDE_IMAGE, where, f"{int(outside.sum())} box(es) lie wholly outside the "
-                                                 f"{r.size[0]}x{r.size[1]} image {r.sample.image.name} (the first: "
-                                                 f"x1={x1} y1={y1} x2={x2} y2={y2}); training drops them, validation "
-                                                 "counts them as missed faces")
+        outside = outside_record(r.sample.boxes, r.size, r.sample.image, r.sample.origin)
+        if outside:
+            problems.add(P.OUTSIDE_IMAGE, where, outside["message"])
     return results
 
 
@@ -62,6 +59,22 @@ def boxes_outside(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Which xyxy boxes have no area inside an image of ``size`` (width, height)."""
     w, h = size
     return (boxes[:, 0] >= w) | (boxes[:, 1] >= h) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
+
+
+def outside_record(boxes: np.ndarray, size: tuple[int, int], image: str | Path, origin: str = ""
+                   ) -> dict[str, str] | None:
+    """The problem record of an image whose label lists boxes (xyxy, original pixels) wholly outside its ``size``
+    (width, height)
+    (labels made for the image before it was resized or cropped, or for another image), or None. check_data adds
+    it to its report; training's loaders pass it with the batch, and the run reports each image once."""
+    outside = boxes_outside(boxes, size)
+    if not outside.any():
+        return None
+    x1, y1, x2, y2 = (f"{v:g}" for v in boxes[outside][0])
+    return {"path": str(image), "origin": origin or str(image),
+            "message": f"{int(outside.sum())} box(es) lie wholly outside the {size[0]}x{size[1]} image "
+                       f"{Path(image).name} (the first: x1={x1} y1={y1} x2={x2} y2={y2}); training drops them, "
+                       "validation counts them as missed faces"}
 
 
 def split_faults(samples: Sequence[Sample], split: str) -> list[tuple[str, str]]:

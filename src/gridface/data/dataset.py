@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from gridface.data.check import outside_record
 from gridface.data.images import ImageReadError, read_image_rgb
 from gridface.data.sample import Sample
 from gridface.data.transforms import letterbox, to_tensor_layout
@@ -85,6 +86,7 @@ class DetectionDataset(Dataset):
                 log.warning("%s: skipping image %s%s", self.name, e, f" (listed at {s.origin})" if s.origin else "")
             return {"skip": {"kind": e.kind, "path": str(s.image), "origin": s.origin}}
         h, w = image.shape[:2]
+        outside = outside_record(s.boxes, (w, h), s.image, s.origin)
         boxes = s.boxes.copy()
         clipped = np.clip(boxes, 0, [w, h, w, h])
         n_clipped = int((np.abs(clipped - boxes) > 0.5).any(1).sum())
@@ -119,6 +121,7 @@ class DetectionDataset(Dataset):
             "letterbox": lb,
             "path": str(s.image),
             "clipped": n_clipped,
+            "outside": outside,
         }
 
 
@@ -135,4 +138,5 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("gt_boxes", "gt_labels", "gt_ignore", "letterbox", "path"):
         batch[key] = [it[key] for it in kept]
     batch["clipped"] = sum(it["clipped"] for it in kept)
+    batch["outside"] = [it["outside"] for it in kept if it.get("outside")]
     return batch

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gridface.data.check import outside_record
 from gridface.data.device_augment import DeviceAugment, letterbox_batch
 from gridface.data.device_decode import HostImages, decode_images
 from gridface.data.images import ImageReadError
@@ -80,10 +81,13 @@ class DeviceBatchBuilder:
         device = batch["boxes"].device
         paths = batch["path"]
         kept, images, letterboxes, skips = self.pixels(batch)
-        batch.pop("origin")
+        origins = batch.pop("origin")
         out: dict[str, Any] = {"skipped": len(skips), "skips": skips}
         if not kept:
             return out
+        # on the host, from the original ground truth and the decoded sizes: no wait for the device
+        out["outside"] = [r for i, lb in zip(kept, letterboxes, strict=True)
+                          if (r := outside_record(batch["gt_boxes"][i], (lb.width, lb.height), paths[i], origins[i]))]
         train = bool(batch.get("train"))
         augment = self.augment if train else None
 

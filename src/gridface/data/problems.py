@@ -84,10 +84,12 @@ class DataProblems:
         return len(self.items)
 
 
-def run_summary(problems: DataProblems, skipped_images: dict[str, dict[str, str]]) -> dict[str, Any]:
+def run_summary(problems: DataProblems, skipped_images: dict[str, dict[str, str]],
+                decoded: DataProblems | None = None) -> dict[str, Any]:
     """What a run's ``result.json`` says about its data: the label problems found at load time plus the images
-    skipped while training or validating (each counted once, by kind: ``image truncated``, ...)."""
-    merged = DataProblems(quiet=True, items=list(problems.items))
+    skipped while training or validating (each counted once, by kind: ``image truncated``, ...) and those found
+    once an image was decoded (``decoded``: labels with boxes wholly outside their image, as check_data counts)."""
+    merged = DataProblems(quiet=True, items=list(problems.items) + list(decoded.items if decoded else []))
     for path, skip in skipped_images.items():
         merged.add(f"image {skip['kind']}", skip.get("origin") or path, f"{path}: {skip['kind']}; image skipped")
     return merged.summary()

@@ -78,7 +78,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> dict[str
         "best_checkpoint": getattr(ckpt_cb, "best_model_path", None),
         "last_checkpoint": last_checkpoint_path(trainer) or None,
         "best_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
-        "data_problems": run_summary(datamodule.problems, module.skipped_images),
+        "data_problems": run_summary(datamodule.problems, module.skipped_images, module.decode_problems),
     }
     rank_zero_info(summary_line(result["data_problems"]["counts"]))
     rank_zero_info(f"training took {elapsed / 60:.1f} min; final {metrics}; "
