@@ -16,6 +16,7 @@ from PIL import Image
 from gridface.check_data import run as check_run
 from gridface.contract import deployment_metadata
 from gridface.data import problems as P
+from gridface.data.check import scan_images
 from gridface.data.dataset import DetectionDataset, collate
 from gridface.data.images import (
     EMPTY,
@@ -428,13 +429,82 @@ def test_coco_annotations_naming_unknown_ids_or_malformed_are_skipped_and_report
      r"images\[1\] \(y.png\) has id 1, the id of images\[0\] \(x.png\)"),
     ([{"id": 1, "file_name": "x.png"}], [{"id": 1}], r"categories\[0\] needs id \(.*\) and name"),
     ([{"id": 1, "file_name": "x.png"}], ["face"], r"categories\[0\] needs id \(.*\) and name, got face"),
-    ([{"id": [1], "file_name": "x.png"}], [], r"images\[0\] has id \[1\]: a number or a string"),
+    ([{"id": [1], "file_name": "x.png"}], [], r"images\[0\] has id \[1\]: a whole number or a string"),
+    ([{"id": 1.5, "file_name": "x.png"}], [], r"images\[0\] has id 1.5: a whole number or a string"),
 ])
 def test_coco_ambiguous_images_and_malformed_categories_name_the_entry(tmp_path, images, categories, message):
     f = tmp_path / "a.json"
     f.write_text(json.dumps({"images": images, "categories": categories, "annotations": []}))
     with pytest.raises(LabelError, match=message):
         read_coco(f, tmp_path)
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
+def test_a_coco_file_whose_lists_are_null_names_the_key(tmp_path, key):
+    """``"annotations": null`` was a TypeError traceback from inside the reader."""
+    ann = {"images": [{"id": 1, "file_name": "x.png"}], "categories": [{"id": 1, "name": "face"}], "annotations": []}
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps({**ann, key: None}))
+    with pytest.raises(LabelError, match=rf"a.json: '{key}' must be a list, got null"):
+        read_coco(f, tmp_path)
+    f.write_text("[]")
+    with pytest.raises(LabelError, match=r"a.json: a COCO file is a JSON object .*, got a list"):
+        read_coco(f, tmp_path)
+
+
+def test_coco_ids_written_as_whole_floats_and_iscrowd_flags(tmp_path):
+    """pandas writes ids as 2.0 (pycocotools takes them): every annotation was skipped, with a message that 2.0
+    'must be a number'. ``"iscrowd": "0"`` made an ignore box (bool('0') is True); it is reported and skipped."""
+    cv2.imwrite(str(tmp_path / "x.png"), photo(60, 80))
+    ann = {"images": [{"id": 1.0, "file_name": "x.png"}], "categories": [{"id": 1.0, "name": "face"}],
+           "annotations": [{"id": 10, "image_id": 1.0, "category_id": 1, "bbox": [1, 2, 10, 20]},
+                           {"id": 11, "image_id": 1, "category_id": 1.0, "bbox": [20, 2, 10, 20], "iscrowd": True},
+                           {"id": 12, "image_id": 1, "category_id": 1, "bbox": [40, 2, 10, 20], "iscrowd": "0"},
+                           {"id": 13, "image_id": 1.5, "category_id": 1, "bbox": [1, 2, 10, 20]}]}
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps(ann))
+    problems = DataProblems()
+    (s,) = read_coco(f, tmp_path, problems=problems)
+    np.testing.assert_allclose(s.boxes, [[1, 2, 11, 22], [20, 2, 30, 22]])
+    assert s.ignore.tolist() == [False, True]
+    assert problems.counts() == {P.BAD_FLAG: 1, P.UNKNOWN_REFERENCE: 1}
+    messages = {p.where.rsplit("(id ", 1)[1].rstrip(")"): p.message for p in problems.items}
+    assert "iscrowd must be 0 or 1, got '0'" in messages["12"] and "whole numbers or strings" in messages["13"]
+
+
+def test_check_data_reports_an_image_whose_size_differs_from_its_coco_entry(tmp_path):
+    """The COCO entry's width and height against the decoded image: a resized image (or labels made on the pixels
+    before the EXIF rotation) passed check_data, its boxes clipped silently."""
+    for name, (h, w) in {"same.png": (60, 80), "resized.png": (30, 40), "turned.png": (80, 60)}.items():
+        cv2.imwrite(str(tmp_path / name), photo(h, w))
+    images = [{"id": i, "file_name": n, "width": 80, "height": 60}
+              for i, n in enumerate(["same.png", "resized.png", "turned.png"])]
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps({"images": images, "categories": [{"id": 1, "name": "face"}],
+                             "annotations": [{"image_id": i, "category_id": 1, "bbox": [1, 2, 10, 20]}
+                                             for i in range(3)]}))
+    problems = DataProblems()
+    scan_images(read_coco(f, tmp_path, problems=problems), problems, workers=1, desc=None)
+    assert problems.counts() == {P.SIZE_MISMATCH: 2}
+    resized, turned = (p.message for p in problems.items)
+    assert "the labels give resized.png as 80x60, it decodes to 40x30 (resized or replaced" in resized
+    assert "turned.png as 80x60, it decodes to 60x80 (the two sides swapped: labels made on the pixels before the " \
+           "EXIF rotation?)" in turned
+
+
+def test_a_kitti_class_name_with_a_space_is_a_reported_line_not_a_shifted_box(tmp_path):
+    """'Human face 0.00 0 ...' has 16 fields, KITTI's count with a score: it was read as type 'Human', truncated
+    'face', and a box one field early ([0, 120, 80, 140] instead of [120, 80, 140, 104])."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), photo(120, 160))
+    (tmp_path / "labels" / "a.txt").write_text("Human face 0.00 0 0.00 120 80 140 104 0 0 0 0 0 0 0\n"
+                                               "human 0.00 0 0.00 10 20 30 44 0 0 0 0 0 0 0\n")
+    problems = DataProblems()
+    (s,) = read_kitti(tmp_path / "images", tmp_path / "labels", class_map={"human": "face"}, problems=problems)
+    np.testing.assert_allclose(s.boxes, [[10, 20, 30, 44]])
+    (problem,) = problems.items
+    assert problem.kind == P.NOT_NUMBER and problem.where.endswith("a.txt:1") and "one word" in problem.message
 
 
 # ----------------------------------------------------------------------------------------- check_data

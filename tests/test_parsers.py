@@ -101,6 +101,6 @@ def test_coco_malformed(tmp_path):
     f.write_text('{"images": [], "annotations": [}')
     with pytest.raises(LabelError, match=r"a.json:1:"):
         read_coco(f, tmp_path)
-    f.write_text(json.dumps({"images": {"id": 1}, "categories": [], "annotations": []}))
+    f.write_text(json.dumps({"images": [{"id": 1}], "categories": [], "annotations": []}))
     with pytest.raises(LabelError, match=r"images\[0\] needs id and file_name"):
         read_coco(f, tmp_path)

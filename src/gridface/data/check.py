@@ -49,6 +49,13 @@ def scan_images(samples: Sequence[Sample], problems: DataProblems, workers: int 
         if r.error is not None:
             problems.add(f"image {r.error.kind}", where, f"{r.error}; image skipped")
             continue
+        declared = r.sample.declared_size
+        if declared and tuple(declared) != tuple(r.size):
+            turned = " (the two sides swapped: labels made on the pixels before the EXIF rotation?)" \
+                if tuple(declared) == tuple(r.size)[::-1] else " (resized or replaced after labelling?)"
+            problems.add(P.SIZE_MISMATCH, where, f"the labels give {r.sample.image.name} as {declared[0]}x"
+                                                 f"{declared[1]}, it decodes to {r.size[0]}x{r.size[1]}{turned}; its "
+                                                 "boxes may not lie where the faces are")
         outside = outside_record(r.sample.boxes, r.size, r.sample.image, r.sample.origin)
         if outside:
             problems.add(P.OUTSIDE_IMAGE, where, outside["message"])

@@ -252,6 +252,11 @@ def read_kitti(
                                                   f"alpha x1 y1 x2 y2 and 7 3D values; 16 with a score), got "
                                                   f"{len(parts)}; line skipped")
                 continue
+            # a class name with a space ('Human face ...') shifts every field by one: 16 fields read as a scored
+            # line whose box starts one field early; the non-numeric 'truncated' field tells it
+            if parse_numbers(parts[1:4], where, "fields 2-4 (truncated occluded alpha; the type before them is one "
+                                                "word, no spaces)", problems) is None:
+                continue
             box = parse_numbers(parts[4:8], where, "box fields 5-8 (x1 y1 x2 y2)", problems)
             if box is None:
                 continue
@@ -280,6 +285,18 @@ def read_kitti(
     return samples
 
 
+def coco_id(value: Any) -> int | str | None:
+    """A COCO id as the reader keys it: an int, a string, or a whole-number float as an int (pandas writes ``2.0``,
+    which pycocotools accepts); None for anything else (a bool, a fraction, a list, null)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def read_coco(
     annotation_file: str | Path, image_root: str | Path, class_names: list[str] | tuple[str, ...] = ("face",),
     problems: DataProblems | None = None,
@@ -296,31 +313,38 @@ def read_coco(
         raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}") from None
     except json.JSONDecodeError as e:
         raise LabelError(f"{annotation_file}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise LabelError(f"{annotation_file}: a COCO file is a JSON object with images, annotations and categories, "
+                         f"got a {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise LabelError(f"{annotation_file}: missing top-level key '{key}'")
+        if not isinstance(data[key], list):
+            raise LabelError(f"{annotation_file}: '{key}' must be a list, got {json.dumps(data[key])[:40]}")
     index = {n.lower(): i for i, n in enumerate(class_names)}
     cat: dict[Any, int | None] = {}  # category id -> class index, None for a category not trained
     cat_name: dict[Any, str] = {}
     for k, c in enumerate(data["categories"]):
         try:
-            if not isinstance(c["id"], int | str):
+            category_id = coco_id(c["id"])
+            if category_id is None:
                 raise TypeError
-            cat_name[c["id"]] = str(c["name"])
+            cat_name[category_id] = str(c["name"])
         except (KeyError, TypeError):
-            raise LabelError(f"{annotation_file}: categories[{k}] needs id (a number or a string) and name, got "
-                             f"{str(c)[:80]}") from None
-        cat[c["id"]] = index.get(cat_name[c["id"]].lower())
+            raise LabelError(f"{annotation_file}: categories[{k}] needs id (a whole number or a string) and name, "
+                             f"got {str(c)[:80]}") from None
+        cat[category_id] = index.get(cat_name[category_id].lower())
     file_of: dict[Any, str] = {}
     first_index: dict[str, int] = {}
     index_of_id: dict[Any, int] = {}
+    declared: dict[str, tuple[int, int]] = {}  # file -> (width, height) of its images entry
     for k, img in enumerate(data["images"]):
         try:
-            image_id, file_name = img["id"], str(img["file_name"])
+            image_id, file_name = coco_id(img["id"]), str(img["file_name"])
         except (KeyError, TypeError):
             raise LabelError(f"{annotation_file}: images[{k}] needs id and file_name") from None
-        if not isinstance(image_id, int | str):
-            raise LabelError(f"{annotation_file}: images[{k}] has id {image_id!r:.40}: a number or a string")
+        if image_id is None:
+            raise LabelError(f"{annotation_file}: images[{k}] has id {img['id']!r:.40}: a whole number or a string")
         if image_id in index_of_id:  # annotations name images by id: which of the two they label cannot be told
             raise LabelError(f"{annotation_file}: images[{k}] ({file_name}) has id {image_id!r}, the id of "
                              f"images[{index_of_id[image_id]}] ({file_of[image_id]}); each image needs its own id")
@@ -331,6 +355,9 @@ def read_coco(
                          "their annotations are merged")
         first_index.setdefault(file_name, k)
         file_of[image_id] = file_name
+        size = (img.get("width"), img.get("height"))
+        if all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in size):
+            declared.setdefault(file_name, (int(size[0]), int(size[1])))
     per_file: dict[str, list] = {name: [] for name in first_index}
     unmapped: dict[str, tuple[int, str]] = {}
     for k, ann in enumerate(data["annotations"]):
@@ -340,10 +367,11 @@ def read_coco(
         except (KeyError, TypeError):
             problems.add(P.SHORT_LINE, where, "needs bbox [x, y, w, h], image_id and category_id; skipped")
             continue
-        if not isinstance(image_id, int | str) or not isinstance(category, int | str):
+        if coco_id(image_id) is None or coco_id(category) is None:
             problems.add(P.UNKNOWN_REFERENCE, where, f"image_id {image_id!r:.40} and category_id {category!r:.40} "
-                                                     "must be numbers or strings; skipped")
+                                                     "must be whole numbers or strings; skipped")
             continue
+        image_id, category = coco_id(image_id), coco_id(category)
         if image_id not in file_of:
             problems.add(P.UNKNOWN_REFERENCE, where, f"image_id {image_id!r} is not the id of any entry of images; "
                                                      "skipped")
@@ -367,13 +395,17 @@ def read_coco(
         if cls is None:
             note_unmapped(unmapped, cat_name[category], where)
             continue
-        per_file[file_of[image_id]].append((x, y, x + w, y + h, cls, bool(ann.get("iscrowd", 0))))
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1):  # True/False compare equal to 1/0; '0' (a string) would read as a crowd
+            problems.add(P.BAD_FLAG, where, f"iscrowd must be 0 or 1, got {crowd!r:.20}; skipped")
+            continue
+        per_file[file_of[image_id]].append((x, y, x + w, y + h, cls, bool(crowd)))
     warn_unmapped(annotation_file, unmapped, f"one of {list(class_names)}")
     samples = []
     for name, k in first_index.items():
         rows = np.array(per_file[name], np.float64).reshape(-1, 6)
         samples.append(Sample(image_root / name, rows[:, :4], rows[:, 4], rows[:, 5] > 0,
-                              f"{annotation_file}: images[{k}]"))
+                              f"{annotation_file}: images[{k}]", declared.get(name)))
     if not samples:
         raise LabelError(f"{annotation_file}: no images")
     samples = drop_missing_images(samples, problems)

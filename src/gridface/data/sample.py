@@ -22,6 +22,7 @@ class Sample:
     labels: np.ndarray
     ignore: np.ndarray = field(default=None)  # type: ignore[assignment]
     origin: str = ""  # where the sample is listed (label file:line), for reports
+    declared_size: tuple[int, int] | None = None  # (width, height) the label file gives (COCO), checked when decoded
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
