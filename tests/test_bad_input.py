@@ -162,6 +162,27 @@ def test_exif_orientation_after_large_header_segments_is_applied(tmp_path):
     np.testing.assert_array_equal(read_image_rgb(p), want)
 
 
+def test_the_exif_orientation_of_a_photo_over_pils_pixel_limit_is_read():
+    """A 200 MP phone photo (16320x12240, orientation 6): PIL's Image.open refuses more than ~179 MP before it reads
+    a tag, the orientation came out 1, and the photo was trained and inferred on sideways. Here a small JPEG whose
+    frame header says 16320x12240 (only the headers are read)."""
+    from PIL import Image
+
+    from gridface.data.images import exif_orientation
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(photo(60, 80)).save(buf, "JPEG", exif=exif.tobytes())
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")
+    assert int.from_bytes(data[sof + 5:sof + 7], "big") == 60  # height, then width
+    data[sof + 5:sof + 9] = (12240).to_bytes(2, "big") + (16320).to_bytes(2, "big")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(bytes(data)))
+    assert exif_orientation(bytes(data)) == 6
+
+
 @pytest.mark.parametrize("kind", ["orientation", "grey", "cmyk", "progressive"])
 def test_jpegs_decode_to_opencvs_pixels(tmp_path, kind):
     """The strict decoder gives OpenCV's pixels (the same libjpeg-turbo), EXIF orientation applied as OpenCV does."""

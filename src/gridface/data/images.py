@@ -93,11 +93,29 @@ def exif_orientation(data: bytes) -> int:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            value = int(im.getexif().get(0x0112, 1))
+        block = exif_block(data)
+        if block is not None:  # the APP1 segment alone: Image.open refuses photos over ~179 MP (a "decompression
+            exif = Image.Exif()  # bomb") before it reads any tag, and such a photo was processed sideways
+            exif.load(block)
+            value = int(exif.get(0x0112, 1))
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                value = int(im.getexif().get(0x0112, 1))
     except Exception:  # a broken EXIF block: OpenCV ignores it too
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+def exif_block(data: bytes) -> bytes | None:
+    """The payload of a JPEG's EXIF APP1 segment (from ``Exif\\0\\0``), or None when no APP1 marker and length
+    frame it."""
+    at = data.find(b"Exif\x00\x00")
+    while at >= 4:
+        if data[at - 4:at - 2] == b"\xff\xe1":
+            length = int.from_bytes(data[at - 2:at], "big")  # counts its own two bytes
+            return data[at:at - 2 + length]
+        at = data.find(b"Exif\x00\x00", at + 1)
+    return None
 
 
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:
