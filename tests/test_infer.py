@@ -123,10 +123,12 @@ def test_folder_outputs_parse_back_and_bad_file_is_skipped(tmp_path, model):
     for i in range(3):
         cv2.imwrite(str(src / f"img_{i}.jpg"), np.random.default_rng(i).integers(0, 255, (240, 320, 3), np.uint8))
     (src / "bad.jpg").write_bytes(b"garbage")
+    (src / "moved.jpg").symlink_to(tmp_path / "no_longer_here.jpg")  # a dangling link was dropped silently
     summary = infer_run(infer_cfg(tmp_path, model, tmp_path / "imgs", ["save_wider=true"]))
     out = tmp_path / "out"
-    assert summary["frames"] == 3 and summary["skipped"] == 1
-    assert summary["skipped_by_kind"] == {"not an image": 1} and "bad.jpg" in summary["skipped_files"][0]
+    assert summary["frames"] == 3 and summary["skipped"] == 2
+    assert summary["skipped_by_kind"] == {"not an image": 1, "missing": 1}
+    assert ["bad.jpg", "moved.jpg"] == [Path(f.split(":")[0]).name for f in sorted(summary["skipped_files"])]
     assert len(list((out / "images" / "0--Parade").glob("*.jpg"))) == 3
     coco = json.loads((out / "detections.json").read_text())
     labels = {p.relative_to(out / "labels").with_suffix("").as_posix(): p.read_text().splitlines()
@@ -138,6 +140,45 @@ def test_folder_outputs_parse_back_and_bad_file_is_skipped(tmp_path, model):
     assert first[0] == "face" and len(first) == 16
     wider = load_predictions(out / "wider")
     assert sum(len(v) for v in wider.values()) == len(coco)
+
+
+def test_a_rerun_into_the_same_output_dir_replaces_the_earlier_results(tmp_path, model, caplog, monkeypatch):
+    """A folder run, then one image into the same output_dir=: labels/ kept the folder run's files beside the new
+    one. A rerun stopped by Ctrl-C left the earlier summary.json, which still claimed a finished run."""
+    import logging
+
+    from gridface.inference.writers import OutputWriter
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"img_{i}.jpg"), np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8))
+    out = tmp_path / "out"
+    (out / "notes.txt").parent.mkdir()
+    (out / "notes.txt").write_text("mine")  # not a run's output: kept
+    assert infer_run(infer_cfg(tmp_path, model, src))["frames"] == 3
+    with caplog.at_level(logging.WARNING, logger="gridface.stages.infer"):
+        summary = infer_run(infer_cfg(tmp_path, model, src / "img_1.jpg"))
+    assert f"output_dir={out} held the results of an earlier run (source={src})" in caplog.text
+    assert summary["frames"] == 1 and summary["complete"]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["img_1.txt"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["img_1.jpg"]
+    assert len(json.loads((out / "detections.json").read_text())) == summary["faces"]
+
+    real_add = OutputWriter.add
+
+    def interrupted(self, image, det, name, index, path):
+        if index >= 1:
+            raise KeyboardInterrupt
+        real_add(self, image, det, name, index, path)
+
+    monkeypatch.setattr(OutputWriter, "add", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        infer_run(infer_cfg(tmp_path, model, src, ["batch_size=1"]))
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["complete"] is False and stopped["source"] == str(src) and "frames" not in stopped
+    assert not (out / "detections.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["img_0.txt"]
 
 
 @pytest.mark.slow

@@ -87,7 +87,9 @@ class Source:
             self.root = Path(os.path.commonpath([str(f.parent) for f in self.files]))
         elif p.is_dir():
             self.kind = "images"
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            # a dangling link is listed too: the reader reports it as missing (is_file() dropped it silently)
+            found = sorted(f for f in p.rglob("*") if (f.is_file() or f.is_symlink() and not f.exists())
+                           and not f.name.startswith("."))
             self.files = [f for f in found if f.suffix.lower() in IMAGE_SUFFIXES]
             report_left_out(p, [f for f in found if f.suffix.lower() not in IMAGE_SUFFIXES])
             if not self.files:

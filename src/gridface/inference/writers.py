@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,30 @@ def kitti_lines(det: Detections, class_names: list[str]) -> str:
     return "".join(f"{class_names[int(c)]} 0.00 0 0.00 {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f} "
                    f"0.00 0.00 0.00 0.00 0.00 0.00 0.00 {s:.5f}\n"
                    for b, s, c in zip(det.boxes, det.scores, det.labels, strict=True))
+
+
+OUTPUT_FOLDERS = ("images", "labels", "wider")  # what a run writes per frame, besides detections.json and a video
+
+
+def replace_previous_run(out: Path) -> str | None:
+    """Removes the outputs of an earlier ``gridface.infer`` run in ``out`` (told by its summary.json), so that a
+    rerun into the same ``output_dir=`` does not mix the two runs' label files and images, nor leave the earlier
+    summary claiming a finished run when this one stops early. Only the names a run writes are removed. The
+    earlier run's source, or None when ``out`` holds no earlier run."""
+    summary_file = out / "summary.json"
+    try:
+        earlier = json.loads(summary_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(earlier, dict) or "source" not in earlier or "output_dir" not in earlier:
+        return None  # not a gridface.infer summary: leave the folder as it is
+    for name in OUTPUT_FOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    video = earlier.get("video")
+    for file in [out / "detections.json", *([Path(video)] if video and Path(video).parent == out else [])]:
+        file.unlink(missing_ok=True)
+    summary_file.unlink(missing_ok=True)
+    return str(earlier["source"])
 
 
 class OutputWriter:

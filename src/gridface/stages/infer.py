@@ -24,7 +24,7 @@ from tqdm import tqdm
 from gridface.data.config import split_samples, stage_data_config
 from gridface.inference.detector import Detector
 from gridface.inference.sources import Source
-from gridface.inference.writers import OutputWriter
+from gridface.inference.writers import OutputWriter, replace_previous_run
 from gridface.stages.checks import check_stage_config
 from gridface.utils.hydra import overrides
 from gridface.utils.io import write_json
@@ -120,6 +120,12 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
     if cfg.save_wider:
         check_wider_names(source.files)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
+    earlier = replace_previous_run(out)
+    if earlier is not None:
+        log.warning("output_dir=%s held the results of an earlier run (source=%s): they are replaced", out, earlier)
+    # until the run ends, its summary says it is not complete (a script reading it after a Ctrl-C must not go on)
+    write_json(out / "summary.json", {"source": str(spec), "kind": source.kind, "complete": False,
+                                      "output_dir": str(out)})
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
     frames = faces = 0
     skipped: Counter[str] = Counter()
@@ -177,7 +183,7 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
     writer.close()
     seconds = time.perf_counter() - start
     n_skipped = sum(skipped.values())
-    summary = {"source": str(spec), "kind": source.kind, "frames": frames, "skipped": n_skipped,
+    summary = {"source": str(spec), "kind": source.kind, "complete": True, "frames": frames, "skipped": n_skipped,
                "skipped_by_kind": dict(skipped), "skipped_files": skipped_files, "faces": faces,
                "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0, "output_dir": str(out),
                "video": str(writer.video_path) if writer.video_path else None,
