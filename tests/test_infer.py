@@ -128,7 +128,7 @@ def test_folder_outputs_parse_back_and_bad_file_is_skipped(tmp_path, model):
     out = tmp_path / "out"
     assert summary["frames"] == 3 and summary["skipped"] == 2
     assert summary["skipped_by_kind"] == {"not an image": 1, "missing": 1}
-    assert ["bad.jpg", "moved.jpg"] == [Path(f.split(":")[0]).name for f in sorted(summary["skipped_files"])]
+    assert [Path(f.split(":")[0]).name for f in sorted(summary["skipped_files"])] == ["bad.jpg", "moved.jpg"]
     assert len(list((out / "images" / "0--Parade").glob("*.jpg"))) == 3
     coco = json.loads((out / "detections.json").read_text())
     labels = {p.relative_to(out / "labels").with_suffix("").as_posix(): p.read_text().splitlines()
@@ -409,3 +409,35 @@ def test_infer_gives_the_detectors_boxes_and_keeps_the_colours(tmp_path, model, 
         annotated = cv2.imread(str(out / "images" / "0.jpg"))
         left, right = np.median(annotated[:, :150], (0, 1)), np.median(annotated[:, 170:], (0, 1))
         assert left[2] > 150 > left[0] and right[0] > 150 > right[2]  # BGR: red stays red, blue stays blue
+
+
+def test_an_onnx_model_with_a_fixed_batch_size_runs_and_quantizes_in_batches_of_it(tmp_path, onnx_model):
+    """A static export (batch 1, as TensorRT or DLA builds often take) passed the contract check, then ONNX Runtime
+    stopped inference and INT8 calibration with 'Got: 4 Expected: 1'. It now runs in batches of its size."""
+    import shutil
+
+    import onnx
+
+    from gridface.contract import metadata_path
+    from gridface.export.quantize import quantize_int8
+
+    model = onnx.load(onnx_model)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    static = tmp_path / "static.onnx"
+    onnx.save(model, static)
+    shutil.copy(metadata_path(onnx_model), metadata_path(static))
+    images = []
+    for i in range(5):
+        images.append(tmp_path / f"p{i}.jpg")
+        cv2.imwrite(str(images[-1]), np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8))
+    dynamic, fixed = Detector.load(onnx_model), Detector.load(static)
+    assert fixed.backend.fixed_batch == 1 and dynamic.backend.fixed_batch is None
+    for want, got in zip(dynamic([str(p) for p in images]), fixed([str(p) for p in images]),
+                         strict=True):
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    stats: dict = {}
+    int8 = quantize_int8(static, tmp_path / "static_int8.onnx", images, tuple(fixed.backend.input_hw),
+                         batch_size=4, stats=stats)
+    assert stats == {"images": 5, "skipped": 0} and int8.is_file()

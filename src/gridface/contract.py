@@ -47,9 +47,17 @@ def deployment_metadata(fmt: str, input_hw: tuple[int, int] | list[int], class_n
             **extra}
 
 
+def fixed_batch(shape: Any) -> int | None:
+    """The batch size an input shape fixes (a static export, e.g. batch 1 for a TensorRT or DLA build), or None
+    when its first dimension is symbolic: a fixed-batch model is run in batches of that size."""
+    first = list(shape)[0] if len(list(shape)) else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
 def check_onnx_contract(path: Path, session: Any, input_hw: tuple[int, int]) -> None:
     """The model must take ``ONNX_INPUT`` [N, 3, H, W] at its metadata's input size and give ``ONNX_OUTPUTS``;
-    anything else is an error saying what was expected and what the file has."""
+    anything else is an error saying what was expected and what the file has. N may be fixed
+    (:func:`fixed_batch`)."""
     expected = f"expected input '{ONNX_INPUT}' [N, 3, {input_hw[0]}, {input_hw[1]}] and outputs {list(ONNX_OUTPUTS)}"
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != ONNX_INPUT:

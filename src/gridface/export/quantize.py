@@ -45,10 +45,11 @@ def int8_model_path(fp32_path: str | Path, activation_type: str) -> Path:
     return p.with_name(f"{p.stem}{suffix}.onnx")
 
 
-def calibration_batches(image_paths: Sequence[str | Path], input_hw: tuple[int, int], batch_size: int = 8
-                        ) -> Iterator[np.ndarray]:
+def calibration_batches(image_paths: Sequence[str | Path], input_hw: tuple[int, int], batch_size: int = 8,
+                        exact: bool = False) -> Iterator[np.ndarray]:
     """Letterboxed [0, 1] batches, exactly as training and inference preprocess; unreadable files are
-    reported and skipped."""
+    reported and skipped. ``exact`` (a model with a fixed batch size): the last batch is filled up with its own
+    images again."""
     batch: list[np.ndarray] = []
     for x in iter_network_inputs(image_paths, input_hw, desc="calibration"):
         batch.append(x)
@@ -56,7 +57,7 @@ def calibration_batches(image_paths: Sequence[str | Path], input_hw: tuple[int, 
             yield np.stack(batch)
             batch = []
     if batch:
-        yield np.stack(batch)
+        yield np.stack(batch if not exact else [batch[i % len(batch)] for i in range(batch_size)])
 
 
 class _Reader:
@@ -119,15 +120,17 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, image_paths: Seq
         pre = Path(work) / "preprocessed.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         keep = float_nodes(pre, keep_head_float, keep_stem_float)
-        if extra_float_nodes:
-            import onnx
+        import onnx
 
-            names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+        graph = onnx.load(str(pre), load_external_data=False).graph
+        if extra_float_nodes:
+            names = {n.name for n in graph.node}
             unknown = [n for n in extra_float_nodes if n not in names]
             if unknown:
                 raise ValueError(f"export.calibration.float_nodes: {unknown} are not nodes of {fp32_path}")
             keep += list(extra_float_nodes)
-        batches = calibration_batches(image_paths, input_hw, batch_size)
+        fixed = graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0: a symbolic batch dimension
+        batches = calibration_batches(image_paths, input_hw, fixed or batch_size, exact=bool(fixed))
         first = next(batches, None)  # ONNX Runtime's own error for no data ("No data is collected") names nothing
         if first is None:
             raise ValueError(f"INT8 calibration: none of the {len(image_paths)} calibration images could be read "

@@ -19,6 +19,7 @@ from gridface.contract import (
     ONNX_INPUT,
     ONNX_OUTPUTS,
     check_onnx_contract,
+    fixed_batch,
     read_metadata,
     unreadable_onnx,
 )
@@ -65,12 +66,22 @@ class OnnxBackend(ModelBackend):
             self.session = ort.InferenceSession(str(path), opts,
                                                 providers=providers or ort.get_available_providers())
         check_onnx_contract(path, self.session, tuple(meta["input_hw"]))
+        self.fixed_batch = fixed_batch(self.session.get_inputs()[0].shape)
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
                          dict(meta.get("postprocess") or {}), "onnx", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images, np.float32)})
-        return cov, bbox
+        images = np.ascontiguousarray(images, np.float32)
+        n, size = len(images), self.fixed_batch
+        if size is None or n == size:
+            cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images})
+            return cov, bbox
+        # a fixed-batch model (ONNX Runtime refuses any other N): chunks of its size, the last one zero-padded
+        padded = np.zeros((-(-n // size) * size, *images.shape[1:]), np.float32)
+        padded[:n] = images
+        outs = [self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: padded[i:i + size]})
+                for i in range(0, len(padded), size)]
+        return np.concatenate([o[0] for o in outs])[:n], np.concatenate([o[1] for o in outs])[:n]
 
 
 def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True
