@@ -110,7 +110,20 @@ def test_model_score_threshold_is_recorded_by_the_decoder_and_applied_by_detecto
 def test_minimum_height_and_confidence_threshold_filter():
     cov, bbox = perfect_maps([[30.0, 40.0, 90.0, 120.0]], (192, 256))
     assert len(GridBoxDecoder(minimum_bounding_box_height=100)(cov, bbox, (192, 256))[0]) == 0
-    assert len(GridBoxDecoder(confidence_threshold=1e6)(cov, bbox, (192, 256))[0]) == 0
+    assert len(GridBoxDecoder(confidence_threshold=1e6, score="aggregate")(cov, bbox, (192, 256))[0]) == 0
+    found = GridBoxDecoder(score="aggregate")(cov, bbox, (192, 256))[0]
+    assert found.scores.max() > 1  # TAO's summed coverage: a threshold above 1 means something here
+    assert len(GridBoxDecoder(confidence_threshold=float(found.scores.max()) - 0.01, score="aggregate")(
+        cov, bbox, (192, 256))[0]) == 1
+
+
+@pytest.mark.parametrize("settings", [{}, {"clustering": "nms", "score": "aggregate"},
+                                      {"score": "aggregate", "confidence_model": "mean_cov"}])
+def test_a_confidence_threshold_above_the_scores_range_is_an_error(settings):
+    """Scores in [0, 1] (the default confidence, NMS cells, mean coverage): confidence_threshold=1.5 kept nothing,
+    silently (0 faces on every image)."""
+    with pytest.raises(ValueError, match=r"postprocess.confidence_threshold = 1.5: the scores .* lie in \[0, 1\]"):
+        GridBoxDecoder(confidence_threshold=1.5, **settings)
 
 
 def test_batched_empty_and_nan_inputs():

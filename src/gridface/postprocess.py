@@ -74,6 +74,12 @@ class GridBoxDecoder:
             raise ValueError(f"postprocess.score must be one of {SCORES}, got '{score}'")
         if not 0.0 < dbscan_eps <= 1.0:
             raise ValueError(f"postprocess.dbscan_eps must be in (0, 1], got {dbscan_eps}")
+        summed = clustering != "nms" and score == "aggregate" and confidence_model == "aggregate_cov"
+        if confidence_threshold > 1.0 and not summed:  # every detection would be dropped, silently
+            raise ValueError(f"postprocess.confidence_threshold = {confidence_threshold:g}: the scores "
+                             f"(postprocess.score={score}, clustering={clustering}) lie in [0, 1], so no detection "
+                             "passes; give a value in [0, 1] (only score=aggregate with confidence_model="
+                             "aggregate_cov, TAO's summed coverage, exceeds 1)")
         self.stride = stride
         self.coverage_threshold = coverage_threshold
         self.clustering = clustering
