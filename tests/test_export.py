@@ -166,6 +166,18 @@ def test_export_cli_int8_metadata_deepstream_and_backends(tmp_path, trained_ckpt
     np.testing.assert_allclose(load_backend(tmp_path / "export" / "last.onnx").run(x)[1], ref.run(x)[1], atol=1e-4)
 
 
+def test_a_missing_calibration_folder_stops_the_export_before_it_exports(tmp_path, trained_ckpt, monkeypatch):
+    """The folder was looked for after the FP32 export and its check (minutes on a real model)."""
+    import gridface.stages.export as export_stage
+
+    ckpt, tmp = trained_ckpt
+    monkeypatch.setattr(export_stage, "fp32_from_checkpoint", lambda *a: pytest.fail("exported before the check"))
+    cfg = compose_export(tmp_path, tmp / "cache", [f"model={ckpt}", "export=onnx_int8",
+                                                   f"export.calibration.folder={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match=r"export.calibration.folder = '.*nowhere' is not a folder"):
+        export_run(cfg)
+
+
 def test_an_export_that_fails_its_check_leaves_the_previous_model_and_its_metadata(tmp_path, trained_ckpt,
                                                                                     monkeypatch):
     """Exported once, then again with a check that fails: the error names the model (not its staging name) and says

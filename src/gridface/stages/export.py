@@ -74,7 +74,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if qat and int8 and ex.activation_type != "int8":
         raise ValueError(f"model={source} is a quantization-aware training checkpoint: its INT8 model is TensorRT's "
                          "symmetric Q/DQ graph (export=onnx_int8_trt or export=tensorrt_int8), not ORT's uint8")
-    splits = ("val", "train") if int8 and not qat and not ex.calibration.get("folder") else ("val",)
+    folder = ex.calibration.get("folder")
+    if int8 and not qat and folder and not Path(folder).expanduser().is_dir():  # before the FP32 export, not after
+        raise FileNotFoundError(f"export.calibration.folder = '{folder}' is not a folder")
+    splits = ("val", "train") if int8 and not qat and not folder else ("val",)
     if source.suffix.lower() == ".onnx":
         onnx_path, meta, images, data = existing_onnx(cfg, source, splits)
         result: dict[str, Any] = {"onnx": str(onnx_path)}
