@@ -441,3 +441,17 @@ def test_an_onnx_model_with_a_fixed_batch_size_runs_and_quantizes_in_batches_of_
     int8 = quantize_int8(static, tmp_path / "static_int8.onnx", images, tuple(fixed.backend.input_hw),
                          batch_size=4, stats=stats)
     assert stats == {"images": 5, "skipped": 0} and int8.is_file()
+
+
+def test_an_onnx_model_gridface_did_not_write_is_named_as_such(tmp_path, onnx_model):
+    """Another tool's ONNX model (no gridface metadata inside, no sidecar): the error said only that the .json was
+    not found."""
+    import onnx
+
+    model = onnx.load(onnx_model)
+    del model.metadata_props[:]
+    foreign = tmp_path / "random.onnx"
+    onnx.save(model, foreign)
+    with pytest.raises(FileNotFoundError, match=r"random.onnx: not a model gridface.export wrote, .* no gridface "
+                                                r"metadata and random.onnx.json is not beside it"):
+        Detector.load(foreign)

@@ -141,8 +141,9 @@ def read_metadata(model_path: str | Path) -> dict[str, Any]:
         meta, source = embedded_metadata(path), path
     if meta is None:
         raise FileNotFoundError(
-            f"{metadata_path(path)} not found (and {path.name} carries no gridface metadata): gridface.export writes "
-            "it beside every exported model (input size, class names, post-processing); keep the two together")
+            f"{path}: not a model gridface.export wrote, or one parted from its record: it carries no gridface "
+            f"metadata and {metadata_path(path).name} is not beside it (gridface.export writes both: input size, "
+            "class names, post-processing); export the model with gridface.export, or keep the .json with it")
     missing = [k for k in METADATA_REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"{source}: lacks {missing}; re-export the model with gridface.export")
