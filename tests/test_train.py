@@ -146,6 +146,33 @@ def test_short_training_writes_checkpoints_logs_and_resumes(tmp_path):
     assert again["metrics"]["val/loss"] == pytest.approx(result["metrics"]["val/loss"], rel=1e-5)
 
 
+def test_a_resume_that_measures_validation_otherwise_tracks_the_best_checkpoint_afresh(tmp_path, caplog):
+    """A resume may change evaluation.iou or the clustering (they never reach the weights), but its val/AP50 is then
+    another number: best.ckpt kept the epoch that scored best under the earlier measure. The earlier best is kept
+    as best_until_resume.ckpt and the resumed epochs are ranked among themselves; a resume under the same measure
+    goes on ranking against the earlier epochs."""
+    import logging
+
+    over = [*TINY, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none",
+            "checkpoint_every_n_steps=0"]
+    first = run(compose_train(tmp_path, [*over, "trainer.max_epochs=1"]))
+    ckpts = Path(first["best_checkpoint"]).parent
+    with caplog.at_level(logging.WARNING, logger="gridface.training.resume"):
+        same = run(compose_train(tmp_path, [*over, "trainer.max_epochs=2"]))
+    assert same["resumed_from"].endswith("last.ckpt") and same["global_step"] == 4
+    assert "tracked afresh" not in caplog.text and not (ckpts / "best_until_resume.ckpt").exists()
+    assert same["best_score"] >= first["best_score"]
+    earlier_best = torch.load(same["best_checkpoint"], weights_only=False)["global_step"]
+    with caplog.at_level(logging.WARNING, logger="gridface.training.resume"):
+        resumed = run(compose_train(tmp_path, [*over, "trainer.max_epochs=3", "evaluation.iou=0.3"]))
+    assert resumed["global_step"] == 6
+    assert "module.evaluation.iou: 0.5 -> 0.3" in caplog.text and "tracked afresh" in caplog.text
+    kept = torch.load(ckpts / "best_until_resume.ckpt", weights_only=False)
+    best = torch.load(resumed["best_checkpoint"], weights_only=False)
+    assert kept["global_step"] == earlier_best and best["global_step"] == 6  # the one epoch measured at 0.3
+    assert resumed["best_score"] == pytest.approx(resumed["metrics"]["val/AP50"])
+
+
 @pytest.mark.slow
 def test_checkpoint_rebuilds_model_in_fresh_process(tmp_path):
     cfg = compose_train(tmp_path, [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=1",

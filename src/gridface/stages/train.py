@@ -21,6 +21,7 @@ from gridface.training.launch import check_ddp_launch, cluster_plugins
 from gridface.training.resume import (
     TrainingSettingsRecord,
     last_checkpoint_path,
+    measure_settings,
     resolve_ckpt_path,
     training_settings,
 )
@@ -38,7 +39,7 @@ def build(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None
     module.hparams["data"] = training_data_config(cfg.dataset)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [*(extra_callbacks or []), TrainingSettingsRecord(training_settings(cfg))]
+    callbacks += [*(extra_callbacks or []), TrainingSettingsRecord(training_settings(cfg), measure_settings(cfg))]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     if not loggers:  # LearningRateMonitor refuses to run without a logger; logger=none must still train
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]

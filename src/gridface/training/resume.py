@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 RESUMABLE = ("last.ckpt", "step.ckpt", "preempted.ckpt")  # what ckpt_path=auto picks from, newest first
 SETTINGS_KEY = "gridface_training_settings"  # in each checkpoint: what the run trains (training_settings)
 SLURM_JOB_KEY = "gridface_slurm_job_id"  # in each checkpoint: the Slurm job that wrote it (a requeue keeps the id)
+MEASURE_KEY = "gridface_measure_settings"  # in each checkpoint: how val/AP50 was measured (measure_settings)
+# what val/AP50 depends on besides the weights: a resume may change these, and its scores then mean something else
+MEASURED = ("module.evaluation.iou", "module.evaluation.interpolation", "module.postprocess")
+BEFORE_REMEASURE = "{stem}_until_resume.ckpt"  # the best checkpoint under the earlier measure, kept under this name
 # what decides what a run trains: a resume under other values would continue a different run
 COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
             "trainer.gradient_clip_algorithm", "callbacks.prune.spec", "callbacks.quantize")
@@ -56,6 +60,19 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
     for key in COMPARED:
         node = OmegaConf.select(cfg, key, default=None)
         walk(key, OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    return flat
+
+
+def measure_settings(cfg: DictConfig) -> dict[str, Any]:
+    """How validation scores the weights (:data:`MEASURED`: AP's IoU and interpolation, the clustering), flattened
+    to ``dotted.key: value``; the model's recorded operating point (``score_threshold``) is not applied there."""
+    flat: dict[str, Any] = {}
+    for key in MEASURED:
+        node = OmegaConf.select(cfg, key, default=None)
+        value = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        for k, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            if k != "score_threshold":
+                flat[f"{key}.{k}" if k else key] = v
     return flat
 
 
@@ -136,16 +153,51 @@ def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quie
 
 
 class TrainingSettingsRecord(pl.Callback):
-    """Writes :func:`training_settings` into every checkpoint, for ``ckpt_path=auto`` to compare, and the Slurm job
-    that wrote it, for a requeued job to tell its own checkpoints (:func:`resolve_ckpt_path`)."""
+    """Writes :func:`training_settings` into every checkpoint, for ``ckpt_path=auto`` to compare, the Slurm job
+    that wrote it, for a requeued job to tell its own checkpoints (:func:`resolve_ckpt_path`), and
+    :func:`measure_settings`. A resume that measures validation otherwise (another IoU or clustering: allowed, they
+    never reach the weights) would rank its scores against the earlier ones for best.ckpt, which are not comparable:
+    the earlier best is kept as ``best_until_resume.ckpt`` and the best checkpoint is tracked afresh."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], measure: dict[str, Any] | None = None) -> None:
         self.settings = settings
+        self.measure = measure
+        self._remeasured = ""  # what changed, when the restored checkpoint was measured otherwise
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint[SETTINGS_KEY] = self.settings
         checkpoint[SLURM_JOB_KEY] = os.environ.get("SLURM_JOB_ID")
+        if self.measure is not None:
+            checkpoint[MEASURE_KEY] = self.measure
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(MEASURE_KEY)
+        if saved is not None and self.measure is not None:
+            keys = sorted(k for k in saved.keys() | self.measure.keys() if saved.get(k) != self.measure.get(k))
+            self._remeasured = "; ".join(f"{k}: {saved.get(k)} -> {self.measure.get(k)}" for k in keys)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._remeasured:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or isinstance(cb, LastCheckpoint):
+                continue
+            kept = ""
+            if cb.best_model_path and Path(cb.best_model_path).is_file():
+                old = Path(cb.best_model_path)
+                kept = str(old.with_name(BEFORE_REMEASURE.format(stem=old.stem)))
+                if trainer.is_global_zero:
+                    os.replace(old, kept)
+            if trainer.is_global_zero:
+                log.warning("this resume measures %s otherwise (%s): its scores are not comparable with the earlier "
+                            "ones, so the best checkpoint is tracked afresh from here%s", cb.monitor, self._remeasured,
+                            f"; the earlier best ({cb.monitor}={float(cb.best_model_score):.4f}) is kept as {kept}"
+                            if kept and cb.best_model_score is not None else "")
+            cb.best_k_models, cb.best_model_path, cb.kth_best_model_path = {}, "", ""
+            cb.best_model_score = None
+            cb.kth_value = torch.tensor(float("inf") if cb.mode == "min" else float("-inf"))
 
 
 class LastCheckpoint(ModelCheckpoint):
