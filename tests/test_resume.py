@@ -180,6 +180,30 @@ def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epoch_in_its_order(
     assert_trained_alike(uninterrupted, probe, images=24)
 
 
+class StopAtStep(pl.Callback):
+    """What ``trainer.max_time`` does when its time is up (Lightning's Timer): ``should_stop`` after step N."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001, ANN002
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.slow
+def test_a_run_stopped_inside_an_epoch_by_its_time_limit_resumes_inside_that_epoch(tmp_path, cache, uninterrupted):
+    """max_time (or max_steps) ends an epoch at step 8 of 6-step epochs: Lightning runs that epoch's end hooks as
+    if it were whole, and a resume from its last.ckpt went on with epoch 3: 4 steps and epoch 2's validation
+    fewer than the uninterrupted run. It now finishes epoch 2 and ends with the uninterrupted run's weights."""
+    probe = tmp_path / "probe"
+    stopped = run(config(tmp_path, cache, ["checkpoint_every_n_steps=0"]), callbacks=[StopAtStep(8), Probe(str(probe))])
+    assert stopped["global_step"] == 8
+    resumed = run(config(tmp_path, cache, ["checkpoint_every_n_steps=0"]), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
 class SignalRankZeroAtStep(pl.Callback):
     """SIGUSR2 to rank 0's process alone after step N: the other rank must still save and stop at the same step."""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +219,34 @@ class LastCheckpoint(ModelCheckpoint):
         hold an earlier step. A run extended from a mid-epoch one goes on inside that epoch (tests/test_resume.py)."""
         super().on_train_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+            with saved_as_mid_epoch(trainer):
+                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with saved_as_mid_epoch(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+@contextmanager
+def saved_as_mid_epoch(trainer: pl.Trainer) -> Iterator[None]:
+    """While a checkpoint is saved: an epoch cut short by ``trainer.max_steps`` or ``max_time`` counted as not
+    processed. Lightning ends such an epoch as if it were whole (``on_train_epoch_end``), and a resume from its
+    checkpoint went on with the next epoch, without the rest of this one and its validation (an extended run ended
+    steps short of the uninterrupted one). Saved as a mid-epoch stop, the resume finishes the epoch from the
+    loader's saved position."""
+    progress = trainer.fit_loop.epoch_progress
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    cut_short = not batches.is_last_batch and batches.current.completed < trainer.num_training_batches
+    saved = (progress.current.processed, progress.current.completed, progress.total.processed,
+             progress.total.completed)
+    if cut_short:
+        for tracker in (progress.current, progress.total):
+            tracker.processed = tracker.completed = tracker.started - 1
+    try:
+        yield
+    finally:
+        (progress.current.processed, progress.current.completed, progress.total.processed,
+         progress.total.completed) = saved
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> str:
