@@ -330,6 +330,23 @@ def test_checkpoint_writer_refuses_non_finite_weights(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
 
+def test_the_same_checkpoint_saved_twice_is_the_same_bytes(tmp_path):
+    """torch names a zip's records after the file it writes, and checkpoints went through a random temporary name:
+    two saves of the same weights differed, and the pipeline (which tells a changed model by its hash) retrained and
+    redid every stage after a prune that had changed nothing."""
+    import hashlib
+
+    from gridface.utils.checkpoint import AtomicCheckpointIO, save_atomically
+
+    state = {"state_dict": {"net.a": torch.arange(6.0)}, "hyper_parameters": {"lr": 1e-3}}
+    for name in ("a.ckpt", "b.ckpt"):
+        save_atomically(state, tmp_path / name)
+        AtomicCheckpointIO().save_checkpoint(state, tmp_path / "io" / name)
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.ckpt")}
+    assert len(digests) == 1 and torch.load(tmp_path / "a.ckpt")["state_dict"]["net.a"].tolist() == list(range(6))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.ckpt", "a.ckpt", "b.ckpt", "b.ckpt", "io"]
+
+
 @pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     # Two steps only: without AVX-512 BF16 or AMX, CPU bf16 convolutions run ~20x slower than fp32.

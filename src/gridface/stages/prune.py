@@ -30,8 +30,7 @@ from gridface.pruning.pruner import PruneSpec, prune_module, taylor_losses
 from gridface.pruning.report import layer_table, size_summary, torch_latency, write_prune_report
 from gridface.stages.checks import check_model_file, check_stage_config
 from gridface.training.qat import STATE_KEY as QAT_STATE_KEY
-from gridface.utils.checkpoint import load_checkpoint
-from gridface.utils.io import atomic_path
+from gridface.utils.checkpoint import load_checkpoint, save_atomically
 from gridface.utils.validate import check_number
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,7 @@ def save_pruned_checkpoint(module: GridBoxModule, path: Path, source: str, spec:
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": hparams,
             "pytorch-lightning_version": pl.__version__,
             "gridface_pruning": {"source_checkpoint": source, "spec": vars(spec)}}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    save_atomically(ckpt, path)
 
 
 def spec_summary(spec: PruneSpec) -> str:

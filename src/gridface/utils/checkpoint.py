@@ -22,8 +22,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         check_state_finite(checkpoint.get("state_dict") or {}, f"refusing to write checkpoint {path}")
-        with atomic_path(os.fspath(path)) as tmp:
-            torch.save(checkpoint, tmp)
+        save_atomically(checkpoint, path)
+
+
+def save_atomically(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file renamed over ``path``. Saved into an open file, not by name: torch
+    names the zip's records after the file it writes (here a random temporary name), so two saves of the same
+    weights differed in their bytes, and the pipeline, which tells a changed model by its hash, redid every stage
+    after an unchanged prune."""
+    with atomic_path(os.fspath(path)) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
 
 
 TRUST_ENV = "GRIDFACE_TRUST_CHECKPOINTS"
