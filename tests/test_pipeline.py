@@ -37,6 +37,27 @@ def test_stage_record_stands_until_an_output_input_or_setting_changes(tmp_path):
     assert "skipped before (no TensorRT)" in why_stale(skipped, {}, {})
 
 
+def test_a_speed_setting_changed_between_runs_redoes_no_stage(tmp_path):
+    """dataset.num_workers=1 on a rerun of a finished pipeline retrained from scratch and redid all 15 stages:
+    the whole training config was hashed, loader workers and threads included. A manifest written before (its hash
+    over every key) still stands."""
+    import json
+
+    from gridface.workflow.manifest import MANIFEST, config_sha256
+
+    config = {"dataset": {"num_workers": 2, "batch_size": 8}, "datamodule": {"num_workers": 2, "prefetch": "stream"},
+              "optimizer": {"max_lr": 1e-3}, "threads": 2}
+    rec = write_manifest(tmp_path, "train", "done", {}, {}, config, 1.0)
+    faster = {"dataset": {"num_workers": 8, "batch_size": 8}, "datamodule": {"num_workers": 8, "prefetch": "thread"},
+              "optimizer": {"max_lr": 1e-3}, "threads": 16}
+    assert why_stale(rec, {}, faster) is None
+    assert why_stale(rec, {}, {**faster, "optimizer": {"max_lr": 3e-4}}) == "its configuration changed"
+    assert why_stale(rec, {}, {**faster, "dataset": {"num_workers": 8, "batch_size": 4}}) == "its configuration changed"
+    older = json.loads((tmp_path / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**older, "config_sha256": config_sha256(config, speed_settings=True)}))
+    assert why_stale(read_manifest(tmp_path), {}, config) is None
+
+
 def test_unreadable_record_means_the_stage_runs_again(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     assert read_manifest(tmp_path) is None

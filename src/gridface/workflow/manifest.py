@@ -35,8 +35,26 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def config_sha256(config: Any) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+# keys that set how fast a stage runs, never what it makes (training's resume passes over them too): changing one
+# (more loader workers for a rerun) must not redo a stage, least of all hours of training
+SPEED_ONLY = ("num_workers", "prefetch", "compile", "channels_last", "threads", "read_workers", "model_workers",
+              "opencv_threads", "spin")
+
+
+def without_speed_settings(config: Any) -> Any:
+    """``config`` without the :data:`SPEED_ONLY` keys, at any depth."""
+    if isinstance(config, dict):
+        return {k: without_speed_settings(v) for k, v in config.items() if k not in SPEED_ONLY}
+    if isinstance(config, list):
+        return [without_speed_settings(v) for v in config]
+    return config
+
+
+def config_sha256(config: Any, speed_settings: bool = False) -> str:
+    """The hash a stage's configuration is told by; ``speed_settings=True``: with the :data:`SPEED_ONLY` keys, as
+    manifests of earlier gridface versions recorded it (still accepted, so an upgrade redoes nothing)."""
+    data = config if speed_settings else without_speed_settings(config)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def file_records(paths: dict[str, Path], producers: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
@@ -111,7 +129,7 @@ def why_not_resumable(folder: Path, inputs: dict[str, Path], config: Any,
 def settings_changed(recorded_sha256: str, recorded_inputs: dict[str, dict[str, str]], inputs: dict[str, Path],
                      config: Any, producers: dict[str, str] | None = None) -> str | None:
     """Why a recorded configuration hash and input records no longer describe this run of the stage, or None."""
-    if recorded_sha256 != config_sha256(config):
+    if recorded_sha256 not in (config_sha256(config), config_sha256(config, speed_settings=True)):
         return "its configuration changed"
     current = {name: str(p) for name, p in inputs.items()}
     if {n: r["path"] for n, r in recorded_inputs.items()} != current:
