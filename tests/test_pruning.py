@@ -4,6 +4,7 @@ import copy
 import itertools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,22 @@ def test_bad_prune_settings_name_the_key():
     with pytest.raises(ValueError, match=r"prune.max_ratio=0.5: \{'ratio': 0.7\} exceed it"):
         PruneSpec.from_config({"mode": "ratio", "ratio": 0.7, "max_ratio": 0.5})
     PruneSpec.from_config({"mode": "ratio", "ratio": 0.7, "max_ratio": 0.5, "global_pruning": True})
+    # wrong types were TypeErrors from inside the comparisons ("'<=' not supported between 'int' and 'str'")
+    for key, value, message in [("ratio", "abc", "prune.ratio = 'abc': must be a number"),
+                                ("ratio", None, "prune.ratio = None: must be a number"),
+                                ("granularity", 2.5, "prune.granularity = 2.5: must be a whole number"),
+                                ("target_macs", "half", "prune.target_macs = 'half': must be a number")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            PruneSpec.from_config({"mode": "ratio", key: value})
+
+
+def test_target_macs_of_one_prunes_nothing():
+    """Keeping 100 % of the MACs took the smallest ratio the search tried, and each layer still lost one
+    granularity step (64 -> 56 channels)."""
+    net = GridBoxNet(num_classes=1).eval()
+    before = channel_widths(net)
+    prune_network(net, PruneSpec(mode="ratio", target_macs=1.0), HW)
+    assert channel_widths(net) == before
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -29,6 +29,7 @@ from torch import nn
 
 from gridface.model.widths import channel_widths
 from gridface.pruning.importance import TaoImportance
+from gridface.utils.validate import ConfigError, check_number
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,18 @@ class PruneSpec:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"prune.mode={self.mode!r}; choose one of {MODES}")
+        # types first (prune.ratio=abc, =null, granularity=2.5 were TypeErrors from deep inside); ranges below
+        numbers = {"threshold": False, "ratio": False, "max_ratio": False, "min_num_filters": True,
+                   "granularity": True, "taylor_batches": True}
+        if self.target_macs is not None:
+            numbers["target_macs"] = False
+        for key, whole in numbers.items():
+            value = getattr(self, key)
+            if value is None:
+                raise ConfigError(f"prune.{key} = None: must be {'a whole number' if whole else 'a number'}")
+            check_number(f"prune.{key}", value, integer=whole)
+        for name, value in self.layer_ratios.items():
+            check_number(f"prune.layer_ratios.{name}", value)
         if self.threshold < 0:
             raise ValueError(f"prune.threshold must be >= 0, got {self.threshold}")
         if self.min_num_filters < 1 or self.granularity < 1:
@@ -221,6 +234,9 @@ def count_macs_params(net: nn.Module, input_hw: Sequence[int]) -> tuple[int, int
 
 def prune_to_macs(net: nn.Module, spec: PruneSpec, importance: TaoImportance, input_hw: Sequence[int]) -> None:
     """The smallest uniform ratio whose pruned network keeps at most ``target_macs`` of the MACs."""
+    if spec.target_macs >= 1.0:  # the network as it is keeps all its MACs; any ratio > 0 removes a granularity step
+        log.info("target_macs=%g: the network already keeps at most that share of its MACs", spec.target_macs)
+        return
     base, _ = count_macs_params(net, input_hw)
     lo, hi = 0.0, spec.max_ratio
     trial = copy.deepcopy(net)
