@@ -132,9 +132,17 @@ def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path: checkpoint not found: .*nope.ckpt"):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
     # a run folder trained under other settings is not resumed into this run; an explicit path still is
-    with pytest.raises(ValueError, match=r"other settings \(module.optimizer.max_lr: 0.001 -> 0.005\).*new folder"):
+    with pytest.raises(ValueError, match=r"other settings \(module.optimizer.max_lr: 0.001 -> 0.005\).*new folder.*"
+                                         r"start from its weights with model=.*last.ckpt"):
         resolve_ckpt_path("auto", tmp_path, {**settings, "module.optimizer.max_lr": 0.005})
-    assert resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path, {"seed": 0}) == str(ckpts / "last.ckpt")
+    with pytest.raises(ValueError, match=r"other settings \(seed: 42 -> 0\).*continue that run under the new "
+                                         r"settings with ckpt_path=.*last.ckpt"):
+        resolve_ckpt_path("auto", tmp_path, {**settings, "seed": 0})
+    assert resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path, {**settings, "seed": 0}) == str(ckpts / "last.ckpt")
+    # ...but not under another optimizer: the resume restores the old one and its schedule, the new never applied
+    with pytest.raises(ValueError, match=r"ckpt_path=.*last.ckpt: module.optimizer.max_lr: 0.001 -> 0.005: a resume "
+                                         r"restores the optimizer .* model=.*last.ckpt in a new folder"):
+        resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path, {**settings, "module.optimizer.max_lr": 0.005})
     # a damaged newest checkpoint: a warning naming it, and the next newest
     (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:200])
     with pytest.warns(UserWarning, match=r"not resuming from .*last.ckpt: not a PyTorch checkpoint"):

@@ -35,6 +35,8 @@ COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "
 # checkpoint), and where files lie (a path is compared as "a path": data roots and annotation files may move between
 # machines or Slurm nodes)
 NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last", "pretrained", "init_from")
+# what a resume restores from the checkpoint whatever the config says: changed, they would silently not apply
+RESTORED_WITH_THE_RUN = ("module.optimizer",)
 # ...nor how validation measures and clusters (AP's IoU, the WIDER ground truth, DBSCAN/NMS): they never reach the
 # weights, and a resume may add the WIDER .mat folder (dataset.eval_gt) or change the clustering
 NOT_COMPARED_NODES = ("module.evaluation", "module.postprocess")
@@ -83,11 +85,14 @@ def compared(key: str) -> bool:
     return not any(key == node or key.startswith(node + ".") for node in NOT_COMPARED_NODES)
 
 
-def changed_settings(saved: dict[str, Any], now: dict[str, Any], shown: int = 4) -> str:
-    """``key: old -> new`` for the first ``shown`` keys that differ, and how many more; '' when none. Keys no longer
-    compared are passed over (a checkpoint of an older gridface holds them)."""
+def changed_settings(saved: dict[str, Any], now: dict[str, Any], shown: int = 4,
+                     under: tuple[str, ...] | None = None) -> str:
+    """``key: old -> new`` for the first ``shown`` keys that differ (only those under the nodes ``under``, when
+    given), and how many more; '' when none. Keys no longer compared are passed over (a checkpoint of an older
+    gridface holds them)."""
     keys = sorted(k for k in saved.keys() | now.keys()
-                  if compared(k) and saved.get(k, "<unset>") != now.get(k, "<unset>"))
+                  if compared(k) and (under is None or any(k == n or k.startswith(n + ".") for n in under))
+                  and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     lines = [f"{k}: {saved.get(k, '<unset>')} -> {now.get(k, '<unset>')}" for k in keys[:shown]]
     return "; ".join(lines) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
 
@@ -110,6 +115,13 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
     problem = zip_problem(path)
     if problem:
         raise ValueError(f"ckpt_path={ckpt_path}: {problem}")
+    saved = _saved(path, SETTINGS_KEY)
+    restored = changed_settings(saved, settings, under=RESTORED_WITH_THE_RUN) if saved and settings else ""
+    if restored:
+        raise ValueError(
+            f"ckpt_path={ckpt_path}: {restored}: a resume restores the optimizer and its learning-rate schedule from "
+            "the checkpoint, so these would not take effect (and its checkpoints would record them as if they had). "
+            f"Start a new run from its weights instead: model={ckpt_path} in a new folder")
     restarts, job = int(os.environ.get("SLURM_RESTART_COUNT") or 0), os.environ.get("SLURM_JOB_ID")
     if restarts and job:
         try:
@@ -141,10 +153,13 @@ def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quie
         saved = _saved(path, SETTINGS_KEY)
         changed = changed_settings(saved, settings) if saved is not None and settings is not None else ""
         if changed:
+            restored = changed_settings(saved, settings, under=RESTORED_WITH_THE_RUN)
+            go_on = (f"start from its weights with model={path} (a resume keeps its optimizer and schedule)"
+                     if restored else f"continue that run under the new settings with ckpt_path={path}")
             raise ValueError(
                 f"ckpt_path=auto: {Path(output_dir)} holds a run trained with other settings ({changed}), and "
                 "resuming it would train neither. Train in a new folder (hydra.run.dir=<folder>, or "
-                "hydra.sweep.dir= for -m), or continue that run under the new settings with ckpt_path=" + str(path))
+                f"hydra.sweep.dir= for -m), or {go_on}")
         if not quiet:
             log.info("resuming from %s (ckpt_path=auto: the newest checkpoint of this run folder)", path)
         return str(path)
