@@ -107,6 +107,28 @@ def test_loader_state_resumes_mid_epoch_and_after_a_finished_epoch(tmp_path):
     assert seen(loader(end)) == epoch1
 
 
+def test_a_mid_epoch_loader_state_restored_with_another_worker_count_names_the_count(tmp_path):
+    """step.ckpt saved by a loader with 1 worker, resumed with dataset.num_workers=0 (or 2): torchdata stopped the
+    run with "State doesn't contain key '_snapshot' expected for multiprocess dataloader"."""
+    from hydra.utils import instantiate
+
+    def loader(workers):
+        cfg = compose_config("train", tmp_path / "out", tmp_path / "cache", [*TINY, f"dataset.num_workers={workers}"])
+        dm: GridBoxDataModule = instantiate(cfg.datamodule, _convert_="all")
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    dl = loader(1)
+    it = iter(dl)
+    next(it), next(it)
+    mid = dl.state_dict()
+    for workers in (0, 2):
+        with pytest.raises(ValueError, match=r"saved in the middle of epoch 0 by a training loader with "
+                                             r"dataset.num_workers=1.*resume with dataset.num_workers=1"):
+            loader(workers).load_state_dict(mid)
+    loader(1).load_state_dict(mid)  # the same count: restored
+
+
 @pytest.mark.slow
 def test_sigkill_after_step_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, cache, uninterrupted):
     """``python -m gridface.train`` killed with SIGKILL (its whole process group, the loader worker too) right

@@ -86,8 +86,20 @@ class ResumableLoader(StatefulDataLoader):
         epoch = int(state.pop("epoch", self.sampler.epoch))
         if state and batches_yielded(state) >= self.batches_per_epoch():
             epoch, state = epoch + 1, {}  # that epoch was finished: the next one from its start
+        saved_workers = loader_workers(state)
+        if state and saved_workers != self.num_workers:  # torchdata cannot move a position between worker counts
+            raise ValueError(
+                f"this checkpoint was saved in the middle of epoch {epoch} by a training loader with "
+                f"dataset.num_workers={saved_workers}, and the position in an epoch can be restored only with as "
+                f"many loader workers: resume with dataset.num_workers={saved_workers} (another count may follow "
+                "from the next checkpoint at an epoch's end, last.ckpt)")
         self.sampler.set_epoch(epoch)
         super().load_state_dict(state)
+
+
+def loader_workers(state: dict[str, Any]) -> int:
+    """How many loader workers a ``StatefulDataLoader`` state was saved with (torchdata 0.11: one snapshot each)."""
+    return len(state["_snapshot"]["_worker_snapshots"]) if "_snapshot" in state else 0
 
 
 def batches_yielded(state: dict[str, Any]) -> int:
