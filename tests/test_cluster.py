@@ -154,6 +154,34 @@ def test_ckpt_path_auto_takes_the_newest_checkpoint_of_the_run_folder(tmp_path):
         resolve_ckpt_path("auto", tmp_path, settings)
 
 
+def test_a_retrain_folder_resumed_from_another_pruned_model_is_refused_naming_it(tmp_path):
+    """experiment=retrain model=<a pruned.ckpt>, rerun in its folder with model=<another pruned.ckpt>: the widths come
+    from the file, not the config, so ckpt_path=auto took the folder's checkpoint and torch stopped with ~100 lines
+    of size mismatches. The start's widths are now among the settings a resume compares."""
+    import torch
+
+    from gridface.training.resume import SETTINGS_KEY, WIDTHS_KEY, training_settings
+
+    for name, kept in (("a", 32), ("b", 48)):
+        torch.save({"hyper_parameters": {"model": {"widths": {"backbone.layer1.0.conv1": [64, kept]}}}},
+                   tmp_path / f"{name}.ckpt")
+    settings = {name: training_settings(compose_train(tmp_path, [f"model={tmp_path / name}.ckpt"])) for name in "ab"}
+    assert settings["a"][WIDTHS_KEY].startswith("pruned (32 channels, ")
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"global_step": 3, SETTINGS_KEY: settings["a"]}, ckpts / "last.ckpt")
+    assert resolve_ckpt_path("auto", tmp_path / "run", settings["a"]) == str(ckpts / "last.ckpt")
+    with pytest.raises(ValueError, match=r"other settings \(module.model.widths: pruned \(32 channels, .*\) -> "
+                                         r"pruned \(48 channels"):
+        resolve_ckpt_path("auto", tmp_path / "run", settings["b"])
+    with pytest.raises(ValueError, match=r"last.ckpt: module.model.widths: .*holds another network"):
+        resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path / "run", settings["b"])
+    # a checkpoint of an earlier gridface, which did not record the widths: resumed as before
+    older = {k: v for k, v in settings["a"].items() if k != WIDTHS_KEY}
+    torch.save({"global_step": 3, SETTINGS_KEY: older}, ckpts / "last.ckpt")
+    assert resolve_ckpt_path("auto", tmp_path / "run", settings["a"]) == str(ckpts / "last.ckpt")
+
+
 def test_a_requeued_job_given_ckpt_path_goes_on_from_its_own_newest_checkpoint(tmp_path, monkeypatch):
     """``sbatch train.sbatch ckpt_path=<other run>/last.ckpt`` (or a submitit job) is requeued with the same
     command: taking that checkpoint again threw away all the job had trained before its preemption, at every

@@ -330,6 +330,32 @@ def test_checkpoint_writer_refuses_non_finite_weights(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
 
+def test_model_of_another_network_classes_or_widths_names_what_differs(tmp_path):
+    """model=<resnet18 .ckpt> with network=resnet10 (or other classes, or a pruned checkpoint's widths on
+    another network) was torch's 'Error(s) in loading state_dict' listing hundreds of tensors."""
+    from gridface.utils.checkpoint import save_atomically
+
+    def saved(name, classes=("face",), backbone="resnet18", widths=None):
+        module = GridBoxModule(class_names=list(classes), input_size=(64, 96), model={"backbone": backbone})
+        hp = dict(module.hparams)
+        if widths:
+            hp["model"] = {**hp["model"], "widths": widths}
+        save_atomically({"state_dict": module.state_dict(), "hyper_parameters": hp}, tmp_path / name)
+        return tmp_path / name
+
+    r18 = saved("r18.ckpt")
+    with pytest.raises(ValueError, match=r"r18.ckpt is a resnet18 network; this run builds resnet10: give "
+                                         r"network=resnet18"):
+        GridBoxModule(class_names=["face"], input_size=(64, 96), model={"backbone": "resnet10", "init_from": r18})
+    with pytest.raises(ValueError, match=r"r18.ckpt detects 1 classes \['face'\], this run trains 2 "
+                                         r"\['face', 'mask'\] \(dataset.class_names\)"):
+        GridBoxModule(class_names=["face", "mask"], input_size=(64, 96), model={"init_from": r18})
+    odd = saved("odd.ckpt", widths={"backbone.nope.0": [3, 8]})
+    with pytest.raises(ValueError, match=r"odd.ckpt: its weights do not fit the network this run builds"):
+        GridBoxModule(class_names=["face"], input_size=(64, 96), model={"init_from": odd})
+    GridBoxModule(class_names=["face"], input_size=(64, 96), model={"init_from": r18})  # the same network: loads
+
+
 def test_the_same_checkpoint_saved_twice_is_the_same_bytes(tmp_path):
     """torch names a zip's records after the file it writes, and checkpoints went through a random temporary name:
     two saves of the same weights differed, and the pipeline (which tells a changed model by its hash) retrained and

@@ -132,11 +132,27 @@ class GridBoxModule(pl.LightningModule):
         if ckpt.get(QAT_STATE_KEY):
             raise ValueError(f"{path}: a quantization-aware training checkpoint (fake-quantized); start from the "
                              "float checkpoint it was trained from, or export it (export=onnx_int8_trt)")
-        widths = ((ckpt.get("hyper_parameters") or {}).get("model") or {}).get("widths")
-        if widths:  # a pruned network: take its shape, and record it so this run's checkpoints rebuild it
-            self.set_widths(widths)
+        hp = ckpt.get("hyper_parameters") or {}
+        saved_net, net = hp.get("model") or {}, self.hparams.get("model") or {}
+        theirs, ours = saved_net.get("backbone"), net.get("backbone")
+        if theirs and ours and theirs != ours:
+            raise ValueError(f"model={path} is a {theirs} network; this run builds {ours}: give network={theirs} "
+                             "(the network it was trained as), or start from a checkpoint of this network")
+        classes = list(hp.get("class_names") or [])
+        if classes and len(classes) != len(self.class_names):
+            raise ValueError(f"model={path} detects {len(classes)} classes {classes}, this run trains "
+                             f"{len(self.class_names)} {self.class_names} (dataset.class_names): its head cannot be "
+                             "loaded; train the same classes, or start from ImageNet weights (network.pretrained=)")
+        widths = saved_net.get("widths")
         net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-        self.net.load_state_dict(net_state)
+        try:
+            if widths:  # a pruned network: take its shape, and record it so this run's checkpoints rebuild it
+                self.set_widths(widths)
+            self.net.load_state_dict(net_state)
+        except (RuntimeError, KeyError) as e:  # torch lists every mismatched tensor: the first lines say enough
+            detail = " ".join(str(e).split())[:300]
+            raise ValueError(f"model={path}: its weights do not fit the network this run builds ({detail} ...); "
+                             "give the network=, dataset.class_names= and widths it was trained with") from None
         rank_zero_info(f"initialised weights from {path}" + (" (pruned network)" if widths else ""))
 
     def set_widths(self, widths: dict[str, list[int]]) -> None:

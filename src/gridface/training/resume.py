@@ -4,6 +4,8 @@ so a requeued or restarted job (same folder) goes on from where it stopped (a re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -35,11 +37,15 @@ COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "
 # checkpoint), and where files lie (a path is compared as "a path": data roots and annotation files may move between
 # machines or Slurm nodes)
 NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last", "pretrained", "init_from")
-# what a resume restores from the checkpoint whatever the config says: changed, they would silently not apply
-RESTORED_WITH_THE_RUN = ("module.optimizer",)
 # ...nor how validation measures and clusters (AP's IoU, the WIDER ground truth, DBSCAN/NMS): they never reach the
 # weights, and a resume may add the WIDER .mat folder (dataset.eval_gt) or change the clustering
 NOT_COMPARED_NODES = ("module.evaluation", "module.postprocess")
+# what a resume restores from the checkpoint whatever the config says: changed, they would silently not apply
+RESTORED_WITH_THE_RUN = ("module.optimizer",)
+# the network's shape: a checkpoint of another cannot be loaded at all
+WIDTHS_KEY = "module.model.widths"  # a pruned start's widths (from model=, not the config): see started_widths
+SHAPE = ("module.model.backbone", WIDTHS_KEY, "module.class_names")
+RECORDED_SINCE = (WIDTHS_KEY,)  # keys older checkpoints do not record: not a change when absent from them
 A_PATH = "<a path>"
 
 
@@ -64,7 +70,25 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
     for key in COMPARED:
         node = OmegaConf.select(cfg, key, default=None)
         walk(key, OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    widths = started_widths(OmegaConf.select(cfg, "module.model.init_from", default=None))
+    if widths:  # a retrain of a pruned model: its shape comes from the file model= names, not from the config
+        flat[WIDTHS_KEY] = widths
     return flat
+
+
+def started_widths(init_from: str | None) -> str | None:
+    """The pruned widths of the checkpoint a run starts from (``model=``), as a short digest; None when unpruned."""
+    if not init_from or not Path(init_from).expanduser().is_file():
+        return None
+    try:
+        hp = _saved(Path(init_from).expanduser(), "hyper_parameters") or {}
+    except Exception:  # noqa: BLE001 - the module's own load names what is wrong with the file
+        return None
+    widths = (hp.get("model") or {}).get("widths")
+    if not widths:
+        return None
+    digest = hashlib.sha256(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:12]
+    return f"pruned ({sum(w[-1] for w in widths.values())} channels, {digest})"
 
 
 def measure_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -89,9 +113,10 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any], shown: int = 4,
                      under: tuple[str, ...] | None = None) -> str:
     """``key: old -> new`` for the first ``shown`` keys that differ (only those under the nodes ``under``, when
     given), and how many more; '' when none. Keys no longer compared are passed over (a checkpoint of an older
-    gridface holds them)."""
+    gridface holds them), and so are keys recorded only since (:data:`RECORDED_SINCE`) that it lacks."""
     keys = sorted(k for k in saved.keys() | now.keys()
                   if compared(k) and (under is None or any(k == n or k.startswith(n + ".") for n in under))
+                  and not (k in RECORDED_SINCE and k not in saved)
                   and saved.get(k, "<unset>") != now.get(k, "<unset>"))
     lines = [f"{k}: {saved.get(k, '<unset>')} -> {now.get(k, '<unset>')}" for k in keys[:shown]]
     return "; ".join(lines) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
@@ -116,6 +141,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
     if problem:
         raise ValueError(f"ckpt_path={ckpt_path}: {problem}")
     saved = _saved(path, SETTINGS_KEY)
+    shape = changed_settings(saved, settings, under=SHAPE) if saved and settings else ""
+    if shape:
+        raise ValueError(f"ckpt_path={ckpt_path}: {shape}: the checkpoint holds another network, which this run "
+                         "cannot load; resume it with the settings it was trained with (network=, model=, "
+                         "dataset.class_names=), or start from its weights with model= where the network is the same")
     restored = changed_settings(saved, settings, under=RESTORED_WITH_THE_RUN) if saved and settings else ""
     if restored:
         raise ValueError(
