@@ -433,6 +433,44 @@ def test_a_diverging_tuning_trial_is_recorded_as_failed_and_the_study_goes_on(tm
     assert rows[0]["reason"].startswith("training stopped at global step 3") and rows[0]["reason"].endswith("here")
 
 
+def test_a_tune_metric_training_does_not_log_is_an_error_before_the_first_trial(tmp_path, monkeypatch):
+    """tune.metric=val/ap50 (a typo) was reported after the first trial had trained in full."""
+    pytest.importorskip("optuna")
+    from gridface import tune
+
+    from .helpers import compose_config
+
+    monkeypatch.setattr(tune, "train_run", lambda cfg, callbacks: pytest.fail("a trial trained"))
+    over = [*TINY, f"tune.dir={tmp_path / 'study'}", "tune.metric=val/ap50"]
+    with pytest.raises(ValueError, match=r"tune.metric = 'val/ap50': not a metric training logs; one of val/AP50, "
+                                         r"val/AP50_face, val/mAP, val/AR, val/images, val/loss"):
+        tune.run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
+
+
+def test_a_ctrl_c_in_a_tuning_trial_marks_it_failed_not_running(tmp_path, monkeypatch):
+    """Lightning ends a Ctrl-C'd fit with sys.exit(1), which Optuna does not catch: the trial stayed RUNNING in
+    the study on every later resume, and no summary counted it."""
+    optuna = pytest.importorskip("optuna")
+    from gridface import tune
+
+    from .helpers import compose_config
+
+    def train_run(cfg, callbacks):  # what Lightning's _call_and_handle_interrupt does
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1) from None
+
+    monkeypatch.setattr(tune, "train_run", train_run)
+    over = [*TINY, f"tune.dir={tmp_path / 'study'}", "tune.n_trials=2"]
+    cfg = compose_config("tune", tmp_path / "w0", tmp_path / "cache", over)
+    with pytest.raises(KeyboardInterrupt):
+        tune.run(cfg)
+    study = optuna.load_study(study_name=cfg.tune.study_name, storage=tune.make_storage(str(cfg.tune.storage)))
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["reason"] == "interrupted (Ctrl-C)"
+
+
 def test_training_settings_hold_what_decides_the_run_and_not_what_may_change_on_resume(tmp_path):
     from gridface.training.resume import changed_settings, training_settings
 

@@ -52,6 +52,23 @@ def optimizer_config(given: dict[str, Any] | None) -> dict[str, Any]:
     return group_default("optimizer", "tao", given)
 
 
+def detection_metric_names(class_names: list[str], evaluation: dict[str, Any]) -> list[str]:
+    """What validation measures, logged as ``val/<name>`` (and what ``gridface.evaluate`` reports)."""
+    names = ["AP50", *(f"AP50_{c}" for c in class_names)]
+    if evaluation.get("coco", True):
+        names += ["mAP", "AR"]
+    if evaluation.get("wider_gt"):
+        names += ["wider_easy", "wider_medium", "wider_hard"]
+    return names
+
+
+def validation_metric_names(class_names: list[str], evaluation: dict[str, Any]) -> list[str]:
+    """Every ``val/`` key a training run logs: the detection metrics, the loss, the image count and the operating
+    point (a metric to monitor or tune on must be one of them)."""
+    return [f"val/{n}" for n in [*detection_metric_names(class_names, evaluation), "images", "loss",
+                                 "score_threshold", "F1"]]
+
+
 class GridBoxModule(pl.LightningModule):
     def __init__(
         self,
@@ -371,12 +388,7 @@ class GridBoxModule(pl.LightningModule):
 
     def metric_names(self) -> list[str]:
         """The names :meth:`compute_metrics` returns (without measuring anything)."""
-        names = ["AP50", *(f"AP50_{c}" for c in self.class_names)]
-        if self.eval_cfg.get("coco", True):
-            names += ["mAP", "AR"]
-        if self.eval_cfg["wider_gt"]:
-            names += ["wider_easy", "wider_medium", "wider_hard"]
-        return names
+        return detection_metric_names(self.class_names, self.eval_cfg)
 
     def compute_metrics(self, dets: list, gts: list, paths: list[str] | None = None) -> dict[str, float]:
         """The metrics ``gridface.evaluate`` reports, under the same names (logged here as ``val/<name>``)."""

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from gridface.accelerator import check_gpu_available
+from gridface.module import validation_metric_names
 from gridface.stages.train import run as train_run
 from gridface.utils.errors import optional_import, user_errors
 from gridface.utils.finite import NonFiniteError
@@ -146,6 +147,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tc = cfg.tune
     if tc.pruner not in ("median", "none"):
         raise ValueError(f"tune.pruner = '{tc.pruner}': must be median or none")
+    logged = validation_metric_names(list(cfg.module.class_names), OmegaConf.to_container(cfg.module.evaluation,
+                                                                                          resolve=True))
+    if tc.metric not in logged:  # before the study, not after a whole trial has trained
+        raise ValueError(f"tune.metric = '{tc.metric}': not a metric training logs; one of {', '.join(logged)}")
     study_dir = Path(tc.dir)
     sampler = optuna.samplers.TPESampler(seed=tc.seed)
     pruner = (optuna.pruners.MedianPruner(n_warmup_steps=int(tc.pruner_warmup_epochs))
@@ -163,6 +168,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             result = train_run(trial_config(cfg, values, folder), callbacks=[ReportToTrial(trial, tc.metric)])
         except NonFiniteError as e:
             trial.set_user_attr("reason", str(e))
+            raise
+        except SystemExit as e:
+            if isinstance(e.__context__, KeyboardInterrupt):  # Lightning ends a Ctrl-C'd fit with sys.exit(1), which
+                trial.set_user_attr("reason", "interrupted (Ctrl-C)")  # Optuna does not catch: the trial stayed
+                raise KeyboardInterrupt from e  # RUNNING in the study for good; as an interrupt it is a FAIL
             raise
         if tc.metric not in result["metrics"]:
             raise ValueError(f"tune.metric '{tc.metric}' was not logged; logged: {sorted(result['metrics'])}")
