@@ -447,6 +447,27 @@ def test_a_tune_metric_training_does_not_log_is_an_error_before_the_first_trial(
         tune.run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
 
 
+def test_a_study_resumed_under_other_settings_is_refused(tmp_path, monkeypatch):
+    """A study started at 96 px and resumed at 64 px ranked both kinds of trial together, and best.json's command
+    (the second run's overrides) did not reproduce the best trial."""
+    pytest.importorskip("optuna")
+    from gridface import tune
+
+    from .helpers import compose_config
+
+    monkeypatch.setattr(tune, "train_run", lambda cfg, callbacks: {"metrics": {"val/AP50": 0.5}})
+    over = [*TINY, f"tune.dir={tmp_path / 'study'}", "tune.n_trials=1"]
+    monkeypatch.setattr(tune, "study_overrides", lambda: ["dataset.input_width=96", "trainer.max_epochs=3"])
+    first = tune.run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
+    assert "dataset.input_width=96 trainer.max_epochs=3" in first["train_command"]
+    monkeypatch.setattr(tune, "study_overrides", lambda: ["trainer.max_epochs=3", "dataset.input_width=96"])
+    assert tune.run(compose_config("tune", tmp_path / "w1", tmp_path / "cache", over))["trials"] == 2  # any order
+    monkeypatch.setattr(tune, "study_overrides", lambda: ["dataset.input_width=64"])
+    with pytest.raises(ValueError, match=r"the study was started with the overrides \['dataset.input_width=96', "
+                                         r"'trainer.max_epochs=3'\], this run gives \['dataset.input_width=64'\]"):
+        tune.run(compose_config("tune", tmp_path / "w2", tmp_path / "cache", over))
+
+
 def test_a_ctrl_c_in_a_tuning_trial_marks_it_failed_not_running(tmp_path, monkeypatch):
     """Lightning ends a Ctrl-C'd fit with sys.exit(1), which Optuna does not catch: the trial stayed RUNNING in
     the study on every later resume, and no summary counted it."""

@@ -28,6 +28,7 @@ from gridface.utils.hydra import config_dir, override, stage_config
 from gridface.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
+OVERRIDES_ATTR = "gridface_study_overrides"  # the study's command-line overrides (tune.* left out), in the study
 
 
 def make_storage(spec: str) -> Any:
@@ -158,6 +159,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     study = optuna.create_study(study_name=tc.study_name, storage=make_storage(str(tc.storage)), sampler=sampler,
                                 pruner=pruner, direction=tc.direction, load_if_exists=True)
     space = OmegaConf.to_container(tc.search_space, resolve=True)
+    # the study's own settings (its experiment, data, epochs...): trials trained under others cannot be ranked with
+    # its trials, and best.json's command must be the one its trials ran under
+    overrides = sorted(study_overrides())
+    recorded = study.user_attrs.get(OVERRIDES_ATTR)
+    if recorded is None:
+        study.set_user_attr(OVERRIDES_ATTR, overrides)
+    elif recorded != overrides:
+        raise ValueError(f"tune.study_name={tc.study_name}: the study was started with the overrides {recorded}, "
+                         f"this run gives {overrides}; trials trained under other settings cannot be ranked with "
+                         "its trials: give the study's overrides again, or another tune.study_name")
 
     def objective(trial: Any) -> float:
         values = suggest(trial, space)
@@ -190,7 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done:
         best = study.best_trial
         summary.update({"best_trial": best.number, "best_value": best.value, "best_params": best.params})
-        summary["train_command"] = train_command(study_overrides(), best.params)
+        summary["train_command"] = train_command(study.user_attrs.get(OVERRIDES_ATTR, overrides), best.params)
         write_text(study_dir / "experiment" / "best.yaml", best_experiment(best.params, best.value, tc.metric,
                                                                           best.number, summary["train_command"]))
         write_json(study_dir / "best.json", summary)
