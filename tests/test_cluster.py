@@ -447,6 +447,36 @@ def test_a_tune_metric_training_does_not_log_is_an_error_before_the_first_trial(
         tune.run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
 
 
+def test_the_search_space_is_given_nested_or_dotted_and_checked_before_the_study(tmp_path, monkeypatch):
+    """+tune.search_space.optimizer.weight_decay={...} (the --help's form) nested the key and ended in a KeyError
+    traceback after a FAIL trial; narrowing tune.search_space.optimizer.max_lr.high= was 'not in struct'; a config
+    group (network) was a traceback from inside the override step."""
+    pytest.importorskip("optuna")
+    from gridface import tune
+
+    from .helpers import compose_config
+
+    seen = []
+    monkeypatch.setattr(tune, "train_run", lambda cfg, callbacks: seen.append(cfg) or {"metrics": {"val/AP50": 0.5}})
+    over = [*TINY, f"tune.dir={tmp_path / 'study'}", "tune.n_trials=1", "tune.search_space.optimizer.max_lr.high=1e-3",
+            "+tune.search_space.optimizer.weight_decay={type:float,low:0.0,high:1.0e-4}",
+            "+tune.search_space={loss.cov_weight:{type:float,low:0.5,high:2.0}}"]
+    summary = tune.run(compose_config("tune", tmp_path / "w0", tmp_path / "cache", over))
+    params = summary["best_params"]
+    assert set(params) == {"optimizer.max_lr", "optimizer.soft_start", "loss.bbox_weight", "optimizer.weight_decay",
+                           "loss.cov_weight"}
+    assert params["optimizer.max_lr"] <= 1e-3 and seen[0].optimizer.weight_decay == params["optimizer.weight_decay"]
+    for bad, message in [("+tune.search_space.network={type:categorical,choices:[resnet18,resnet10]}",
+                          r"'network' is a group of settings, not one value; search a key in it"),
+                         ("+tune.search_space.optimizer.nope={type:float,low:0,high:1}",
+                          r"'optimizer.nope' is not a key of the training config"),
+                         ("+tune.search_space.optimizer.max_lr.lo=1", r"optimizer.max_lr: \['lo'\] are not among")]:
+        with pytest.raises(ValueError, match=message):
+            tune.run(compose_config("tune", tmp_path / "w1", tmp_path / "cache",
+                                    [*TINY, f"tune.dir={tmp_path / 'bad'}", bad]))
+    assert len(seen) == 1
+
+
 def test_a_study_resumed_under_other_settings_is_refused(tmp_path, monkeypatch):
     """A study started at 96 px and resumed at 64 px ranked both kinds of trial together, and best.json's command
     (the second run's overrides) did not reproduce the best trial."""

@@ -46,6 +46,29 @@ def make_storage(spec: str) -> Any:
     return spec
 
 
+SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
+
+
+def flat_search_space(space: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """``tune.search_space`` as ``{dotted.training.key: spec}``: nested (as the training config is, so
+    ``tune.search_space.optimizer.max_lr.high=`` narrows a range and ``+tune.search_space.optimizer.weight_decay=``
+    adds one) or dotted, or both. A spec is a mapping of :data:`SPEC_KEYS`."""
+    flat: dict[str, dict[str, Any]] = {}
+    for key, value in space.items():
+        name = f"{prefix}{key}"
+        if not isinstance(value, dict) or not value:
+            raise ValueError(f"tune.search_space.{name} = {value!r}: give {{type: float|int|categorical, low:, "
+                             "high:, log:, step:, choices:}} for a training key")
+        if set(value) <= SPEC_KEYS:
+            flat[name] = value
+        elif set(value) & SPEC_KEYS:
+            raise ValueError(f"tune.search_space.{name}: {sorted(set(value) - SPEC_KEYS)} are not among "
+                             f"{sorted(SPEC_KEYS)}")
+        else:
+            flat.update(flat_search_space(value, f"{name}."))
+    return flat
+
+
 def suggest(trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
     """The trial's value for every key of ``tune.search_space``."""
     values = {}
@@ -87,9 +110,6 @@ def trial_config(cfg: DictConfig, values: dict[str, Any], folder: Path) -> DictC
     to ``cfg`` rather than re-composed: tune receives the study's config already composed (by ``@hydra.main`` from
     the user's command line, or by a caller who may have changed it), and re-composing would need those overrides
     again and lose a caller's changes."""
-    for key in values:
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
     # ckpt_path=null: a trial never resumes another trial's checkpoint
     args = [*(override(key, value) for key, value in values.items()), "ckpt_path=null", "~tune"]
     return stage_config("tune", args, base=cfg, output_dir=folder)
@@ -158,7 +178,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               if tc.pruner == "median" else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=tc.study_name, storage=make_storage(str(tc.storage)), sampler=sampler,
                                 pruner=pruner, direction=tc.direction, load_if_exists=True)
-    space = OmegaConf.to_container(tc.search_space, resolve=True)
+    space = flat_search_space(OmegaConf.to_container(tc.search_space, resolve=True))
+    for key in space:  # before the study: a bad key was a FAIL trial, or a traceback from inside Optuna
+        node = OmegaConf.select(cfg, key, default="__missing__")
+        if isinstance(node, str) and node == "__missing__":
+            raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
+        if isinstance(node, DictConfig):
+            raise ValueError(f"tune.search_space: '{key}' is a group of settings, not one value; search a key in it "
+                             f"(e.g. {key}.{next(iter(node), 'x')}); config groups (network=, recipe=) are not "
+                             "searched")
     # the study's own settings (its experiment, data, epochs...): trials trained under others cannot be ranked with
     # its trials, and best.json's command must be the one its trials ran under
     overrides = sorted(study_overrides())
