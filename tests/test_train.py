@@ -330,6 +330,29 @@ def test_checkpoint_writer_refuses_non_finite_weights(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
 
+def test_a_run_folder_moved_elsewhere_resumes_with_its_best_checkpoint_ranking(tmp_path, caplog):
+    """A run copied to another disk and extended there: Lightning restores a ModelCheckpoint's ranking only in the
+    folder it was saved in, so the moved run lost its best score, wrote best-v1.ckpt beside a stale best.ckpt, and a
+    rerun of a finished one reported best_score null with best_checkpoint in the old folder."""
+    import logging
+    import shutil
+
+    from .helpers import compose_config
+
+    over = [*TINY, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none",
+            "checkpoint_every_n_steps=0"]
+    first = run(compose_config("train", tmp_path / "here", tmp_path / "cache", [*over, "trainer.max_epochs=1"]))
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    with caplog.at_level(logging.INFO, logger="gridface.training.resume"):
+        moved = run(compose_config("train", tmp_path / "there", tmp_path / "cache", [*over, "trainer.max_epochs=1"]))
+    assert f"the run was moved from {tmp_path / 'here' / 'checkpoints'}" in caplog.text
+    assert moved["best_score"] == pytest.approx(first["best_score"])
+    assert moved["best_checkpoint"] == str(tmp_path / "there" / "checkpoints" / "best.ckpt")
+    extended = run(compose_config("train", tmp_path / "there", tmp_path / "cache", [*over, "trainer.max_epochs=2"]))
+    assert extended["global_step"] == 4 and extended["best_score"] >= first["best_score"]
+    assert sorted(p.name for p in (tmp_path / "there" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_model_of_another_network_classes_or_widths_names_what_differs(tmp_path):
     """model=<resnet18 .ckpt> with network=resnet10 (or other classes, or a pruned checkpoint's widths on
     another network) was torch's 'Error(s) in loading state_dict' listing hundreds of tensors."""

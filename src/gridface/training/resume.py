@@ -220,6 +220,7 @@ class TrainingSettingsRecord(pl.Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
+        follow_a_moved_run(trainer, checkpoint)
         saved = checkpoint.get(MEASURE_KEY)
         if saved is not None and self.measure is not None:
             keys = sorted(k for k in saved.keys() | self.measure.keys() if saved.get(k) != self.measure.get(k))
@@ -270,6 +271,36 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with saved_as_mid_epoch(trainer):
             super().on_train_epoch_end(trainer, pl_module)
+
+
+def follow_a_moved_run(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+    """A run folder moved or copied elsewhere (another disk, another cluster) and resumed there: Lightning restores a
+    ModelCheckpoint's ranking only when its folder is the one saved, so the moved run lost its best score, and a
+    longer run wrote ``best-v1.ckpt`` beside a stale ``best.ckpt``. When each file the saved state names lies in
+    this run's checkpoint folder under its name, the state is taken over with the new paths."""
+    states = checkpoint.get("callbacks") or {}
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint) or cb.state_key not in states or cb.dirpath is None:
+            continue
+        state = states[cb.state_key]
+        old, new = state.get("dirpath"), str(cb.dirpath)
+        if not old or old == new:
+            continue
+        named = [p for p in (state.get("best_model_path"), state.get("kth_best_model_path"),
+                             state.get("last_model_path"), *(state.get("best_k_models") or {})) if p]
+
+        def moved(path: str, folder: str = new) -> str:
+            return str(Path(folder) / Path(path).name) if path else path
+
+        if not named or not all(Path(moved(p)).is_file() for p in named):
+            continue  # not this run's files: Lightning's own warning and behaviour
+        states[cb.state_key] = {
+            **state, "dirpath": new, "best_model_path": moved(state.get("best_model_path", "")),
+            "kth_best_model_path": moved(state.get("kth_best_model_path", "")),
+            "last_model_path": moved(state.get("last_model_path", "")),
+            "best_k_models": {moved(p): v for p, v in (state.get("best_k_models") or {}).items()}}
+        if trainer.is_global_zero:
+            log.info("the run was moved from %s: its checkpoint ranking goes on in %s", old, new)
 
 
 @contextmanager
