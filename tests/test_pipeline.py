@@ -211,3 +211,17 @@ def test_stages_left_out_of_a_subset_run_are_reported_out_of_date(tmp_path, monk
     assert result["outdated"] == {"prune": "its input model was rebuilt", "retrain": "prune is out of date"}
     assert run(2, ["train", "prune", "retrain"])["ran"] == ["prune", "retrain"]  # a full run brings them up to date
     assert run(2, ["train"])["outdated"] == {}
+
+
+def test_a_report_made_beside_out_of_date_stages_says_so_first(tmp_path):
+    """pipeline.stages=[prune,report] after a new prune ratio: the report kept the earlier retrained and exported
+    rows and only the console said they were out of date; report.md and report.html now say it first."""
+    from gridface.workflow.report import write_pipeline_report
+
+    outdated = {"retrain": "its input model was rebuilt", "export_fp32": "retrain is out of date"}
+    outputs = write_pipeline_report(tmp_path, {}, 0, "resnet18", outdated)
+    for name in ("report_md", "report_html"):
+        text = outputs[name].read_text()
+        assert ("Out of date (left out of pipeline.stages; their rows describe earlier outputs): retrain (its input "
+                "model was rebuilt); export_fp32 (retrain is out of date)") in text
+    assert "Out of date" not in write_pipeline_report(tmp_path / "fresh", {}, 0, "resnet18")["report_md"].read_text()

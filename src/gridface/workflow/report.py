@@ -204,9 +204,11 @@ def html_page(rows: list[dict[str, Any]], lines: list[str], machine: dict[str, A
 
 
 def write_pipeline_report(folder: Path, records: dict[str, StageRecord], samples: int,
-                          network: str | None = None) -> dict[str, Path]:
+                          network: str | None = None, outdated: dict[str, str] | None = None) -> dict[str, Path]:
     """``report.md``, ``report.html`` (pictures inlined), ``rows.json`` and the PNG charts, into ``folder``;
-    ``network`` names the backbone the pipeline trained."""
+    ``network`` names the backbone the pipeline trained; ``outdated``: the stages left out of this run
+    (``pipeline.stages``) whose outputs no longer follow from their inputs, said first (their rows describe earlier
+    outputs; only the console said so)."""
     rows = artifact_rows(records)
     bench = load_json(records.get("benchmark"), "benchmark") or {}
     infer = records.get("infer")
@@ -215,6 +217,10 @@ def write_pipeline_report(folder: Path, records: dict[str, StageRecord], samples
         sample_dir = Path(infer.outputs["summary"]["path"]).parent / "images"
         pictures["Sample detections (deployed INT8 model)"] = plot_samples(folder / "samples.png", sample_dir, samples)
     lines = headline(rows)
+    if outdated:
+        lines.insert(0, "Out of date (left out of pipeline.stages; their rows describe earlier outputs): "
+                        + "; ".join(f"{name} ({why})" for name, why in outdated.items())
+                        + ". Run the pipeline without pipeline.stages= to bring them up to date.")
     outputs = {"report_md": write_text(folder / "report.md",
                                        markdown(rows, lines, bench.get("machine"), pictures, network)),
                "report_html": write_text(folder / "report.html",

@@ -216,7 +216,7 @@ def report_config(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> An
 def run_report(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: dict[str, Any]) -> dict[str, Path]:
     from gridface.workflow.report import write_pipeline_report
 
-    return write_pipeline_report(folder, ctx.records, int(cfg["samples"]), cfg.get("network"))
+    return write_pipeline_report(folder, ctx.records, int(cfg["samples"]), cfg.get("network"), dict(ctx.outdated))
 
 
 def build_stages() -> list[Stage]:
