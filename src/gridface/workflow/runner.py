@@ -25,6 +25,7 @@ from gridface.utils.hydra import flat_overrides, override, stage_config
 from gridface.workflow.artifacts import ARTIFACTS
 from gridface.workflow.manifest import (
     StageRecord,
+    file_sha256,
     read_manifest,
     why_not_resumable,
     why_stale,
@@ -271,11 +272,13 @@ def run_stage_job(cfg: DictConfig, root: Path, name: str, inputs: dict[str, Path
 def inputs_moved_on(record: StageRecord, stage: Stage, inputs: dict[str, Path], producers: dict[str, str],
                     outdated: dict[str, str]) -> str | None:
     """Why a stage left out of ``pipeline.stages`` no longer describes its inputs (another file, a rerun of the stage
-    that made one, or that stage itself out of date), or None. Cheap: paths and run ids, no hashing."""
+    that made one into other bytes, or that stage itself out of date), or None. Hashes only an input whose producing
+    run changed (a rerun that wrote the same bytes changed nothing)."""
     for name, rec in record.inputs.items():
         if name not in inputs or str(inputs[name]) != rec["path"]:
             return f"its input {name} is another file now"
-        if producers.get(name) and rec.get("run_id") and producers[name] != rec["run_id"]:
+        if producers.get(name) and rec.get("run_id") and producers[name] != rec["run_id"] and (
+                not inputs[name].is_file() or file_sha256(inputs[name]) != rec["sha256"]):
             return f"its input {name} was rebuilt"
         source = stage.inputs[name][0] if name in stage.inputs else None
         if source in outdated:
