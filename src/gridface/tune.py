@@ -104,12 +104,25 @@ class ReportToTrial(pl.Callback):
             raise optuna.TrialPruned(f"{self.metric} trails the median at epoch {trainer.current_epoch}")
 
 
+def check_search_keys(cfg: DictConfig, keys: list[str]) -> None:
+    """Each searched key names one value of the training config (not a group of settings)."""
+    for key in keys:
+        node = OmegaConf.select(cfg, key, default="__missing__")
+        if isinstance(node, str) and node == "__missing__":
+            raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
+        if isinstance(node, DictConfig):
+            raise ValueError(f"tune.search_space: '{key}' is a group of settings, not one value; search a key in it "
+                             f"(e.g. {key}.{next(iter(node), 'x')}); config groups (network=, recipe=) are not "
+                             "searched")
+
+
 def trial_config(cfg: DictConfig, values: dict[str, Any], folder: Path) -> DictConfig:
     """The study's config with the trial's values as ``key=value`` overrides, through stage_config's override path:
     the same parser and override step as the command line, so a search-space key means what it means there. Applied
     to ``cfg`` rather than re-composed: tune receives the study's config already composed (by ``@hydra.main`` from
     the user's command line, or by a caller who may have changed it), and re-composing would need those overrides
     again and lose a caller's changes."""
+    check_search_keys(cfg, list(values))
     # ckpt_path=null: a trial never resumes another trial's checkpoint
     args = [*(override(key, value) for key, value in values.items()), "ckpt_path=null", "~tune"]
     return stage_config("tune", args, base=cfg, output_dir=folder)
@@ -179,14 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     study = optuna.create_study(study_name=tc.study_name, storage=make_storage(str(tc.storage)), sampler=sampler,
                                 pruner=pruner, direction=tc.direction, load_if_exists=True)
     space = flat_search_space(OmegaConf.to_container(tc.search_space, resolve=True))
-    for key in space:  # before the study: a bad key was a FAIL trial, or a traceback from inside Optuna
-        node = OmegaConf.select(cfg, key, default="__missing__")
-        if isinstance(node, str) and node == "__missing__":
-            raise ValueError(f"tune.search_space: '{key}' is not a key of the training config")
-        if isinstance(node, DictConfig):
-            raise ValueError(f"tune.search_space: '{key}' is a group of settings, not one value; search a key in it "
-                             f"(e.g. {key}.{next(iter(node), 'x')}); config groups (network=, recipe=) are not "
-                             "searched")
+    check_search_keys(cfg, list(space))  # before the study: a bad key was a FAIL trial, or a traceback
     # the study's own settings (its experiment, data, epochs...): trials trained under others cannot be ranked with
     # its trials, and best.json's command must be the one its trials ran under
     overrides = sorted(study_overrides())
