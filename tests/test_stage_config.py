@@ -139,7 +139,8 @@ def test_pipeline_builds_each_stage_config_once_and_runs_the_object_it_records(t
     fake(gridface.stages.infer, lambda cfg, folder: touch(folder / "summary.json"))
     monkeypatch.setattr(gridface.workflow.benchmark, "benchmark_artifacts", lambda *a: {})
     monkeypatch.setattr(gridface.workflow.report, "write_pipeline_report",
-                        lambda folder, records, samples, network=None: {"report_md": touch(folder / "report.md")})
+                        lambda folder, records, samples, network=None, outdated=None: {
+                            "report_md": touch(folder / "report.md")})
     monkeypatch.setattr(runner, "tensorrt_unavailable", lambda: "no TensorRT in this test")
     built: dict[str, object] = {}
 

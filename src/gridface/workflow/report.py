@@ -74,10 +74,16 @@ def table_cells(row: dict[str, Any]) -> list[str]:
                 *["–"] * (len(COLUMNS) - 3)]
     wider = " / ".join(fmt(row.get(k)) for k in ("wider_easy", "wider_medium", "wider_hard"))
     return [row["artifact"], row["backend"], fmt(row.get("params") and row["params"] / 1e6, ".2f"),
-            fmt(row.get("macs") and row["macs"] / 1e9, ".2f"), fmt(row.get("file_mb"), ".1f"),
+            macs_at(row), fmt(row.get("file_mb"), ".1f"),
             fmt(row.get("latency_ms"), ".2f"), fmt(row.get("images_per_s"), ".1f"), fmt(row.get("speedup"), ".1f"),
             fmt(row.get("AP50")), fmt(row.get("d_AP50_points"), "+.2f"), fmt(row.get("mAP")),
             wider if row.get("wider_easy") is not None else "–"]
+
+
+def macs_at(row: dict[str, Any]) -> str:
+    """GMACs with the input size they were counted at (a prune report counts them at its own size)."""
+    hw = row.get("input_hw")
+    return fmt(row.get("macs") and row["macs"] / 1e9, ".2f") + (f" at {hw[1]}×{hw[0]}" if hw else "")
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

@@ -113,8 +113,9 @@ def prune_overrides(ctx: PipelineRun, folder: Path, inputs: dict[str, Path]) -> 
     """The prune command line; the pipeline's prune group (``prune@pipeline.prune``) as its option and keys, after
     ``prune_args`` so that it wins, as it always has."""
     prune = OmegaConf.to_container(ctx.cfg.pipeline.prune, resolve=True)
+    # latency.input_hw=null: MACs at the size the model trained at, as the report's rows count them
     return [override("model", str(inputs["model"])), override("output_dir", str(folder)), "latency.reps=0",
-            "evaluate=false", *list(ctx.cfg.pipeline.prune_args), f"prune={prune['mode']}",
+            "latency.input_hw=null", "evaluate=false", *list(ctx.cfg.pipeline.prune_args), f"prune={prune['mode']}",
             *flat_overrides("prune", prune)]
 
 
