@@ -162,6 +162,24 @@ def test_exif_orientation_after_large_header_segments_is_applied(tmp_path):
     np.testing.assert_array_equal(read_image_rgb(p), want)
 
 
+def test_a_16_bit_png_holding_8_bit_values_is_reported_not_decoded_black(tmp_path):
+    """8-bit data saved with 16 bits per sample (values 0-255): scaled to 8 bits as OpenCV does (>> 8), every pixel
+    was 0, and the black image was trained on without a word. A 12-bit one (0-4095) is dark but an image."""
+    from gridface.data.images import LOW_RANGE
+
+    values = photo(60, 80).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "low.png"), values)
+    cv2.imwrite(str(tmp_path / "twelve.png"), values * 16)
+    cv2.imwrite(str(tmp_path / "full.png"), values * 257)
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((60, 80, 3), np.uint16))
+    with pytest.raises(ImageReadError, match=r"low.png: 16-bit with 8-bit values \(a 16-bit PNG whose values all lie "
+                                             r"below 256 \(the largest is \d+\)") as e:
+        read_image_rgb(tmp_path / "low.png")
+    assert e.value.kind == LOW_RANGE
+    np.testing.assert_array_equal(read_image_rgb(tmp_path / "full.png"), cv2.cvtColor(photo(60, 80), cv2.COLOR_BGR2RGB))
+    assert 0 < read_image_rgb(tmp_path / "twelve.png").max() < 16 and read_image_rgb(tmp_path / "black.png").max() == 0
+
+
 def test_the_exif_orientation_of_a_photo_over_pils_pixel_limit_is_read():
     """A 200 MP phone photo (16320x12240, orientation 6): PIL's Image.open refuses more than ~179 MP before it reads
     a tag, the orientation came out 1, and the photo was trained and inferred on sideways. Here a small JPEG whose

@@ -28,6 +28,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # What can be wrong with an image file, as counted in reports.
 MISSING, EMPTY, NOT_IMAGE, TRUNCATED, UNDECODABLE = "missing", "empty", "not an image", "truncated", "undecodable"
 CORRUPT = "corrupt"  # whole in structure, damaged inside: a lenient decoder invents the lost pixels
+LOW_RANGE = "16-bit with 8-bit values"  # scaled to 8 bits as OpenCV does (>> 8), every pixel would be 0: black
 
 _SIGNATURES = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png", b"BM": "bmp", b"II*\x00": "tiff",
                b"MM\x00*": "tiff"}
@@ -186,6 +187,13 @@ def decode_image_bgr(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
         if fmt is None:
             raise ImageReadError(path, NOT_IMAGE, f"starts with {data[:8]!r}, not a known image signature")
         raise ImageReadError(path, UNDECODABLE, f"{fmt} decoder failed (corrupt or truncated)")
+    if fmt == "png" and len(data) > 24 and data[24] == 16 and not img.any():  # 16 bits per sample (IHDR)
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        peak = int(raw.max()) if raw is not None and raw.size else 0
+        if 0 < peak < 256:
+            raise ImageReadError(path, LOW_RANGE, f"a 16-bit PNG whose values all lie below 256 (the largest is "
+                                                  f"{peak}): scaled to 8 bits as OpenCV does, it is black; save it "
+                                                  "with 8 bits per sample (its values are 8-bit data)")
     return img
 
 
