@@ -220,3 +220,45 @@ def test_composing_a_stage_config_makes_no_folder(tmp_path, monkeypatch, name):
         hydra_config = compose(name, return_hydra_config=True).hydra
         run_dir, sweep_dir = hydra_config.run.dir, hydra_config.sweep.dir
     assert run_dir and sweep_dir and list(tmp_path.iterdir()) == []
+
+
+
+def keyword_defaults(fn) -> dict:
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def yaml_file(group: str, option: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / group / f"{option}.yaml"))
+
+
+def test_each_default_is_the_same_in_the_yaml_and_the_code():
+    """A class built in Python (a test, a script, an older checkpoint's missing key) and a Hydra run get the same
+    defaults: where configs/ repeats a class's keyword defaults, they are equal (loss.target_cov_share was 0.0909 in
+    the YAML and 1/11 in GridBoxLoss)."""
+    from gridface.loss import GridBoxLoss
+    from gridface.model import GridBoxNet
+    from gridface.model.head import GridBoxHead
+    from gridface.module import GridBoxModule
+    from gridface.pruning.pruner import PruneSpec
+    from gridface.targets import GridBoxTargetEncoder
+
+    loss = yaml_file("loss", "gridbox")
+    l1 = loss.pop("l1_regularization")
+    assert loss == {k: v for k, v in keyword_defaults(GridBoxLoss).items() if k != "eps"}
+    assert GridBoxLoss(**loss).target_cov_share == pytest.approx(1 / 11)  # TAO: cov 1 : bbox 10
+    assert GridBoxModule().l1_regularization == l1 == 0.0
+
+    targets = {k: v for k, v in yaml_file("targets", "gridbox").items() if k not in ("_target_", "num_classes")}
+    encoder = vars(GridBoxTargetEncoder())
+    assert targets == {k: encoder[k] for k in targets} and encoder["stride"] == 16
+
+    network = yaml_file("network", "resnet18")
+    assert network["cov_prior"] == keyword_defaults(GridBoxNet)["cov_prior"] == keyword_defaults(GridBoxHead)[
+        "cov_prior"]
+    assert network["backbone"] == keyword_defaults(GridBoxNet)["backbone"]
+
+    for option in ("ratio", "threshold"):
+        prune = {k: v for k, v in yaml_file("prune", option).items() if k != "mode"}
+        assert prune == {k: vars(PruneSpec())[k] for k in prune}, option

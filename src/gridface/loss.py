@@ -24,7 +24,7 @@ class GridBoxLoss(nn.Module):
         cov_weight: float = 1.0,
         bbox_weight: float = 10.0,
         auto_weight: bool = False,
-        target_cov_share: float = 1.0 / 11.0,
+        target_cov_share: float | None = None,
         min_weight: float = 1e-4,
         max_weight: float = 0.9999,
         eps: float = 1e-7,
@@ -37,7 +37,8 @@ class GridBoxLoss(nn.Module):
             raise ValueError(f"loss weights must be >= 0 and not both 0, got {cov_weight}, {bbox_weight}")
         self.fg_weight = fg_weight
         self.auto_weight = auto_weight
-        self.target_cov_share = target_cov_share
+        # None: the starting share (TAO's weight targets are its initial weights: 1/11 for cov 1, bbox 10)
+        self.target_cov_share = cov_weight / total if target_cov_share is None else float(target_cov_share)
         self.min_weight, self.max_weight, self.eps = min_weight, max_weight, eps
         self.register_buffer("weights", torch.tensor([cov_weight / total, bbox_weight / total]))
         self.register_buffer("_sums", torch.zeros(2), persistent=False)

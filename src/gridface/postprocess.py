@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gridface.targets import decode_boxes
+from gridface.targets import STRIDE, decode_boxes
 
 CLUSTERING = ("dbscan", "nms", "hybrid")
 CONFIDENCE = ("aggregate_cov", "mean_cov")
@@ -52,7 +52,7 @@ class GridBoxDecoder:
 
     def __init__(
         self,
-        stride: int = 16,
+        stride: int = STRIDE,
         coverage_threshold: float = 0.004,
         clustering: str = "dbscan",
         dbscan_eps: float = 0.15,

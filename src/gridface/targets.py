@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# every backbone's output stride (model.backbone builds them so): the grid the targets are encoded on
+STRIDE = 16
+
 BBOX_NORM = 35.0
 REFERENCE_OFFSET = 0.5
 
@@ -50,7 +53,7 @@ class GridBoxTargetEncoder:
     """
 
     num_classes: int = 1
-    stride: int = 16
+    stride: int = STRIDE
     cov_center_x: float = 0.5
     cov_center_y: float = 0.5
     cov_radius_x: float = 1.0

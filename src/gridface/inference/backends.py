@@ -67,7 +67,7 @@ class OnnxBackend(ModelBackend):
                                                 providers=providers or ort.get_available_providers())
         check_onnx_contract(path, self.session, tuple(meta["input_hw"]))
         self.fixed_batch = fixed_batch(self.session.get_inputs()[0].shape)
-        super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
+        super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta["stride"]),
                          dict(meta.get("postprocess") or {}), "onnx", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ class ModelBackend:
     path: Path
     input_hw: tuple[int, int]
     class_names: list[str]
-    stride: int = 16
+    stride: int
     postprocess: dict[str, Any] = field(default_factory=dict)
     format: str = "checkpoint"
     data: dict[str, Any] | None = None  # the dataset config the model was trained on (data.config)

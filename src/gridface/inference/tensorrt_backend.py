@@ -100,7 +100,7 @@ class TensorRTBackend(ModelBackend):
         self.context = self.engine.create_execution_context()
         self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
         self.buffers = {name: DeviceBuffer(self.cudart) for name in (ONNX_INPUT, *ONNX_OUTPUTS)}
-        super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta.get("stride", 16)),
+        super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta["stride"]),
                          dict(meta.get("postprocess") or {}), "tensorrt", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

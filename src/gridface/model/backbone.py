@@ -28,9 +28,9 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-log = logging.getLogger(__name__)
+from gridface.targets import STRIDE
 
-STRIDE = 16
+log = logging.getLogger(__name__)
 
 
 def resnet_stride16(net: nn.Module) -> OrderedDict[str, nn.Module]:

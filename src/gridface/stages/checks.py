@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gridface.data.config import DECODE_CHOICES, PREFETCH_CHOICES
 from gridface.postprocess import CLUSTERING, CONFIDENCE, SCORES
+from gridface.targets import STRIDE
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
-STRIDE = 16
 CHECKPOINT = (".ckpt", ".pt", ".pth")
 ENGINE = (".engine", ".plan")
 # the model files each stage reads as model=, by suffix (the backends pick theirs the same way)

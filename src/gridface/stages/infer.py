@@ -188,7 +188,7 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
                "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0, "output_dir": str(out),
                "video": str(writer.video_path) if writer.video_path else None,
                "video_frames_missing": source.missing_frames,
-               "score": detector.postprocess.get("score", "confidence"),
+               "score": detector.decoder.score,
                "confidence_threshold": detector.decoder.confidence_threshold,
                "model_score_threshold": detector.backend.postprocess.get("score_threshold")}
     write_json(out / "summary.json", summary)

@@ -83,9 +83,6 @@ class StageRecord:
     versions: dict[str, str] | None = None
     run_id: str = ""
 
-    def output_paths(self) -> dict[str, Path]:
-        return {name: Path(rec["path"]) for name, rec in self.outputs.items()}
-
 
 def write_manifest(folder: Path, stage: str, status: str, inputs: dict[str, Path], outputs: dict[str, Path],
                    config: Any, seconds: float, reason: str | None = None,
