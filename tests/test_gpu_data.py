@@ -300,6 +300,36 @@ def test_a_worker_checks_each_jpegs_data_once_and_refuses_a_damaged_one_every_ti
     assert calls == [good, bad, bad, bad]
 
 
+
+def _few_open_files(_: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def test_a_worker_ships_a_batch_of_many_images_within_a_small_open_file_limit(tmp_path):
+    """A loader worker shares each tensor of a batch through a shared-memory file of its own: a batch of images as
+    one tensor each ran a worker out of file descriptors at batch 512 under the common ``ulimit -n`` of 1024, and
+    torch's loader then waited forever. The batch's images travel as one buffer: 300 images under a limit of 128
+    (``timeout``: the old way fails here instead of hanging)."""
+    from torch.utils.data import DataLoader
+
+    data = cv2.imencode(".jpg", np.full((16, 24, 3), 90, np.uint8))[1].tobytes()
+    samples = []
+    for i in range(300):
+        (tmp_path / f"{i}.jpg").write_bytes(data)
+        samples.append(Sample(tmp_path / f"{i}.jpg", [[2.0, 2.0, 12.0, 12.0]], [0]))
+    samples.append(Sample(tmp_path / "gone.jpg", [], []))
+    loader = DataLoader(EncodedDataset(samples, "train"), batch_size=len(samples), num_workers=1, timeout=60,
+                        collate_fn=collate_encoded, worker_init_fn=_few_open_files)
+    batch = next(iter(loader))
+    assert len(batch["host"]) == 300 and batch["skipped"] == 1
+    images = batch["host"].images
+    assert all(im.kind == device_decode.JPEG and bytes(im.data.numpy()) == data for im in images)
+    built = DeviceBatchBuilder((16, 32), GridBoxTargetEncoder())(batch)
+    assert built["image"].shape == (300, 3, 16, 32)
+
+
 # ----------------------------------------------------------------------------------------------- (d) augmenting
 def tao_augment() -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -599,6 +629,34 @@ def test_a_prefetched_batch_gets_lightnings_input_conversion_after_its_build(thr
                                              threaded=threaded)))
     assert dm.trainer.precision_plugin.convert_input(pending) is pending  # what Lightning does before the transfer
     assert dm.on_after_batch_transfer(pending, 0)["image"].dtype == torch.bfloat16
+
+
+
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_a_batch_built_in_place_gets_lightnings_input_conversion_and_its_boxes_are_not_rounded(tmp_path, decode,
+                                                                                               precision):
+    """Without a CUDA device a device path's batch is built in on_after_batch_transfer, after Lightning converted
+    the raw batch for a true precision: the built image was left float32 (the bf16 / float64 model refused it) and
+    the boxes were rounded to bf16 before the targets (0.4 px). Now the targets are the CPU path's, and the image is
+    in the precision's dtype."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.plugins.precision import DoublePrecision, HalfPrecision
+
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (200, 256, 3), np.uint8))
+    samples = [Sample(image, [[101.3, 57.7, 180.9, 140.2], [10.6, 20.2, 60.7, 90.9]], [0, 0])]
+    ref, _ = cpu_and_device(samples, HW, decode=decode)
+    plugin = DoublePrecision() if precision == "64-true" else HalfPrecision(precision)
+    dm = GridBoxDataModule(lambda **_: [], lambda **_: [], GridBoxTargetEncoder(), HW, decode=decode)
+    dm.trainer = SimpleNamespace(precision_plugin=plugin)
+    ds = EncodedDataset(samples, "test", letterbox_hw=HW if decode == "hybrid" else None)
+    raw = plugin.convert_input(collate_encoded([ds[0]], 1))  # what Lightning's loop does before the transfer
+    built = dm.on_after_batch_transfer(raw, 0)
+    assert built["image"].dtype == (torch.float64 if precision == "64-true" else torch.bfloat16)
+    for key in ("cov", "bbox", "cov_norm"):
+        assert torch.equal(built[key], plugin.convert_input(ref[key])), key
 
 
 def test_batches_outside_the_trainer_are_built_on_the_gpu_path_too(tmp_path):

@@ -255,11 +255,13 @@ class GridBoxDataModule(pl.LightningDataModule):
         there, or (on a GPU) join the batch :class:`DevicePrefetchLoader` built. The CPU path's batches pass
         unchanged."""
         if self.device_batches is not None and DeviceBatchBuilder.is_encoded(batch):
-            return self.device_batches(batch)
-        if isinstance(batch, PendingBatch):  # built on the side stream: Lightning's input conversion comes now
+            batch = self.device_batches(batch)
+        elif isinstance(batch, PendingBatch):  # built on the side stream
             batch = join_training_stream(batch)
-            return self.trainer.precision_plugin.convert_input(batch) if self.trainer is not None else batch
-        return batch
+        else:
+            return batch
+        # Lightning's input conversion (true precisions) saw the batch before its build: it comes now
+        return self.trainer.precision_plugin.convert_input(batch) if self.trainer is not None else batch
 
 
 def training_batches(datamodule: pl.LightningDataModule, device: torch.device | str) -> Iterable[Any]:

@@ -92,7 +92,7 @@ class DeviceBatchBuilder:
         augment = self.augment if train else None
 
         # Boxes: the rules of DetectionDataset.__getitem__, in float64 as numpy computes them there.
-        boxes = batch["boxes"].to(torch.float64)
+        boxes = batch["boxes"].view(torch.float32).to(torch.float64)  # float32 bits (collate_encoded)
         remap = torch.full((len(paths),), -1, dtype=torch.long)
         remap[kept] = torch.arange(len(kept))
         image_index = remap.to(device, non_blocking=True)[batch["box_image"]]

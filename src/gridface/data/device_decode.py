@@ -23,6 +23,7 @@ neither can decode is skipped.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,16 +65,29 @@ class EncodedImage:
 
 
 class HostImages:
-    """The encoded images of a batch. A plain class on purpose: Lightning's batch transfer moves tensors inside
-    dicts, lists and dataclasses, and ``decode_jpeg`` wants its byte tensors on the CPU whatever the device."""
+    """The encoded images of a batch, packed into one uint8 buffer (``images`` gives them back as views of it). One
+    buffer, because a loader worker shares each tensor it returns through its own shared-memory file: a batch of 512
+    images as 512 tensors ran a worker out of file descriptors (``ulimit -n`` 1024), and torch's loader then waited
+    for the batch forever. A plain class on purpose: Lightning's batch transfer moves tensors inside dicts, lists and
+    dataclasses, and ``decode_jpeg`` wants its byte tensors on the CPU whatever the device."""
 
-    __slots__ = ("images",)
+    __slots__ = ("buffer", "layout")
 
     def __init__(self, images: list[EncodedImage]) -> None:
-        self.images = images
+        self.buffer = torch.cat([im.data.reshape(-1) for im in images]) if images else torch.empty(0, dtype=torch.uint8)
+        self.layout: list[tuple[str, int, tuple[int, ...], int]] = []  # kind, offset, shape, orientation
+        offset = 0
+        for im in images:
+            self.layout.append((im.kind, offset, tuple(im.data.shape), im.orientation))
+            offset += im.data.numel()
+
+    @property
+    def images(self) -> list[EncodedImage]:
+        return [EncodedImage(kind, self.buffer[offset:offset + math.prod(shape)].view(shape), orientation)
+                for kind, offset, shape, orientation in self.layout]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.layout)
 
 
 def read_encoded(path: str | Path, check_data: bool = True) -> EncodedImage:
@@ -147,10 +161,10 @@ def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None,
                     ) -> dict[str, Any]:
     """A device-path batch: the encoded images (:class:`HostImages`, left on the host), or the letterboxed pixels
     (``letterboxed`` uint8 ``[B, 3, H, W]``, stacked into shared memory by torch's own collate, and ``letterbox``
-    per image), and the boxes of all images concatenated (``boxes`` [M, 4] original pixels, ``labels``,
-    ``ignore``, ``box_image`` the image of each box), which Lightning moves to the device. Skipped files are
-    dropped and listed in ``skips``; the original ground truth (``gt_*``, numpy) and ``path``/``origin`` stay per
-    image on the host."""
+    per image), and the boxes of all images concatenated (``boxes`` [M, 4] original pixels as float32 bits in
+    int32, ``labels``, ``ignore``, ``box_image`` the image of each box), which Lightning moves to the device.
+    Skipped files are dropped and listed in ``skips``; the original ground truth (``gt_*``, numpy) and
+    ``path``/``origin`` stay per image on the host."""
     kept = [it for it in items if "skip" not in it]
     skips = [it["skip"] for it in items if "skip" in it]
     batch: dict[str, Any] = {"skipped": len(skips), "skips": skips}
@@ -168,7 +182,10 @@ def collate_encoded(items: list[dict[str, Any]], num_classes: int | None = None,
     else:
         batch["host"] = HostImages([it["encoded"] for it in kept])
     batch.update({
-        "boxes": torch.from_numpy(np.concatenate([s.boxes for s in samples]).reshape(-1, 4)),
+        # as their float32 bits: Lightning converts a batch's float tensors for true precisions (bf16-true, 64-true)
+        # before the transfer, and would round the boxes before the build (the built batch is converted after it)
+        "boxes": torch.from_numpy(np.concatenate([s.boxes for s in samples]).astype(np.float32).reshape(-1, 4)
+                                  ).view(torch.int32),
         "labels": torch.from_numpy(np.concatenate([s.labels for s in samples])),
         "ignore": torch.from_numpy(np.concatenate([s.ignore for s in samples])),
         "box_image": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
