@@ -284,8 +284,9 @@ def test_an_all_bad_batch_has_no_image_and_only_skips(tmp_path):
 
 
 def test_a_worker_checks_each_jpegs_data_once_and_refuses_a_damaged_one_every_time(tmp_path, monkeypatch):
-    """The compressed-data check costs about half a decode: once per file and worker (files do not change during a
-    run); a file that failed it is never cached as checked."""
+    """The compressed-data check costs about half a decode: once per file's bytes and worker; a file that failed it
+    is never cached as checked, and a file replaced during the run by a damaged copy is checked again and refused
+    (it was decoded with grey for its missing part)."""
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     data = cv2.imencode(".jpg", cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8),
                                                  (9, 9), 3))[1].tobytes()
@@ -298,6 +299,8 @@ def test_a_worker_checks_each_jpegs_data_once_and_refuses_a_damaged_one_every_ti
     for _ in range(3):
         assert "encoded" in ds[0] and ds[1]["skip"]["kind"] == "corrupt"
     assert calls == [good, bad, bad, bad]
+    good.write_bytes(bad.read_bytes())
+    assert ds[0]["skip"]["kind"] == "corrupt" and calls[-1] == good
 
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,11 @@ class HostImages:
         return len(self.layout)
 
 
-def read_encoded(path: str | Path, check_data: bool = True) -> EncodedImage:
+def read_encoded(path: str | Path, passed: dict[str, int] | None = None) -> EncodedImage:
     """What a worker ships for one file: JPEG bytes whose structure is whole, or decoded pixels for other formats.
     :class:`ImageReadError` (missing, empty, truncated, corrupt, not an image, undecodable) as the CPU path raises
-    it. ``check_data=False``: skip the check of the compressed data (a file that passed it before)."""
+    it. ``passed``: the CRC-32 of each file's bytes when their compressed data last passed the check (about half a
+    decode): bytes that passed are not checked again, a file that changed since is (and a pass is recorded)."""
     data = read_image_bytes(path)
     if not data:
         raise ImageReadError(path, EMPTY, "0 bytes")
@@ -101,8 +103,11 @@ def read_encoded(path: str | Path, check_data: bool = True) -> EncodedImage:
         problem = jpeg_problem(data)
         if problem:
             raise ImageReadError(path, TRUNCATED, problem)
-        if check_data:
+        crc = zlib.crc32(data) if passed is not None else None
+        if passed is None or passed.get(str(path)) != crc:
             check_jpeg_data(data, path)  # the device decoder would decode damaged data into invented pixels
+            if passed is not None:
+                passed[str(path)] = crc
         return EncodedImage(JPEG, torch.frombuffer(bytearray(data), dtype=torch.uint8), exif_orientation(data))
     pixels = decode_image_rgb(data, path)  # the CPU path's reader: its checks and its error kinds
     return EncodedImage(PIXELS, torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
@@ -133,7 +138,7 @@ class EncodedDataset(Dataset):
         self.train = train
         self.letterbox_hw = (int(letterbox_hw[0]), int(letterbox_hw[1])) if letterbox_hw else None
         self._reported: set[int] = set()
-        self._data_checked: set[int] = set()  # files whose JPEG data passed check_jpeg_data in this worker
+        self._data_passed: dict[str, int] = {}  # CRC-32 of the JPEGs whose data passed the check in this worker
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -147,8 +152,7 @@ class EncodedDataset(Dataset):
             if self.letterbox_hw is not None:
                 pixels, lb = read_letterboxed(s.image, self.letterbox_hw)
                 return {"letterboxed": pixels, "letterbox": lb, "sample": s, "key": (epoch, index)}
-            encoded = read_encoded(s.image, check_data=index not in self._data_checked)
-            self._data_checked.add(index)  # files do not change during a run: each is checked once per worker
+            encoded = read_encoded(s.image, self._data_passed)
         except ImageReadError as e:
             if index not in self._reported:
                 self._reported.add(index)
