@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gridface.targets import STRIDE, decode_boxes
+from gridface.utils.validate import ConfigError, check_number
 
 CLUSTERING = ("dbscan", "nms", "hybrid")
 CONFIDENCE = ("aggregate_cov", "mean_cov")
@@ -43,6 +45,22 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+def check_postprocess_values(pp: Mapping[str, Any]) -> None:
+    """Value ranges of the post-processing keys that are set (None: the model's own value), one
+    :class:`~gridface.utils.validate.ConfigError` naming the key: what every stage checks first and what
+    :class:`GridBoxDecoder` checks of its values."""
+    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE), ("score", SCORES)):
+        if pp.get(key) is not None and pp[key] not in choices:
+            raise ConfigError(f"postprocess.{key} = '{pp[key]}': must be one of {', '.join(choices)}")
+    check_number("postprocess.coverage_threshold", pp.get("coverage_threshold"), 0, 1)
+    check_number("postprocess.dbscan_eps", pp.get("dbscan_eps"), 0, 1, low_open=True)
+    check_number("postprocess.dbscan_min_samples", pp.get("dbscan_min_samples"), 0)
+    check_number("postprocess.nms_iou_threshold", pp.get("nms_iou_threshold"), 0, 1)
+    check_number("postprocess.confidence_threshold", pp.get("confidence_threshold"), 0)
+    check_number("postprocess.score_threshold", pp.get("score_threshold"), 0)
+    check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
 
 
 class GridBoxDecoder:
@@ -66,14 +84,7 @@ class GridBoxDecoder:
         max_candidates: int = 4000,
         max_detections: int = 1000,
     ) -> None:
-        if clustering not in CLUSTERING:
-            raise ValueError(f"postprocess.clustering must be one of {CLUSTERING}, got '{clustering}'")
-        if confidence_model not in CONFIDENCE:
-            raise ValueError(f"postprocess.confidence_model must be one of {CONFIDENCE}, got '{confidence_model}'")
-        if score not in SCORES:
-            raise ValueError(f"postprocess.score must be one of {SCORES}, got '{score}'")
-        if not 0.0 < dbscan_eps <= 1.0:
-            raise ValueError(f"postprocess.dbscan_eps must be in (0, 1], got {dbscan_eps}")
+        check_postprocess_values({k: v for k, v in locals().items() if k != "self"})
         summed = clustering != "nms" and score == "aggregate" and confidence_model == "aggregate_cov"
         if confidence_threshold > 1.0 and not summed:  # every detection would be dropped, silently
             raise ValueError(f"postprocess.confidence_threshold = {confidence_threshold:g}: the scores "

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from gridface.data.config import DECODE_CHOICES, PREFETCH_CHOICES
-from gridface.postprocess import CLUSTERING, CONFIDENCE, SCORES
+from gridface.postprocess import check_postprocess_values
 from gridface.targets import STRIDE
 from gridface.utils.validate import ConfigError, check_number, check_writable
 
@@ -73,17 +73,7 @@ def check_dataset(ds: DictConfig) -> None:
 
 def check_postprocess(pp: DictConfig | dict) -> None:
     """Value ranges of the post-processing keys that are set (null: the model's own value)."""
-    pp = OmegaConf.to_container(pp, resolve=True) if isinstance(pp, DictConfig) else dict(pp)
-    for key, choices in (("clustering", CLUSTERING), ("confidence_model", CONFIDENCE), ("score", SCORES)):
-        if pp.get(key) is not None and pp[key] not in choices:
-            raise ConfigError(f"postprocess.{key} = '{pp[key]}': must be one of {', '.join(choices)}")
-    check_number("postprocess.coverage_threshold", pp.get("coverage_threshold"), 0, 1)
-    check_number("postprocess.dbscan_eps", pp.get("dbscan_eps"), 0, 1, low_open=True)
-    check_number("postprocess.dbscan_min_samples", pp.get("dbscan_min_samples"), 0)
-    check_number("postprocess.nms_iou_threshold", pp.get("nms_iou_threshold"), 0, 1)
-    check_number("postprocess.confidence_threshold", pp.get("confidence_threshold"), 0)
-    check_number("postprocess.score_threshold", pp.get("score_threshold"), 0)
-    check_number("postprocess.minimum_bounding_box_height", pp.get("minimum_bounding_box_height"), 0)
+    check_postprocess_values(OmegaConf.to_container(pp, resolve=True) if isinstance(pp, DictConfig) else dict(pp))
 
 
 def check_device(device: Any, cuda_needed: bool = True) -> None:
