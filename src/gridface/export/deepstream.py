@@ -44,7 +44,7 @@ def threshold_note(post: dict[str, Any]) -> list[str]:
     chosen = post.get("score_threshold")
     if chosen is None:
         return []
-    score = post.get("score", "confidence")
+    score = post.get("score", decoder_defaults()["score"])
     return [f"# gridface.infer keeps boxes whose score={score} is >= {float(chosen):.4f} (the model's threshold);",
             "# nvinfer scores its clusters its own way, so no post-cluster-threshold is set: choose one on your data,",
             "# or expect more boxes than gridface.infer shows."]

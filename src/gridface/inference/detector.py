@@ -19,7 +19,7 @@ import numpy as np
 from gridface.data.images import to_rgb
 from gridface.data.transforms import Letterbox, letterbox, to_tensor_layout
 from gridface.inference.backends import ModelBackend, load_backend
-from gridface.postprocess import Detections, GridBoxDecoder
+from gridface.postprocess import Detections, GridBoxDecoder, decoder_defaults
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,15 @@ def operating_point(model: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     unless the caller sets ``confidence_threshold`` or asks for another kind of score than it was chosen for."""
     post = {**model, **overrides}
     chosen = model.get("score_threshold")
-    same_score = post.get("score", "confidence") == model.get("score", "confidence")
+    default = decoder_defaults()["score"]
+    same_score = post.get("score", default) == model.get("score", default)
     if chosen is not None and "confidence_threshold" not in overrides:
         if same_score:
             post["confidence_threshold"] = max(float(post.get("confidence_threshold") or 0.0), float(chosen))
         else:
             log.warning("the model's score threshold %.4g was chosen for score=%s and does not apply to score=%s: "
                         "every box is kept; set postprocess.confidence_threshold= for a cut on this score",
-                        float(chosen), model.get("score", "confidence"), post.get("score"))
+                        float(chosen), model.get("score", default), post.get("score"))
     return post
 
 
