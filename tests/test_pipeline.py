@@ -230,3 +230,39 @@ def test_a_report_made_beside_out_of_date_stages_says_so_first(tmp_path):
         assert ("Out of date (left out of pipeline.stages; their rows describe earlier outputs): retrain (its input "
                 "model was rebuilt); export_fp32 (retrain is out of date)") in text
     assert "Out of date" not in write_pipeline_report(tmp_path / "fresh", {}, 0, "resnet18")["report_md"].read_text()
+
+
+def test_the_pipeline_trains_from_the_model_it_is_given(tmp_path, monkeypatch):
+    """model= on the pipeline is the weights its train stage starts from, as with gridface.train (its --help says
+    so): it was dropped, and the stage trained from scratch. The file is an input of the stage, told by its content;
+    a model= that does not exist is one line before any work."""
+    import dataclasses
+
+    from gridface.utils.hydra import stage_config
+    from gridface.utils.validate import ConfigError
+    from gridface.workflow import runner
+
+    start = tmp_path / "start.ckpt"
+    start.write_bytes(b"weights 1")
+    seen = []
+
+    def train(ctx, folder, inputs, cfg):
+        seen.append((cfg.model, cfg.network.init_from))
+        (folder / "best.ckpt").write_text("trained")
+        return {"checkpoint": folder / "best.ckpt"}
+
+    real = next(s for s in runner.STAGES if s.name == "train")
+    monkeypatch.setattr(runner, "STAGES", [dataclasses.replace(real, run=train)])
+
+    def run(model):
+        cfg = stage_config("pipeline", ["experiment=pipeline_smoke", f"model={model}", "pipeline.stages=[train]"],
+                           output_dir=str(tmp_path / "run"))
+        return runner.run_pipeline(cfg, tmp_path / "run")["ran"]
+
+    assert run(start) == ["train"] and seen == [(str(start), str(start))]
+    assert read_manifest(tmp_path / "run" / "train").inputs["model"]["path"] == str(start)
+    assert run(start) == []  # the same bytes: nothing to do
+    start.write_bytes(b"weights 2")
+    assert run(start) == ["train"]
+    with pytest.raises(ConfigError, match="no such file"):
+        run(tmp_path / "gone.ckpt")

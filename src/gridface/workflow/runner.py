@@ -44,6 +44,7 @@ class Stage:
     config: Callable[[PipelineRun, Path, dict[str, Path]], Any]  # built once a stage; its resolve() is recorded
     optional_inputs: bool = False                    # run on whichever inputs exist (benchmark, report)
     unavailable: Callable[[], str | None] | None = None  # why it cannot run on this machine (no TensorRT), or None
+    given_inputs: Callable[[DictConfig], dict[str, Path]] | None = None  # files the user names (model=), not a stage
 
 
 @dataclass
@@ -221,9 +222,15 @@ def run_report(ctx: PipelineRun, folder: Path, inputs: dict[str, Path], cfg: dic
     return write_pipeline_report(folder, ctx.records, int(cfg["samples"]), cfg.get("network"), dict(ctx.outdated))
 
 
+def given_model(cfg: DictConfig) -> dict[str, Path]:
+    """The pipeline's ``model=``: the weights its first training starts from, as in gridface.train."""
+    return {"model": Path(str(cfg.model)).expanduser().resolve()} if cfg.get("model") else {}
+
+
 def build_stages() -> list[Stage]:
     stages = [
-        Stage("train", {}, run_training("train"), training_stage_config("train")),
+        # model=: the weights the first training starts from, as in gridface.train (an input told by its content)
+        Stage("train", {}, run_training("train"), training_stage_config("train"), given_inputs=given_model),
         Stage("prune", {"model": ("train", "checkpoint")}, run_prune, prune_config),
         Stage("retrain", {"model": ("prune", "checkpoint")}, run_training("retrain"), training_stage_config("retrain")),
     ]
@@ -305,6 +312,10 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
     """Run (or skip) every selected stage in order; return what ran, what was skipped and the report's path."""
     ctx = PipelineRun(cfg, root)
     wanted = selected_stages(cfg.pipeline.get("stages"))
+    if cfg.get("model") is not None:  # a missing or wrong model= is one line now, not after the work before it
+        from gridface.stages.checks import check_model_file
+
+        check_model_file("train", str(cfg.model))
     cluster = launcher_cluster()
     if cluster is None and {"train", "retrain"} & set(wanted):  # a GPU recipe here: one line now, not at train
         check_gpu_available(OmegaConf.select(cfg, "trainer.accelerator"))
@@ -319,6 +330,8 @@ def run_pipeline(cfg: DictConfig, root: Path) -> dict[str, Any]:
                 producers[name] = upstream.run_id
             else:
                 missing.append(f"{src}.{output}")
+        if stage.given_inputs is not None:
+            inputs.update(stage.given_inputs(cfg))
         if stage.name not in wanted:
             if record is not None:
                 ctx.records[stage.name] = record
