@@ -185,6 +185,31 @@ def test_pipeline_on_slurm_without_submitit(capsys, tmp_path, monkeypatch):
                            "needs the 'submitit' package") and 'pip install -e ".[slurm]"' in line
 
 
+
+def test_pipeline_on_slurm_without_slurm(capsys, monkeypatch):
+    """hydra/launcher=slurm on a machine without Slurm: one line before any stage, not submitit's traceback
+    ('Could not detect "srun"') once the first stage is submitted."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from gridface.workflow import submit
+
+    launcher = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"})
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.RUN, launcher=launcher)))
+    monkeypatch.setattr(submit.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as e:
+        user_errors("pipeline")(submit.launcher_cluster)()
+    assert e.value.code == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("gridface.pipeline: error: hydra/launcher=slurm: no Slurm on this machine (srun is not on "
+                           "PATH)")
+    monkeypatch.setattr(submit.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert submit.launcher_cluster() == ("slurm", {})
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible: the GPU recipe runs")
 @pytest.mark.parametrize("stage", ["train", "tune", "pipeline"])
 def test_gpu_recipe_without_a_gpu_says_to_add_trainer_cpu(capsys, tmp_path, stage):

@@ -1,5 +1,5 @@
-"""``python -m gridface.export model=<.ckpt> export=<onnx | onnx_int8 | tensorrt_fp32 | tensorrt_fp16 |
-tensorrt_int8>``: the work is :func:`gridface.stages.export.run`."""
+"""``python -m gridface.export model=<.ckpt> export=<onnx | onnx_int8 | onnx_int8_trt | tensorrt_fp32 |
+tensorrt_fp16 | tensorrt_int8>``: the work is :func:`gridface.stages.export.run`."""
 
 from __future__ import annotations
 
