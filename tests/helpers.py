@@ -97,3 +97,36 @@ def made_beside(parent: Path, taken: set[str]) -> Path:
     assert len(made) == 1 and made[0].name.endswith("_2") and made[0].name[:-2] in taken, made
     assert not [p for p in parent.iterdir() if p.name in taken and any(p.iterdir())], "wrote into a taken folder"
     return made[0]
+
+
+def write_mjpeg_avi(path: Path, frames: list, rate: int, header_frames: int | None = None) -> Path:
+    """An MJPEG AVI of BGR ``frames`` whose header says what a test wants (OpenCV's writer refuses a rate of 0 or
+    one a camera's clock gives, and odd sizes it rounds down): ``rate`` frames per second, ``header_frames``
+    frames (default: as many as there are)."""
+    import struct
+
+    import cv2
+
+    def chunk(fourcc: bytes, data: bytes) -> bytes:
+        return fourcc + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+
+    def riff_list(kind: bytes, data: bytes) -> bytes:
+        return b"LIST" + struct.pack("<I", len(data) + 4) + kind + data
+
+    h, w = frames[0].shape[:2]
+    n = len(frames) if header_frames is None else header_frames
+    avih = struct.pack("<IIIIIIIIII4I", int(1e6 / rate) if rate else 0, 0, 0, 0x10, n, 0, 1, 0, w, h, 0, 0, 0, 0)
+    strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"MJPG", 0, 0, 0, 0, 1, rate, 0, n, 0, 0xFFFFFFFF, 0, 0, 0,
+                       w, h)
+    strf = struct.pack("<IiiHH4sIiiII", 40, w, h, 1, 24, b"MJPG", w * h * 3, 0, 0, 0, 0)
+    movi, index, offset = b"", b"", 4
+    for frame in frames:
+        jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+        index += struct.pack("<4sIII", b"00dc", 0x10, offset, len(jpeg))
+        movi += chunk(b"00dc", jpeg)
+        offset = 4 + len(movi)
+    body = (b"AVI " + riff_list(b"hdrl", chunk(b"avih", avih) + riff_list(b"strl", chunk(b"strh", strh)
+                                                                          + chunk(b"strf", strf)))
+            + riff_list(b"movi", movi) + chunk(b"idx1", index))
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path

@@ -14,7 +14,7 @@ from gridface.infer import run as infer_run
 from gridface.inference.sources import Source
 from gridface.train import run as train_run
 
-from .helpers import TINY, compose_train
+from .helpers import TINY, compose_train, write_mjpeg_avi
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,9 @@ def test_bad_inputs_are_clear(tmp_path, model):
     (["batch_size=0"], "batch_size = 0: must be a whole number >= 1"),
     (["read_workers=0"], "read_workers = 0: must be a whole number >= 1"),
     (["device=cuda:99"], "device = 'cuda:99': (no CUDA device is visible here|this machine has)"),
+    (["frame_stride=1.5"], r"frame_stride = 1.5: must be a whole number >= 1"),  # each frame, silently
+    (["frame_stride=0"], r"frame_stride = 0: must be a whole number >= 1"),
+    (["max_frames=-1"], r"max_frames = -1: must be a whole number >= 0"),  # one frame, silently
 ])
 def test_infer_settings_out_of_range_name_the_key(tmp_path, model, overrides, message):
     from gridface.utils.validate import ConfigError
@@ -235,6 +238,176 @@ def test_an_interrupted_video_run_keeps_a_playable_partial_video_and_no_final_on
     cap = cv2.VideoCapture(str(out / "clip_annotated.partial.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and cap.read()[0]
     cap.release()
+
+
+def test_a_rerun_removes_every_file_an_earlier_runs_video_left(tmp_path):
+    """A Ctrl-C'd run's clip_annotated.partial.mp4 and a killed run's hidden .clip_annotated.partial.mp4 stayed
+    beside a rerun's results, as did the video of a run whose output_dir= was written relative to another folder."""
+    from gridface.inference.writers import replace_previous_run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    left = ["clip_annotated.mp4", "clip_annotated.partial.mp4", ".clip_annotated.partial.mp4"]
+    for name in [*left, "mine.mp4", "other_annotated.mp4"]:
+        (out / name).write_bytes(b"x")
+    (out / "summary.json").write_text(json.dumps({"source": "clip.mp4", "output_dir": "out", "complete": False,
+                                                  "video": "elsewhere/out/clip_annotated.partial.mp4"}))
+    assert replace_previous_run(out) == "clip.mp4"
+    assert sorted(p.name for p in out.iterdir()) == ["mine.mp4", "other_annotated.mp4"]
+
+
+def test_an_interrupted_video_runs_partial_video_goes_with_the_next_run(tmp_path, model, monkeypatch):
+    """After a Ctrl-C'd video run, a rerun into the same output_dir= said the earlier results were replaced and
+    left the partial video there: the stopped run's summary named no video."""
+    from gridface.inference.writers import OutputWriter
+
+    clip = tmp_path / "clip.mp4"
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (160, 120))
+    for i in range(8):
+        vw.write(np.full((120, 160, 3), 20 * i, np.uint8))
+    vw.release()
+    real_add = OutputWriter.add
+
+    def add(self, image, det, name, index, path):
+        if index == 3:
+            raise KeyboardInterrupt
+        real_add(self, image, det, name, index, path)
+
+    monkeypatch.setattr(OutputWriter, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        infer_run(infer_cfg(tmp_path, model, clip, ["batch_size=1", "model_workers=1"]))
+    out = tmp_path / "out"
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["complete"] is False and stopped["video"] == str(out / "clip_annotated.partial.mp4")
+    monkeypatch.setattr(OutputWriter, "add", real_add)
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.full((60, 80, 3), 90, np.uint8))
+    assert infer_run(infer_cfg(tmp_path, model, tmp_path / "a.jpg"))["frames"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "images", "labels", "summary.json"]
+
+
+def test_a_video_with_no_readable_frame_is_an_error_after_its_summary(tmp_path, model):
+    """An AVI cut right after its header printed '0 frames (0 skipped ...)', exited 0 and said complete."""
+    frames = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8) for i in range(6)]
+    data = write_mjpeg_avi(tmp_path / "cut.avi", frames, 10).read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: data.index(b"movi") + 40])
+    with pytest.raises(ValueError, match=r"cut.avi: no frame could be read from the video; the video ended 6 frames "
+                                         r"before its header's count"):
+        infer_run(infer_cfg(tmp_path, model, tmp_path / "cut.avi"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"] == 0 and summary["video_frames_missing"] == 6 and summary["video"] is None
+
+
+def test_an_odd_sized_video_with_a_clock_rate_for_fps_keeps_every_pixel(tmp_path, model, caplog):
+    """161x121 frames at a header rate of 120,000 (a clock rate, as RTSP's 90,000): the video encoder refused the
+    rate (a traceback blaming a missing encoder), and it cropped an odd side's last column or row silently."""
+    import logging
+
+    frames = []
+    for i in range(5):
+        frame = np.full((121, 161, 3), 60 + 10 * i, np.uint8)
+        frame[:, -1] = frame[-1, :] = 230  # the column and row an odd side loses
+        frames.append(frame)
+    clip = write_mjpeg_avi(tmp_path / "odd.avi", frames, 120000)
+    with caplog.at_level(logging.WARNING):
+        summary = infer_run(infer_cfg(tmp_path, model, clip, ["postprocess.coverage_threshold=1.0"]))
+    assert "reports 120000 frames per second: the annotated video is written at 25" in caplog.text
+    assert "the frames are 161x121, the video 162x122" in caplog.text
+    assert summary["frames"] == 5 and summary["faces"] == 0
+    cap = cv2.VideoCapture(summary["video"])
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0) and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    ok, first = cap.read()
+    cap.release()
+    assert ok and first.shape == (122, 162, 3)
+    assert abs(first[2:-2, 160].mean() - 230) < 12 and abs(first[120, 2:-2].mean() - 230) < 12  # kept
+    assert first[:, 161].mean() < 25 and first[121, :].mean() < 25  # the added black column and row
+
+
+def test_a_camera_run_ended_by_ctrl_c_writes_and_counts_every_frame_it_read(tmp_path, model, monkeypatch):
+    """Ctrl-C ends a camera run: the frames still in a batch or in the model were neither written nor counted in
+    faces, yet counted in frames (32 frames written of 48 counted)."""
+    clip = tmp_path / "camera.mp4"
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    for i in range(16):
+        frame = np.full((120, 160, 3), 40, np.uint8)
+        cv2.circle(frame, (40 + 5 * i, 60), 30, (180, 200, 230), -1)
+        vw.write(frame)
+    vw.release()
+    capture = cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", lambda spec, *a: capture(str(clip) if spec == 0 else spec, *a))
+    frames_of = Source.__iter__
+
+    def ctrl_c_after_11(self):
+        for frame in frames_of(self):
+            if frame.index == 11:
+                raise KeyboardInterrupt
+            yield frame
+
+    monkeypatch.setattr(Source, "__iter__", ctrl_c_after_11)
+    summary = infer_run(infer_cfg(tmp_path, model, 0, ["batch_size=4", "model_workers=2"]))
+    out = tmp_path / "out"
+    assert summary["complete"] and summary["frames"] == 11 and summary["kind"] == "camera"
+    assert len(list((out / "labels").glob("*.txt"))) == 11
+    assert len(json.loads((out / "detections.json").read_text())) == summary["faces"]
+    cap = cv2.VideoCapture(summary["video"])
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 11
+    cap.release()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_video_run_as_ctrl_c_does(tmp_path, model):
+    """SIGTERM (timeout, docker stop, systemd) killed the run at once: an unplayable hidden .partial.mp4, which no
+    later run removed. Now: exit 143, one line, the frames so far in a playable clip_annotated.partial.mp4."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = tmp_path / "clip.mp4"
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (96, 64))
+    for i in range(3000):
+        vw.write(np.full((64, 96, 3), i % 250, np.uint8))
+    vw.release()
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gridface.infer", f"model={model[1]}", f"source={clip}",
+                             f"output_dir={out}", "batch_size=1", "model_workers=1", f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "labels" / "frame_000005.txt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no frame written in 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().endswith("gridface.infer: terminated"), err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["video"] == str(out / "clip_annotated.partial.mp4")
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["clip_annotated.partial.mp4"]
+    assert not (out / ".clip_annotated.partial.mp4").exists()
+    cap = cv2.VideoCapture(summary["video"])
+    assert 5 < int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) < 3000 and cap.read()[0]
+    cap.release()
+
+
+def test_a_folder_named_with_digits_is_a_folder_and_a_glob_names_what_it_leaves_out(tmp_path, monkeypatch, caplog):
+    """source=2024 (a folder of photos) was opened as camera 2024; a glob that matched a video left it out
+    silently, and one that matched only videos said 'no images match'."""
+    import logging
+
+    (tmp_path / "2024").mkdir()
+    cv2.imwrite(str(tmp_path / "2024" / "a.jpg"), np.full((40, 50, 3), 90, np.uint8))
+    (tmp_path / "2024" / "clip.mp4").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert Source("2024").kind == "images" and Source(2024).kind == "images" and Source("7").kind == "camera"
+    with caplog.at_level(logging.WARNING, logger="gridface.inference.sources"):
+        assert [f.name for f in Source("2024/*")] == ["a"]
+    assert "1 files left out, not images gridface reads (.mp4): clip.mp4" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"no images match '2024/\*.mp4' \(it matches 1 video\(s\), e.g. "
+                                                r"2024/clip.mp4: a glob reads images; give a video as source=<file>"):
+        Source("2024/*.mp4")
 
 
 def test_single_image_and_glob_sources(tmp_path):

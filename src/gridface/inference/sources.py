@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob as globlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -52,6 +53,21 @@ def report_left_out(folder: Path, files: list[Path], shown: int = 5) -> None:
                 ", ".join(suffixes), names, ", ".join(IMAGE_SUFFIXES))
 
 
+DEFAULT_FPS = 25.0
+MAX_FPS = 1000.0  # above: a clock rate (RTSP's 90,000) or a broken header, not frames per second
+
+
+def frame_rate(cap: cv2.VideoCapture, what: str) -> float:
+    """The frames per second a capture reports, or 25 (with a warning) where it reports none or a number no
+    video has: the annotated video is written at this rate, and its encoder refuses rates above 65,535."""
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    if math.isfinite(fps) and 0 < fps <= MAX_FPS:
+        return fps
+    if fps:
+        log.warning("%s reports %g frames per second: the annotated video is written at %g", what, fps, DEFAULT_FPS)
+    return DEFAULT_FPS
+
+
 class Source:
     """Iterates frames. ``kind`` is ``images``, ``video`` or ``camera``; ``fps``/``size`` for video."""
 
@@ -64,7 +80,9 @@ class Source:
         self.spec = spec
         self.prepare = prepare
         self.bgr = color.upper() == "BGR"
-        self.frame_stride = max(1, int(frame_stride))
+        if isinstance(frame_stride, bool) or not float(frame_stride).is_integer() or frame_stride < 1:
+            raise ValueError(f"frame_stride = {frame_stride!r}: must be a whole number >= 1")
+        self.frame_stride = int(frame_stride)
         self.prefetch, self.workers = prefetch, workers
         self.fps: float | None = None
         self.size: tuple[int, int] | None = None
@@ -73,18 +91,24 @@ class Source:
         self.frame_count = 0
         self.missing_frames = 0  # video: frames the header promised that could not be read
         self._names: dict[Path, str] | None = None
-        if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        p = Path(str(spec)).expanduser()
+        if (isinstance(spec, int) or str(spec).isdigit()) and not p.exists():  # a folder named 2024 is a folder
             self.kind = "camera"
             self.camera = int(spec)
             return
-        p = Path(str(spec)).expanduser()
         if any(ch in str(spec) for ch in "*?["):
             self.kind = "images"
-            self.files = sorted(Path(f) for f in globlib.glob(str(p), recursive=True)
-                                if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            matched = sorted(Path(f) for f in globlib.glob(str(p), recursive=True) if Path(f).is_file())
+            self.files = [f for f in matched if f.suffix.lower() in IMAGE_SUFFIXES]
+            others = [f for f in matched if f.suffix.lower() not in IMAGE_SUFFIXES]
             if not self.files:
-                raise FileNotFoundError(f"no images match '{spec}'")
+                videos = [f for f in others if f.suffix.lower() in VIDEO_SUFFIXES]
+                raise FileNotFoundError(f"no images match '{spec}'" + (
+                    f" (it matches {len(videos)} video(s), e.g. {videos[0]}: a glob reads images; give a video "
+                    "as source=<file>)" if videos else ""))
             self.root = Path(os.path.commonpath([str(f.parent) for f in self.files]))
+            if others:
+                report_left_out(Path(os.path.commonpath([str(f.parent) for f in matched])), others)
         elif p.is_dir():
             self.kind = "images"
             # a dangling link is listed too: the reader reports it as missing (is_file() dropped it silently)
@@ -106,7 +130,7 @@ class Source:
             cap = cv2.VideoCapture(str(p))
             if not cap.isOpened():
                 raise ValueError(f"cannot open video {p} (unsupported codec or corrupt file)")
-            self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            self.fps = frame_rate(cap, f"video {p}")
             self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
             self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             cap.release()
@@ -203,7 +227,7 @@ class Source:
         if not cap.isOpened():
             raise ValueError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.spec}")
         if self.kind == "camera":
-            self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            self.fps = frame_rate(cap, f"camera {self.spec}")
             self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         i = 0
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 from gridface.evaluation.widerface import write_submission
 from gridface.postprocess import Detections
 from gridface.utils.io import atomic_path, write_text
+
+log = logging.getLogger(__name__)
 
 
 def draw(out: np.ndarray, det: Detections, class_names: list[str]) -> np.ndarray:
@@ -52,10 +55,20 @@ def replace_previous_run(out: Path) -> str | None:
     for name in OUTPUT_FOLDERS:
         shutil.rmtree(out / name, ignore_errors=True)
     video = earlier.get("video")
-    for file in [out / "detections.json", *([Path(video)] if video and Path(video).parent == out else [])]:
+    for file in [out / "detections.json", *(video_files(out, Path(video).name) if video else [])]:
         file.unlink(missing_ok=True)
     summary_file.unlink(missing_ok=True)
     return str(earlier["source"])
+
+
+def video_files(out: Path, name: str) -> list[Path]:
+    """The files a run's annotated video ``name`` (as its summary records it, finished or partial) can have left
+    in ``out``: finished, partial (Ctrl-C) and the hidden file being written (a killed run). Told by name only, as
+    the video is always written into ``out`` (a summary's path may be relative to another folder)."""
+    stem = name.removesuffix(".mp4").removesuffix(".partial")
+    if not stem.endswith("_annotated") or "/" in stem:
+        return []  # not a name a run writes: leave it
+    return [out / f"{stem}.mp4", out / f"{stem}.partial.mp4", out / f".{stem}.partial.mp4"]
 
 
 class OutputWriter:
@@ -72,21 +85,34 @@ class OutputWriter:
         self.video: cv2.VideoWriter | None = None
         self.video_path: Path | None = None
         self._video_staging: Path | None = None
+        self._video_size: tuple[int, int] | None = None
+        self._resized = False
 
-    def open_video(self, name: str, fps: float, size: tuple[int, int]) -> None:
+    def open_video(self, name: str, fps: float, size: tuple[int, int]) -> Path:
         """The annotated video is written as ``.<name>_annotated.partial.mp4`` and renamed when complete: an mp4 is
         playable only once closed (its index is written last), so a killed run never leaves an unplayable file
-        under the final name."""
+        under the final name. MPEG-4 frames have even sides: an odd one gets a black column or row (the encoder
+        would crop the last one). Returns the final path."""
         self.video_path = self.out / f"{name}_annotated.mp4"
         self.video_path.parent.mkdir(parents=True, exist_ok=True)
         self._video_staging = self.video_path.with_name(f".{name}_annotated.partial.mp4")
-        self.video = cv2.VideoWriter(str(self._video_staging), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        even = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+        if even != tuple(size):
+            log.warning("%s: the frames are %dx%d, the video %dx%d (MPEG-4 takes even sides: a black column or row "
+                        "added, no pixel lost; the labels keep the frames' coordinates)", self.video_path.name,
+                        *size, *even)
+        self._video_size = even
+        self.video = cv2.VideoWriter(str(self._video_staging), cv2.VideoWriter_fourcc(*"mp4v"), fps, even)
         if not self.video.isOpened():
-            raise RuntimeError(f"cannot write video {self.video_path} (no mp4v encoder in this OpenCV build?)")
+            self.video = None
+            raise ValueError(f"cannot write video {self.video_path} ({even[0]}x{even[1]} at {fps:g} frames per "
+                             "second) with OpenCV's mp4v encoder; save_images=false writes the labels and JSON "
+                             "without it")
+        return self.video_path
 
     def add(self, image_bgr: np.ndarray, det: Detections, name: str, index: int, path: Path | None) -> None:
         if self.video is not None:
-            self.video.write(draw(image_bgr, det, self.class_names))
+            self.video.write(self._video_frame(draw(image_bgr, det, self.class_names)))
         elif self.save_images:
             ok, jpg = cv2.imencode(".jpg", draw(image_bgr, det, self.class_names))
             if not ok:
@@ -104,6 +130,21 @@ class OutputWriter:
                                   "bbox": [round(float(b[0]), 2), round(float(b[1]), 2),
                                            round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2)],
                                   "score": round(float(s), 5)})
+
+    def _video_frame(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the video's size (the encoder drops a frame of another size without a word): an odd side
+        padded, a frame of another size (the stream changed size) resized, with a warning the first time."""
+        h, w = frame.shape[:2]
+        width, height = self._video_size or (w, h)
+        if (w, h) == (width, height):
+            return frame
+        if 0 <= width - w <= 1 and 0 <= height - h <= 1:
+            return cv2.copyMakeBorder(frame, 0, height - h, 0, width - w, cv2.BORDER_CONSTANT)
+        if not self._resized:
+            log.warning("%s: a frame of %dx%d in a video of %dx%d: resized to it", self.video_path, w, h, width,
+                        height)
+            self._resized = True
+        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
     def close(self, complete: bool = True) -> None:
         """Finish the outputs. ``complete=False`` (the run stopped early): the video, closed and playable, keeps the

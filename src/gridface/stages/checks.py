@@ -143,8 +143,9 @@ def check_stage_config(cfg: DictConfig) -> None:
                               "minimum_bounding_box_height, the decoder's cut, in network-input pixels")
     if cfg.get("device") is not None:
         check_device(cfg.device, cuda_needed=model is not None and Path(str(model)).suffix.lower() in CHECKPOINT)
-    if cfg.get("task_name") == "infer":  # what 0 breaks (the others are clamped to 1, or 0 means no limit)
-        for key in ("batch_size", "read_workers"):
+    if cfg.get("task_name") == "infer":  # what 0 breaks (the others are clamped to 1)
+        for key in ("batch_size", "read_workers", "frame_stride"):
             check_number(key, cfg.get(key), 1, integer=True)
+        check_number("max_frames", cfg.get("max_frames"), 0, integer=True)  # 0 (or null): no limit
     if cfg.get("output_dir"):
         check_writable("output_dir", cfg.output_dir)

@@ -26,6 +26,7 @@ from gridface.inference.detector import Detector
 from gridface.inference.sources import Source
 from gridface.inference.writers import OutputWriter, replace_previous_run
 from gridface.stages.checks import check_stage_config
+from gridface.utils.errors import terminate_as_interrupt
 from gridface.utils.hydra import overrides
 from gridface.utils.io import write_json
 
@@ -58,15 +59,17 @@ def opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def stop_early(writer: OutputWriter) -> None:
-    """A run stopped by Ctrl-C or an error: the video written so far stays playable, under a .partial name; an error
-    while closing is logged, never raised over the one that stopped the run."""
+def stop_early(writer: OutputWriter, started: dict[str, Any]) -> None:
+    """A run stopped by Ctrl-C, SIGTERM or an error: the video written so far stays playable, under a .partial name
+    its summary names (so a rerun into the folder removes it); an error while closing is logged, never raised over
+    the one that stopped the run."""
     try:
         writer.close(complete=False)
     except Exception as e:  # noqa: BLE001
         log.warning("could not close the outputs: %s", e)
         return
     if writer.video_path is not None:
+        write_json(writer.out / "summary.json", {**started, "video": str(writer.video_path)})
         log.warning("stopped early: the frames annotated so far are in %s", writer.video_path)
 
 
@@ -95,7 +98,7 @@ def model_workers(cfg: DictConfig) -> tuple[int, int | None]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    with opencv_threads(int(cfg.get("opencv_threads") or 1)):
+    with opencv_threads(int(cfg.get("opencv_threads") or 1)), terminate_as_interrupt():
         return run_frames(cfg)
 
 
@@ -119,15 +122,18 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
                     prepare=lambda image: detector.prepare(image, "BGR"))
     if cfg.save_wider:
         check_wider_names(source.files)
+        if source.kind != "images":
+            log.warning("save_wider=true: the WIDER layout names results by event folder and image, so a %s's "
+                        "frames are not written there (labels/ and detections.json hold them)", source.kind)
     out = Path(cfg.get("output_dir") or cfg.paths.output_dir)
     earlier = replace_previous_run(out)
     if earlier is not None:
         log.warning("output_dir=%s held the results of an earlier run (source=%s): they are replaced", out, earlier)
     # until the run ends, its summary says it is not complete (a script reading it after a Ctrl-C must not go on)
-    write_json(out / "summary.json", {"source": str(spec), "kind": source.kind, "complete": False,
-                                      "output_dir": str(out)})
+    started: dict[str, Any] = {"source": str(spec), "kind": source.kind, "complete": False, "output_dir": str(out)}
+    write_json(out / "summary.json", started)
     writer = OutputWriter(out, detector.class_names, cfg.save_images, cfg.save_kitti, cfg.save_json, cfg.save_wider)
-    frames = faces = 0
+    read = frames = faces = 0
     skipped: Counter[str] = Counter()
     skipped_files: list[str] = []
     start = time.perf_counter()
@@ -135,14 +141,14 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
     running: deque[tuple[list, Future]] = deque()  # batches in the model, oldest first
     written: deque[Future] = deque()
 
-    def write(frames_: list, cov: np.ndarray, bbox: np.ndarray) -> int:
+    def write(frames_: list, cov: np.ndarray, bbox: np.ndarray) -> tuple[int, int]:
         dets = detector.decode(cov, bbox, [f.prepared[1] for f in frames_])
         for frame, det in zip(frames_, dets, strict=True):
             writer.add(frame.image, det, frame.name, frame.index, frame.path)
-        return sum(len(d) for d in dets)
+        return len(frames_), sum(len(d) for d in dets)
 
     def flush(models: ThreadPoolExecutor, pool: ThreadPoolExecutor, end: bool = False) -> None:
-        nonlocal faces
+        nonlocal frames, faces
         if batch:
             running.append((list(batch), models.submit(detector.run, [f.prepared[0] for f in batch])))
             batch.clear()
@@ -150,35 +156,40 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
             frames_, result = running.popleft()
             written.append(pool.submit(write, frames_, *result.result()))  # in order, so a video stays in order
         while len(written) > (0 if end else 2):  # bounded: at most 2 batches wait for the writer
-            faces += written.popleft().result()
+            n_frames, n_faces = written.popleft().result()
+            frames, faces = frames + n_frames, faces + n_faces
 
-    total = min(n for n in (len(source), cfg.get("max_frames")) if n) if len(source) or cfg.get("max_frames") else None
+    max_frames = cfg.get("max_frames") or 0  # 0: no limit
+    total = min(n for n in (len(source), max_frames) if n) if len(source) or max_frames else None
     bar = tqdm(source, total=total, desc="inference", unit="frame" if source.kind != "images" else "img")
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="model") as models, \
                 ThreadPoolExecutor(1, thread_name_prefix="writer") as pool:
-            for frame in bar:
-                if writer.video is None and source.kind != "images" and cfg.save_images:
-                    name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
-                    writer.open_video(name, source.fps / source.frame_stride, source.size)
-                if frame.image is None:
-                    skipped[frame.error.kind if frame.error else "unreadable"] += 1
-                    skipped_files.append(str(frame.error or frame.path))
-                    continue
-                frames += 1
-                batch.append(frame)
-                if len(batch) == cfg.batch_size:
-                    flush(models, pool)
-                if cfg.get("max_frames") and frames >= cfg.max_frames:
-                    break
+            try:
+                for frame in bar:
+                    if max_frames and read >= max_frames:  # checked here, so the bar counts the last one it ran
+                        break
+                    if frame.image is None:
+                        skipped[frame.error.kind if frame.error else "unreadable"] += 1
+                        skipped_files.append(str(frame.error or frame.path))
+                        continue
+                    if writer.video is None and source.kind != "images" and cfg.save_images:  # the frames' size
+                        name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
+                        size = frame.image.shape[1::-1]
+                        video = writer.open_video(name, source.fps / source.frame_stride, size)
+                        write_json(out / "summary.json", {**started, "video": str(video)})  # a rerun finds it
+                    read += 1
+                    batch.append(frame)
+                    if len(batch) == cfg.batch_size:
+                        flush(models, pool)
+            except KeyboardInterrupt as e:
+                if source.kind != "camera":
+                    raise
+                # how a camera run ends: the frames read so far are still run, written and counted
+                log.info("camera stopped (%s): finishing the outputs", type(e).__name__)
             flush(models, pool, end=True)
-    except KeyboardInterrupt:
-        if source.kind != "camera":
-            stop_early(writer)
-            raise
-        log.info("camera stopped (Ctrl-C): finishing the outputs")  # how a camera run ends
     except BaseException:
-        stop_early(writer)
+        stop_early(writer, started)
         raise
     writer.close()
     seconds = time.perf_counter() - start
@@ -200,4 +211,6 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
     if not frames and n_skipped:  # a script's `infer && publish` must not go on with empty results
         raise ValueError(f"source={spec}: none of its {n_skipped} images could be read{why}; "
                          f"{out / 'summary.json'} lists them")
+    if not frames:
+        raise ValueError(f"source={spec}: no frame could be read from the {source.kind}{why}")
     return summary

@@ -11,12 +11,15 @@ errors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +33,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 class MissingDependency(ImportError, RuntimeError):
     """An optional package (TensorRT, Optuna, submitit, ...) a command needs is not installed, or its hardware is
     absent. A RuntimeError too, so callers that record a skipped step (the pipeline's engines) keep catching it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, systemd) raised as an interrupt inside
+    :func:`terminate_as_interrupt`: the stage stops as on Ctrl-C, closing and keeping what it wrote."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while inside (Python's default is to die at once,
+    leaving an open video unplayable); elsewhere, and afterwards, the handler is what it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
@@ -71,11 +97,12 @@ def user_errors(stage: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except KeyboardInterrupt:  # Ctrl-C: what was written stays (each stage writes atomically); no traceback
+            except KeyboardInterrupt as e:  # Ctrl-C: what was written stays (each stage writes atomically)
                 if _full_error():
                     raise
-                print(f"gridface.{stage}: interrupted", file=sys.stderr)
-                sys.exit(130)
+                terminated = isinstance(e, Terminated)
+                print(f"gridface.{stage}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+                sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
             except Exception as e:
                 mistake = user_error(e)
                 if mistake is None or _full_error():
