@@ -57,11 +57,12 @@ CHECKPOINT ?= $(firstword $(shell ls -t outputs/train/runs/*/checkpoints/best.ck
 PRUNED ?=
 
 bench: $(STAMP) ## speed benchmarks side by side in one record (bench_results/record.md): deployment, inference pipeline, clustering, training, WIDER evaluation
+	$(PY) scripts/bench_record.py --start
 	$(PY) scripts/bench_deploy.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(PRUNED),--pruned $(PRUNED)) --keep-models bench_results/models $(ARGS)
 	$(PY) scripts/bench_infer.py --model bench_results/models/deploy.onnx --model bench_results/models/deploy_int8.onnx
 	$(PY) scripts/bench_clustering.py
 	$(PY) scripts/bench_train.py
-	$(PY) scripts/bench_widerface.py || echo "WIDER FACE benchmark skipped: ../shared/data not found"
+	$(PY) scripts/bench_widerface.py || echo "WIDER FACE benchmark skipped (the line above says why)"
 	$(PY) scripts/bench_record.py
 
 bench-gpu: $(STAMP) ## where a GPU training run's time goes: step alone per precision/layout, loaders, end to end per epoch (bench_results/gpu)

@@ -180,13 +180,14 @@ def fmt(value: float | None) -> str:
 
 def main() -> None:
     from gridface.model import BACKBONES
+    from gridface.utils.validate import whole_number
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--prune-ratio", type=float, default=0.5, help="0: no pruned rows")
     ap.add_argument("--width", type=int, default=736)
     ap.add_argument("--height", type=int, default=416)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=whole_number(1), default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench_results/backbones"))
     ap.add_argument("--work", type=Path, default=Path("outputs/bench_backbones"), help="the pipelines' run folders")
@@ -203,7 +204,7 @@ def main() -> None:
     for r in rows:
         r.update({"ap50": None, **accuracy.get((r["backbone"], r["variant"]), {})})
     meta = {"machine": machine_record(), "input": f"{args.width}x{args.height}", "threads": args.threads,
-            "iters": args.iters, "prune_ratio": args.prune_ratio, "command": " ".join(sys.argv),
+            "iters": args.iters, "prune_ratio": args.prune_ratio,
             "train_args": args.train_args if args.train else None}
     lines = [f"Machine: {machine_line()}; {args.threads} threads; input {args.width}x{args.height}; "
              f"medians of {args.iters} interleaved calls", "",
@@ -225,4 +226,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -44,8 +44,11 @@ CASES = {
 
 def decoder_class_at(rev: str) -> type:
     """``GridBoxDecoder`` as it was at git revision ``rev``, to time side by side with the checkout's."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/gridface/postprocess.py"], check=True,
-                            capture_output=True, text=True).stdout
+    shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/gridface/postprocess.py"],
+                           capture_output=True, text=True)
+    if shown.returncode:
+        raise ValueError(f"--against {rev}: {shown.stderr.strip() or 'git show failed'}")
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / f"postprocess_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"postprocess_{rev}", path)
@@ -60,9 +63,11 @@ def time_ms(fns: dict, reps: int) -> dict[str, float]:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--maps", type=int, default=5, help="random maps per case (the median is reported)")
+    ap.add_argument("--reps", type=whole_number(1), default=30)
+    ap.add_argument("--maps", type=whole_number(1), default=5, help="random maps per case (the median is reported)")
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--against", help="a git revision: time its decoder side by side (a 'before' column)")
     args = ap.parse_args()
@@ -100,4 +105,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

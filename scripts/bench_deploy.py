@@ -89,7 +89,9 @@ def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
 
 def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: str) -> dict[str, str]:
     """FP32 ONNX and INT8 QDQ ONNX of the checkpoint (or of an untrained net) at the bench size."""
-    from gridface.contract import metadata_path
+    import torch
+
+    from gridface.contract import deployment_metadata, metadata_path
     from gridface.data.sources import synthetic
     from gridface.export.onnx_export import export_onnx
     from gridface.export.quantize import quantize_int8
@@ -104,13 +106,15 @@ def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: 
     calib = [s.image for s in synthetic(str(out / "calib"), num_images=32, seed=7, width=hw[1], height=hw[0])]
     int8 = quantize_int8(fp32, out / f"{name}_int8.onnx", calib, hw)
     for path, fmt in ((fp32, "onnx_fp32"), (int8, "onnx_int8")):  # what load_backend reads beside a model
-        meta = (model_metadata(module, checkpoint, fmt) if module is not None else
-                {"format": fmt, "class_names": ["face"], "stride": net.stride, "postprocess": {}})
+        meta = (model_metadata(module, checkpoint, fmt) if module is not None else  # an untrained net: no checkpoint
+                deployment_metadata(fmt, hw, ["face"], net.stride, {}, "", None, {"torch": torch.__version__}))
         write_json(metadata_path(path), {**meta, "input_hw": list(hw)})
     return {"torch": checkpoint or "", "onnx_fp32": str(fp32), "onnx_int8": str(int8)}
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint")
     ap.add_argument("--pruned", help="a pruned checkpoint (default: prune --checkpoint at --prune-ratio)")
@@ -118,13 +122,16 @@ def main() -> None:
                     help="default 0.7: the fastest ratio within 1 AP50 point in experiments/pruning; 0: no pruned rows")
     ap.add_argument("--width", type=int, default=736)
     ap.add_argument("--height", type=int, default=416)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=whole_number(1), default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--keep-models", help="keep the deployed variant's FP32 and INT8 ONNX models in this folder")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     hw = (args.height, args.width)
+    for option, path in (("--checkpoint", args.checkpoint), ("--pruned", args.pruned)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{option} {path}: no such file")
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(measure(spec["backend"], spec["model"], hw, spec["batch"], args.iters, args.threads)))
@@ -159,7 +166,10 @@ def main() -> None:
                     child = json.dumps({"backend": backend, "model": model, "batch": batch})
                     proc = subprocess.run([sys.executable, __file__, "--child", child, "--iters", str(args.iters),
                                            "--threads", str(args.threads), "--width", str(args.width),
-                                           "--height", str(args.height)], capture_output=True, text=True, check=True)
+                                           "--height", str(args.height)], capture_output=True, text=True)
+                    if proc.returncode:  # its reason, not only "returned non-zero exit status 1"
+                        raise RuntimeError(f"the {key} run at batch {batch} of {model} failed:\n"
+                                           + "\n".join(proc.stderr.strip().splitlines()[-15:]))
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
                     rows.append({"model": variant, "backend": {"torch": "pytorch_fp32", "onnx_fp32": "ort_fp32",
                                                                "onnx_int8": "ort_int8"}[key], "batch": batch, **r})
@@ -176,7 +186,8 @@ def main() -> None:
                        / speed[("unpruned", "pytorch_fp32", b)] for b in (1, 8)})
     meta = {"machine": machine_record(), "input": f"{args.width}x{args.height}", "threads": args.threads,
             "checkpoint": args.checkpoint,
-            "pruned": args.pruned or (f"--prune-ratio {args.prune_ratio} of the checkpoint" if pruned else None)}
+            "pruned": args.pruned or (f"--prune-ratio {args.prune_ratio} of the "
+                                      + ("checkpoint" if args.checkpoint else "untrained network") if pruned else None)}
     write_json(out / "deploy.json", {**meta, "ratios": ratios, "rows": rows})
     lines = [f"Machine: {machine_line()}; {args.threads} threads", "",
              "| model | backend | batch | median ms | p90 ms | images/s | peak RSS MB | x PyTorch FP32 |",
@@ -189,4 +200,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -204,6 +204,10 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [f"# GPU training benchmark\n\nMachine: {record['machine']}  \ntorch {record['versions'].get('torch')}, "
              f"pytorch-lightning {record['versions'].get('pytorch-lightning')}; input {record['input']}, batch "
              f"{record['batch']}\n"]
+    if not record.get("complete", True):  # (records before 2026-12-07 have no such key)
+        lines += [f"**Incomplete:** the run stopped before it measured everything it was asked ({record['asked']}); "
+                  "what it measured is below.\n"]
+    lines += [f"Note: {note}\n" for note in record.get("notes", [])]
     if record.get("step"):
         lines += ["## (a) One training step alone (random input, no data)\n",
                   "| precision | channels_last | compile | images/s | ms/step | warm-up s |",
@@ -230,18 +234,20 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_results/gpu")
     ap.add_argument("--parts", default="step,loader,train")
     ap.add_argument("--width", type=int, default=736)
     ap.add_argument("--height", type=int, default=416)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--images", type=int, default=4096, help="synthetic WIDER-layout training images")
-    ap.add_argument("--val-images", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch", type=whole_number(1), default=32)
+    ap.add_argument("--steps", type=whole_number(1), default=30)
+    ap.add_argument("--images", type=whole_number(1), default=4096, help="synthetic WIDER-layout training images")
+    ap.add_argument("--val-images", type=whole_number(1), default=256)
+    ap.add_argument("--epochs", type=whole_number(1), default=3)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    ap.add_argument("--loader-batches", type=int, default=20)
+    ap.add_argument("--loader-batches", type=whole_number(1), default=20)
     ap.add_argument("--decodes", default="cpu,gpu,gpu+thread,hybrid", help="data paths to compare in (b) and (c) "
                     "(dataset.decode, +thread: dataset.prefetch=thread)")
     ap.add_argument("--compile-train", action="store_true", help="(c) once more with compile=true, on the data path "
@@ -253,18 +259,24 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="where the synthetic WIDER-layout set is (generated once)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.tiny:
-        args.width, args.height, args.batch, args.steps, args.images, args.val_images = 192, 128, 4, 2, 16, 8
-        args.epochs, args.workers, args.loader_batches = 1, 1, 2
+    if args.tiny:  # tiny sizes where the command gave none
+        tiny = {"width": 192, "height": 128, "batch": 4, "steps": 2, "images": 16, "val_images": 8, "epochs": 1,
+                "workers": 1, "loader_batches": 2}
+        for key, value in tiny.items():
+            if getattr(args, key) == ap.get_default(key):
+                setattr(args, key, value)
     torch.backends.cudnn.benchmark = True
     hw = (args.height, args.width)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"machine": machine_line(), **machine_record(), "input": f"{args.width}x{args.height}",
-                              "batch": args.batch, "step": [], "loader": [], "train": []}
+                              "batch": args.batch, "step": [], "loader": [], "train": [], "complete": False,
+                              "asked": f"--parts {args.parts} --decodes {args.decodes}", "notes": []}
     if args.compile_only:
         if (out / "gpu_bench.json").is_file():
             record = json.loads((out / "gpu_bench.json").read_text())
+        else:
+            record["complete"] = True  # a record of this one row
         record["step"].append(step_alone(device, hw, args.batch, args.steps, "bf16-mixed" if device == "cuda"
                                          else "32-true", True, True))
         write_json(out / "gpu_bench.json", record)
@@ -285,16 +297,22 @@ def main() -> None:
             variants.append(("bf16-mixed", True, True))
         if device == "cpu":
             variants = [("32-true", False, False), ("32-true", True, False)]
+            record["notes"].append("no CUDA device: (a) times 32-true only, with and without channels_last "
+                                   "(bf16-mixed, 16-mixed and torch.compile are GPU rows)")
         for precision, cl, comp in variants:
             record["step"].append(step_alone(device, hw, args.batch, args.steps, precision, cl, comp))
             save()
 
+    if not parts & {"loader", "train"}:
+        record["complete"] = True
+        save()
+        return
     data = Path(args.data or out / "widerface_synthetic")
     big = {"width": 1024, "height": 700} if not args.tiny else {"width": 320, "height": 224}
     spec = {**big, "min_faces": 1, "max_faces": 12, "min_face": 3.0, "small_face": 24.0, "small_fraction": 0.3,
             "max_face_frac": 0.45}
     t = time.perf_counter()
-    generate_widerface(data, {"train": SyntheticSpec(num_images=args.images, seed=0, **spec),
+    generate_widerface(data, {"train": SyntheticSpec(num_images=args.images, seed=0, **spec),  # or reuses it
                               "val": SyntheticSpec(num_images=args.val_images, seed=1, **spec)})
     record["generate_s"] = time.perf_counter() - t
     record["data"] = f"{args.images} train + {args.val_images} val synthetic WIDER-layout images, {big['width']}x" \
@@ -306,7 +324,7 @@ def main() -> None:
     decodes = [d for d in args.decodes.split(",") if d]
 
     if "loader" in parts:
-        for decode, workers in [("cpu", 1), *((d, args.workers) for d in decodes)]:
+        for decode, workers in dict.fromkeys([("cpu", 1), *((d, args.workers) for d in decodes)]):
             if decode not in decodes:
                 continue
             over = [*base, f"dataset.num_workers={workers}", *data_path_overrides(decode)]
@@ -338,9 +356,12 @@ def main() -> None:
                 r = {"epochs": [], "val/AP50": None, "error": repr(e)}
             record["train"].append({"decode": decode, "compile": comp, **r})
             save()
+    record["complete"] = True
     save()
     print(json.dumps({"out": str(out)}))
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

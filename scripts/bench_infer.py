@@ -97,13 +97,18 @@ def make_video(files: list[Path], path: Path) -> Path:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", action="append", required=True)
-    ap.add_argument("--images", type=int, default=120)
+    ap.add_argument("--images", type=whole_number(1), default=120)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each setting; the best is reported")
+    ap.add_argument("--repeats", type=whole_number(1), default=2, help="runs of each setting; the best is reported")
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
+    for model in args.model:  # before a minute of synthetic images, not after
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"--model {model}: no such file")
     rows, stages = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = generate(tmp, SyntheticSpec(num_images=args.images, width=1024, height=700, seed=11, max_faces=10))
@@ -158,4 +163,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

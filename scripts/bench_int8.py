@@ -2,7 +2,7 @@
 the checkpoint's validation split (the evaluate stage, in ONNX Runtime) and ONNX Runtime batch-1 latency, in one run.
 
     PYTHONPATH=src .venv/bin/python scripts/bench_int8.py --checkpoint <.ckpt> --out experiments/int8_<date>
-        [--threads 2] [--reps 50] [--method minmax] [export overrides ...]
+        [--threads 2] [--reps 50] [export overrides ..., e.g. export.calibration.method=minmax]
 
 Writes ``<out>/int8_schemes.{json,md}`` (with the CPU named) and keeps the three models in ``<out>/models/``.
 """
@@ -39,11 +39,13 @@ def latency_ms(model: Path, threads: int, reps: int) -> float:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--reps", type=whole_number(1), default=50)
     ap.add_argument("overrides", nargs="*", help="export overrides, e.g. export.calibration.method=entropy")
     args = ap.parse_args()
     out, models = Path(args.out), Path(args.out) / "models"
@@ -79,4 +81,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -22,11 +22,13 @@ from gridface.utils.machine import machine_line, machine_record
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for a in ("--checkpoint", "--qat", "--retrained", "--out"):
         ap.add_argument(a, required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--reps", type=whole_number(1), default=50)
     args = ap.parse_args()
     out = Path(args.out)
 
@@ -64,4 +66,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

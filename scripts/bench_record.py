@@ -1,10 +1,10 @@
 """One benchmark record from the parts ``make bench`` wrote: deployment (model alone per backend), inference
 pipeline (``gridface.infer`` end to end against the model alone), clustering, training and WIDER FACE evaluation,
 under one machine header (CPU model, vector ISA, cores, library versions), so the figures sit side by side.
-A part measured on another CPU than this one (a stale file) is marked, never passed off as this machine's.
-Results: bench_results/record.{json,md}.
+A part measured on another CPU than this one (a stale file) is marked, never passed off as this machine's; ``make
+bench`` starts with ``--start``, which removes an earlier run's parts. Results: bench_results/record.{json,md}.
 
-    python scripts/bench_record.py [--results bench_results]
+    python scripts/bench_record.py [--results bench_results] [--start]
 """
 
 from __future__ import annotations
@@ -49,8 +49,16 @@ def part_machine(data: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", default="bench_results")
+    ap.add_argument("--start", action="store_true",
+                    help="remove the parts and record of an earlier run (make bench does, first): a part that then "
+                         "fails shows as not measured, never as an earlier run's figures")
     args = ap.parse_args()
     results, here = Path(args.results), machine_record()
+    if args.start:
+        for stem in [*PARTS, "record"]:
+            for suffix in (".json", ".md"):
+                (results / f"{stem}{suffix}").unlink(missing_ok=True)
+        return
     record = {"machine": here, "commit": git_commit(), "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "parts": {}}
     lines = ["# gridface benchmark record", "", f"Machine: {machine_line()}; commit {record['commit']}; "
              f"{record['written']}", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in here["versions"].items())]
@@ -74,4 +82,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -44,10 +44,13 @@ def render_ms(spec: SyntheticSpec, n: int) -> float:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=2000, help="images of the 1024x700 set written per process count")
-    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--render", type=int, default=40, help="images timed one by one per size")
+    ap.add_argument("--images", type=whole_number(1), default=2000,
+                    help="images of the 1024x700 set written per process count")
+    ap.add_argument("--processes", type=whole_number(1), nargs="+", default=[1, 2])
+    ap.add_argument("--render", type=whole_number(1), default=40, help="images timed one by one per size")
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -79,4 +82,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -38,14 +38,16 @@ def timed(fn, repeat: int) -> list[float]:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--width", type=int, default=736)
     ap.add_argument("--height", type=int, default=416)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=whole_number(1), default=8)
+    ap.add_argument("--steps", type=whole_number(1), default=5)
     ap.add_argument("--bf16-steps", type=int, default=1,
                     help="bf16-mixed steps to time (0: skip); without AVX-512 BF16 or AMX a step takes minutes")
-    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--images", type=whole_number(1), default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
@@ -84,6 +86,7 @@ def main() -> None:
         loss_fn = GridBoxLoss()
         opt = torch.optim.Adam(net.parameters(), 1e-4)
         batch = next(iter(DataLoader(ds, batch_size=args.batch, collate_fn=collate)))
+        size = results["batch"] = batch["image"].shape[0]  # --images below --batch: a smaller batch, counted as it is
 
         def step(bf16: bool = False) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -99,9 +102,9 @@ def main() -> None:
                 fp32 += timed(step, 1)
             if i < args.bf16_steps:  # no warm-up step: one-time set-up is small beside a CPU bf16 step
                 bf16 += timed(lambda: step(bf16=True), 1)
-        results["train_images_per_s"] = args.batch / statistics.median(fp32)
+        results["train_images_per_s"] = size / statistics.median(fp32)
         if bf16:
-            results["train_images_per_s_bf16_mixed"] = args.batch / statistics.median(bf16)
+            results["train_images_per_s_bf16_mixed"] = size / statistics.median(bf16)
             results["bf16_mixed_over_fp32"] = results["train_images_per_s_bf16_mixed"] / results["train_images_per_s"]
             results["bf16_steps_timed"] = len(bf16)
         results["dataloader_over_train_ratio"] = results["dataloader_images_per_s"] / results["train_images_per_s"]
@@ -116,9 +119,9 @@ def main() -> None:
         for name in ("dbscan", "nms", "hybrid"):
             dec = GridBoxDecoder(clustering=name)
             tt = timed(lambda dec=dec: dec(cov, bbox, hw), 5)
-            results[f"decode_{name}_ms_per_image"] = statistics.median(tt) / args.batch * 1e3
+            results[f"decode_{name}_ms_per_image"] = statistics.median(tt) / size * 1e3
         tt = timed(lambda: GridBoxDecoder()(out["cov"], out["bbox"], hw), 3)
-        results["decode_dbscan_untrained_ms_per_image"] = statistics.median(tt) / args.batch * 1e3
+        results["decode_dbscan_untrained_ms_per_image"] = statistics.median(tt) / size * 1e3
 
     out_dir = Path(args.out)
     write_json(out_dir / "train.json", results)
@@ -129,4 +132,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -58,4 +58,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

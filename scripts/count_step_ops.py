@@ -131,9 +131,12 @@ def batch_build(data: Path, decode: str, batch: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_results/step_ops")
-    ap.add_argument("--steps", type=int, default=12, help="training steps; the first 3 (warm-up) are left out")
+    ap.add_argument("--steps", type=whole_number(4), default=12,
+                    help="training steps; the first 3 (warm-up) are left out")
     ap.add_argument("--build-batch", type=int, default=32, help="images of the device paths' batch (0: skip)")
     ap.add_argument("overrides", nargs="*", help="more Hydra overrides of the Lightning run")
     args = ap.parse_args()
@@ -184,4 +187,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

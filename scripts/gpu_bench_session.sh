@@ -16,10 +16,10 @@ PY=${PY:-python3}
 nvidia-smi > $OUT/nvidia.txt 2>&1
 $PY -c "import torch, pytorch_lightning as pl; print(torch.__version__, torch.version.cuda, pl.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')" | tee $OUT/versions.txt
 git log -1 --format='tree at commit %h %s' >> $OUT/versions.txt 2>/dev/null; git status --short | head -20 >> $OUT/versions.txt
-B=/tmp/bench; rm -rf $B
-timeout ${BENCH_S:-400} $PY scripts/bench_gpu.py --out $B --data /tmp/wider --images ${IMAGES:-4096} --compile-train ${TINY:+--tiny} > $OUT/bench.log 2>&1
+B=$(mktemp -d /tmp/gridface-gpu-bench.XXXXXX)   # its own folder: nothing of an earlier run is reused or removed
+timeout ${BENCH_S:-400} $PY scripts/bench_gpu.py --out $B --data $B/wider --images ${IMAGES:-4096} --compile-train ${TINY:+--tiny} > $OUT/bench.log 2>&1
 echo "bench rc $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/versions.txt
 cp $B/gpu_bench.json $B/gpu_bench.md $OUT/ 2>/dev/null
 timeout ${TEST_S:-170} $PY -m pytest -p no:cacheprovider -q -rs -m gpu tests/test_gpu_data.py tests/test_gpu.py > $OUT/pytest_gpu.log 2>&1
 echo "pytest rc $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/versions.txt
-tail -8 $OUT/pytest_gpu.log; cat $OUT/gpu_bench.md
+tail -8 $OUT/pytest_gpu.log; cat $OUT/gpu_bench.md 2>/dev/null || tail -20 $OUT/bench.log

@@ -37,10 +37,12 @@ def relative_errors(fp32: list[np.ndarray], int8_path: Path, images: np.ndarray)
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--calibration-images", type=int, default=64)
-    ap.add_argument("--val-images", type=int, default=48)
+    ap.add_argument("--calibration-images", type=whole_number(1), default=64)
+    ap.add_argument("--val-images", type=whole_number(1), default=48)
     ap.add_argument("--stem-float", action="store_true", help="keep the stem float in every run (the default export)")
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("overrides", nargs="*", help="export-config overrides, e.g. dataset=kitti dataset.root=...")
@@ -74,4 +76,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

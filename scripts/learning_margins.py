@@ -26,8 +26,10 @@ from gridface.utils.machine import machine_line  # noqa: E402
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=whole_number(1), default=10)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cases = [("test_loss::test_loss_falls_when_overfitting_one_batch (total loss)", "loss",
@@ -67,4 +69,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

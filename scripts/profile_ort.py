@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from gridface.contract import ONNX_INPUT
 from gridface.utils.io import write_json, write_text
+from gridface.utils.machine import machine_line, machine_record
 
 
 def input_hw(model: str, sess: ort.InferenceSession, width: int | None, height: int | None) -> tuple[int, int]:
@@ -57,19 +58,26 @@ def profile(model: str, width: int | None, height: int | None, runs: int, thread
 
 
 def main() -> None:
+    from gridface.utils.validate import whole_number
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+")
     ap.add_argument("--width", type=int, default=None, help="only for a model whose input width is dynamic")
     ap.add_argument("--height", type=int, default=None, help="only for a model whose input height is dynamic")
-    ap.add_argument("--runs", type=int, default=8)
+    ap.add_argument("--runs", type=whole_number(1), default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
+    for model in args.models:
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"{model}: no such file")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [profile(m, args.width, args.height, args.runs, args.threads, str(Path(tmp) / f"p{i}"))
                 for i, m in enumerate(args.models)]
-    write_json(Path(args.out) / "profile_ort.json", rows)
-    lines = [f"Operator kernel time per run, batch 1, {args.threads} threads, {args.runs} runs", ""]
+    write_json(Path(args.out) / "profile_ort.json", {"machine": machine_record(), "threads": args.threads,
+                                                     "runs": args.runs, "models": rows})
+    lines = [f"Machine: {machine_line()}", "",
+             f"Operator kernel time per run, batch 1, {args.threads} threads, {args.runs} runs", ""]
     for r in rows:
         lines += [f"- {r['model']} ({r['input']}): {r['ms_per_run']:.1f} ms; " +
                   ", ".join(f"{op} {share:.1%}" for op, share in r["share"].items() if share >= 0.001)]
@@ -78,4 +86,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gridface.utils.errors import script_errors
+
+    script_errors(main)

@@ -64,6 +64,20 @@ def test_synthetic_sets_are_the_same_files_for_any_number_of_processes(tmp_path)
     assert digest(longer)[:12] == digest(two)[:12]
 
 
+def test_a_synthetic_wider_set_is_reused_only_for_the_settings_it_was_made_from(tmp_path):
+    """A finished set was returned for any settings: a benchmark asking 40 images of 1024x700 got the 16 of
+    320x224 an earlier dry run left in its folder, and recorded the 40."""
+    from gridface.data.synthetic import generate_widerface
+
+    spec = SyntheticSpec(num_images=2, seed=0, width=64, height=48)
+    root = generate_widerface(tmp_path / "w", {"train": spec}, processes=1)
+    mtime = (root / ".complete").stat().st_mtime_ns
+    assert generate_widerface(root, {"train": spec}) == root and (root / ".complete").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match=r"w holds a synthetic WIDER FACE set made from other settings .*"
+                                         r"\"num_images\": 2.* not from .*\"num_images\": 3"):
+        generate_widerface(root, {"train": SyntheticSpec(num_images=3, seed=0, width=64, height=48)})
+
+
 def make_dataset(tmp_path, samples, augment=None):
     return DetectionDataset(samples, (160, 256), GridBoxTargetEncoder(), augment, "test")
 

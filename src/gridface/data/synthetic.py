@@ -328,11 +328,21 @@ def generate_widerface(root: str | Path, splits: dict[str, SyntheticSpec], event
     *.jpg`` and ``wider_face_split/wider_face_<split>_bbx_gt.txt`` (``x y w h blur expression illumination
     invalid occlusion pose``, the ``0 0 0 ...`` placeholder for an image without faces). A ``invalid_fraction``
     of the faces is flagged invalid, and faces smaller than 4 px appear when ``spec.min_face`` allows them, so
-    the real parser's ignore paths are exercised. Written once: ``root/.complete`` marks a finished set (a set
-    interrupted before it is written again whole)."""
+    the real parser's ignore paths are exercised. Written once: ``root/.complete`` marks a finished set and records
+    what it was made from (a set interrupted before it is written again whole); a finished set made from anything
+    else is an error, never passed off as the set asked for."""
     root = Path(root)
+    made_from = json.loads(json.dumps({**{s: asdict(sp) for s, sp in splits.items()}, "events": events,
+                                       "invalid_fraction": invalid_fraction}))  # as the marker reads back
     if (root / ".complete").is_file():
-        return root
+        try:
+            found = json.loads((root / ".complete").read_text())
+        except ValueError:
+            found = None
+        if found == made_from:
+            return root
+        raise ValueError(f"{root} holds a synthetic WIDER FACE set made from other settings ({root / '.complete'}: "
+                         f"{json.dumps(found)}), not from {json.dumps(made_from)}: give another folder, or remove it")
     (root / "wider_face_split").mkdir(parents=True, exist_ok=True)
     for split, spec in splits.items():
         flags = np.random.default_rng(spec.seed + 1000)
@@ -350,5 +360,5 @@ def generate_widerface(root: str | Path, splits: dict[str, SyntheticSpec], event
             if not len(boxes):
                 lines.append("0 0 0 0 0 0 0 0 0 0 ")
         (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").write_text("\n".join(lines) + "\n")
-    (root / ".complete").write_text(json.dumps({s: asdict(sp) for s, sp in splits.items()}, indent=2))
+    (root / ".complete").write_text(json.dumps(made_from, indent=2))
     return root

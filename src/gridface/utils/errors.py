@@ -85,13 +85,18 @@ def user_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def report(stage: str, message: Any) -> None:
+def report(stage: str, message: Any, prog: str | None = None) -> None:
     """Print the one line (and how to see more) and exit with status 2."""
-    print(f"gridface.{stage}: error: {message}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    print(f"{prog or f'gridface.{stage}'}: error: {message}\n(HYDRA_FULL_ERROR=1 shows the traceback)",
+          file=sys.stderr)
     sys.exit(2)
 
 
-def user_errors(stage: str) -> Callable[[F], F]:
+def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
+    """``fn`` with a user's mistake as one line ``<prog>: error: ...`` (exit 2) and Ctrl-C / SIGTERM as one line
+    (exit 130 / 143); ``prog`` is ``gridface.<stage>`` unless given (a script's name)."""
+    name = prog or f"gridface.{stage}"
+
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -101,15 +106,21 @@ def user_errors(stage: str) -> Callable[[F], F]:
                 if _full_error():
                     raise
                 terminated = isinstance(e, Terminated)
-                print(f"gridface.{stage}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+                print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
                 sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
             except Exception as e:
                 mistake = user_error(e)
                 if mistake is None or _full_error():
                     raise
-                report(stage, mistake)
+                report(stage, mistake, name)
         return wrapper  # type: ignore[return-value]
     return wrap
+
+
+def script_errors(main: Callable[[], Any]) -> Any:
+    """Runs a script's ``main`` (``scripts/``) as :func:`user_errors` runs a stage: a missing file or a bad value
+    is one line naming the script, not a traceback."""
+    return user_errors("", prog=Path(sys.argv[0]).name)(main)()
 
 
 def unwritable_folder(folder: str | Path) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -55,9 +57,17 @@ def gpu_info() -> dict[str, object]:
             "cudnn": torch.backends.cudnn.version()}
 
 
+def command_line() -> str:
+    """The command that is running (a module run with ``-m`` by its name), so a record says which settings made it:
+    a smoke run with ``--iters 1`` and a real one look alike otherwise."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name.removesuffix(".__main__")] if spec is not None else ["python", sys.argv[0]]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def machine_record() -> dict[str, object]:
-    """One dict to put at the top of every benchmark record."""
-    return {**cpu_info(), **gpu_info(), "versions": library_versions()}
+    """One dict to put at the top of every benchmark record: the machine, its libraries and the command."""
+    return {**cpu_info(), **gpu_info(), "versions": library_versions(), "command": command_line()}
 
 
 def machine_line() -> str:

@@ -4,7 +4,9 @@ error and the generic checks. The stages' own rules (dataset, post-processing, e
 
 from __future__ import annotations
 
+import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,21 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
         allowed = " and ".join(s for s in (lo, hi) if s)
         raise ConfigError(f"{key} = {value!r}: must be {'a whole number' if integer else 'a number'}"
                           f"{' ' + allowed if allowed else ''}")
+
+
+def whole_number(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``low``, else argparse's one-line usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= {low}")
+        return value
+
+    return parse
 
 
 def check_writable(key: str, folder: str | Path) -> None:
