@@ -353,6 +353,23 @@ def test_a_camera_run_ended_by_ctrl_c_writes_and_counts_every_frame_it_read(tmp_
     cap.release()
 
 
+def test_a_stream_url_is_read_until_it_ends_and_one_that_cannot_open_is_one_line(tmp_path, model):
+    """source=rtsp://... (or any URL OpenCV's FFmpeg opens) was 'source not found: rtsp:/...' (a path)."""
+    from gridface.inference.sources import stream_name
+
+    assert stream_name("rtsp://user:secret@cam1:8554/live") == "cam1_8554_live"
+    clip = tmp_path / "clip.mp4"
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    for i in range(6):
+        vw.write(np.full((120, 160, 3), 30 * i, np.uint8))
+    vw.release()
+    summary = infer_run(infer_cfg(tmp_path, model, f"file://{clip}"))
+    assert summary["kind"] == "stream" and summary["complete"] and summary["frames"] == 6
+    assert Path(summary["video"]).name == f"{stream_name(f'file://{clip}')}_annotated.mp4"
+    with pytest.raises(ValueError, match=r"cannot open stream rtsp://127.0.0.1:9/live"):
+        infer_run(infer_cfg(tmp_path / "refused", model, "rtsp://127.0.0.1:9/live"))
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_video_run_as_ctrl_c_does(tmp_path, model):
     """SIGTERM (timeout, docker stop, systemd) killed the run at once: an unplayable hidden .partial.mp4, which no

@@ -1,4 +1,5 @@
-"""Where frames come from: an image, a folder, a glob, a video file or a camera index.
+"""Where frames come from: an image, a folder, a glob, a video file, a camera index or a stream URL (RTSP, HTTP...:
+whatever OpenCV's FFmpeg opens).
 
 Reading, decoding and the model's preprocessing (``prepare``: the letterbox) run in background threads
 ahead of the model (``prefetch`` items), so the model, not I/O, sets the pace; OpenCV releases the GIL, so they
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import queue
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,8 +70,19 @@ def frame_rate(cap: cv2.VideoCapture, what: str) -> float:
     return DEFAULT_FPS
 
 
+STREAM_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def stream_name(url: str) -> str:
+    """A file name for what a stream URL shows, without its scheme and credentials: ``rtsp://user:pw@cam1:8554/live``
+    is ``cam1_8554_live``."""
+    where = url.split("://", 1)[1].rsplit("@", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9]+", "_", where).strip("_")[:80] or "stream"
+
+
 class Source:
-    """Iterates frames. ``kind`` is ``images``, ``video`` or ``camera``; ``fps``/``size`` for video."""
+    """Iterates frames. ``kind`` is ``images``, ``video``, ``camera`` or ``stream`` (the last two are ``live``: read
+    until they end or the run is stopped); ``fps``/``size`` for video."""
 
     def __init__(self, spec: str | int, frame_stride: int = 1, prefetch: int = 8, workers: int = 2,
                  prepare: Callable[[np.ndarray], Any] | None = None, color: str = "RGB") -> None:
@@ -94,7 +107,11 @@ class Source:
         p = Path(str(spec)).expanduser()
         if (isinstance(spec, int) or str(spec).isdigit()) and not p.exists():  # a folder named 2024 is a folder
             self.kind = "camera"
-            self.camera = int(spec)
+            self.camera: int | str = int(spec)
+            return
+        if STREAM_URL.match(str(spec)):
+            self.kind = "stream"
+            self.camera = str(spec)
             return
         if any(ch in str(spec) for ch in "*?["):
             self.kind = "images"
@@ -137,7 +154,19 @@ class Source:
         else:
             raise ValueError(f"unsupported source type '{p.suffix}' for {p}: expected an image "
                              f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(VIDEO_SUFFIXES)}), "
-                             "a folder, a glob or a camera index")
+                             "a folder, a glob, a camera index or a stream URL")
+
+    @property
+    def live(self) -> bool:
+        """A camera or a stream: no end known beforehand; Ctrl-C (or SIGTERM) is how a run on it ends."""
+        return self.kind in ("camera", "stream")
+
+    @property
+    def video_name(self) -> str:
+        """The stem of the annotated video a run on this source writes."""
+        if self.kind == "video":
+            return Path(str(self.spec)).stem
+        return f"camera{self.camera}" if self.kind == "camera" else stream_name(str(self.camera))
 
     def __len__(self) -> int:
         if self.kind == "images":
@@ -223,11 +252,11 @@ class Source:
             thread.join(timeout=5)
 
     def _decode_video(self) -> Iterator[Frame]:
-        cap = cv2.VideoCapture(self.camera if self.kind == "camera" else str(self.spec))
+        cap = cv2.VideoCapture(self.camera if self.live else str(self.spec))
         if not cap.isOpened():
-            raise ValueError(f"cannot open {'camera' if self.kind == 'camera' else 'video'} {self.spec}")
-        if self.kind == "camera":
-            self.fps = frame_rate(cap, f"camera {self.spec}")
+            raise ValueError(f"cannot open {self.kind} {self.spec}")
+        if self.live:
+            self.fps = frame_rate(cap, f"{self.kind} {self.spec}")
             self.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         i = 0
         try:

@@ -1,5 +1,5 @@
 """The infer stage (``python -m gridface.infer model=<.ckpt | .onnx | engine> source=<image | folder | glob | video |
-camera>``)
+camera | stream URL>``)
 
 Writes annotated images (or an annotated video, same frame rate and size), KITTI labels, detections as
 COCO-results JSON and, with ``save_wider=true``, the WIDER submission layout; prints a summary.
@@ -174,19 +174,18 @@ def run_frames(cfg: DictConfig) -> dict[str, Any]:
                         skipped_files.append(str(frame.error or frame.path))
                         continue
                     if writer.video is None and source.kind != "images" and cfg.save_images:  # the frames' size
-                        name = Path(str(spec)).stem if source.kind == "video" else f"camera{spec}"
                         size = frame.image.shape[1::-1]
-                        video = writer.open_video(name, source.fps / source.frame_stride, size)
+                        video = writer.open_video(source.video_name, source.fps / source.frame_stride, size)
                         write_json(out / "summary.json", {**started, "video": str(video)})  # a rerun finds it
                     read += 1
                     batch.append(frame)
                     if len(batch) == cfg.batch_size:
                         flush(models, pool)
             except KeyboardInterrupt as e:
-                if source.kind != "camera":
+                if not source.live:
                     raise
-                # how a camera run ends: the frames read so far are still run, written and counted
-                log.info("camera stopped (%s): finishing the outputs", type(e).__name__)
+                # how a camera or stream run ends: the frames read so far are still run, written and counted
+                log.info("%s stopped (%s): finishing the outputs", source.kind, type(e).__name__)
             flush(models, pool, end=True)
     except BaseException:
         stop_early(writer, started)
