@@ -5,6 +5,7 @@ validation image once (2 CPU processes against 1)."""
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,6 +77,9 @@ class PublicTrainer:
 
     def __init__(self, world_size: int = 1) -> None:
         self.world_size, self.saved, self.others_signalled = world_size, [], False
+        # mid-epoch, no validation after this batch (its save waits for those: tests/test_resume.py)
+        self.val_check_batch = float("inf")
+        self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=False)))
         # DDP: the strategy's all-reduce of the ranks' flags (any rank signalled: every rank saves)
         self.strategy = type("Strategy", (), {"reduce_boolean_decision":
                                               lambda _, mine, all=True: mine or self.others_signalled})()

@@ -182,6 +182,42 @@ def test_sigusr2_preemption_resumes_to_the_uninterrupted_weights(tmp_path, cache
     assert_trained_alike(uninterrupted, probe, images=24)
 
 
+class ValidatedEpochs(pl.Callback):
+    """Appends each validated epoch to a file, across the runs of one job."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if not trainer.sanity_checking:
+            with open(self.path, "a") as f:
+                f.write(f"{trainer.current_epoch}\n")
+
+
+@pytest.mark.slow
+def test_preemptions_at_epoch_ends_resume_to_the_uninterrupted_weights(tmp_path, cache, uninterrupted):
+    """SIGUSR2 during an epoch's last batch, twice (steps 6 and 12 of 6-step epochs): saved there, before the
+    epoch's validation, a resume skipped that validation, and the second resume trained epoch 1 again (Lightning
+    counted it as not started). Now saved after the validation, at the epoch's end."""
+    from .test_cluster import SignalAtStep, submitit_stand_in
+
+    probe, validated = tmp_path / "probe", tmp_path / "validated.txt"
+    ckpts = tmp_path / "out" / "checkpoints"
+    previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
+    try:
+        for step in (5, 11):  # the signal lands in the next batch: steps 6 and 12, each its epoch's last
+            with pytest.raises(SystemExit):
+                run(config(tmp_path, cache), callbacks=[SignalAtStep(step), Probe(str(probe)),
+                                                        ValidatedEpochs(validated)])
+            assert torch.load(ckpts / "preempted.ckpt", weights_only=False)["global_step"] == step + 1
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    resumed = run(config(tmp_path, cache), callbacks=[Probe(str(probe)), ValidatedEpochs(validated)])
+    assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt") and resumed["global_step"] == 18
+    assert validated.read_text().split() == ["0", "1", "2"]  # each epoch validated once
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("every", "stop", "ckpt", "step"), [
     (0, {"fail_at": 8}, "last.ckpt", 6),  # killed in epoch 2: the newest is last.ckpt, from epoch 1's validation
@@ -241,8 +277,8 @@ class SignalRankZeroAtStep(pl.Callback):
 def test_two_rank_ddp_killed_then_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, cache):
     """2 CPU ranks (gloo, spawned), no loader workers: 24 images, 3 steps an epoch per rank, step.ckpt every 2
     steps. One run interrupted twice: killed (both ranks stop at the start of the batch after step 4, mid-epoch 2 of
-    3) and resumed from step.ckpt; then preempted (SIGUSR2 reaches rank 0 alone during step 7, both ranks save
-    preempted.ckpt at step 7, mid-epoch 3, and exit) and resumed again to the end."""
+    3) and resumed from step.ckpt; then preempted (SIGUSR2 reaches rank 0 alone during step 8, both ranks save
+    preempted.ckpt at step 8, mid-epoch 3, and exit) and resumed again to the end."""
     ddp = ["trainer.strategy=ddp_spawn", "trainer.devices=2", "dataset.num_workers=0", "checkpoint_every_n_steps=2"]
     run(config(tmp_path / "plain", cache, ddp), callbacks=[Probe(str(tmp_path / "plain" / "probe"))])
     assert max(step for _, step in history(tmp_path / "plain" / "probe")) == 9  # (spawned ranks: no global_step here)
@@ -253,8 +289,8 @@ def test_two_rank_ddp_killed_then_preempted_mid_epoch_resumes_to_the_uninterrupt
         run(config(folder, cache, ddp), callbacks=[Probe(str(probe), fail_at=4)])
     assert torch.load(ckpts / "step.ckpt", weights_only=False)["global_step"] == 4
     with pytest.raises(Exception, match="exit code"):
-        run(config(folder, cache, ddp), callbacks=[Probe(str(probe)), SignalRankZeroAtStep(6)])
-    assert torch.load(ckpts / "preempted.ckpt", weights_only=False)["global_step"] == 7
+        run(config(folder, cache, ddp), callbacks=[Probe(str(probe)), SignalRankZeroAtStep(7)])
+    assert torch.load(ckpts / "preempted.ckpt", weights_only=False)["global_step"] == 8
     resumed = run(config(folder, cache, ddp), callbacks=[Probe(str(probe))])
     assert resumed["resumed_from"] == str(ckpts / "preempted.ckpt")
     assert_trained_alike(tmp_path / "plain" / "probe", probe, images=24, ranks=2)

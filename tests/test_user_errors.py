@@ -267,3 +267,21 @@ def test_check_data_settings_are_checked(capsys, tmp_path):
     assert "log_first = -1" in one_line(capsys, "check_data", ["log_first=-1"], tmp_path)
     assert "fail_on_problems = 'maybe': must be true or false" in one_line(capsys, "check_data",
                                                                            ["fail_on_problems=maybe"], tmp_path)
+
+
+def test_a_mistake_in_a_submitit_job_is_the_jobs_result_not_an_exit(capsys, monkeypatch):
+    """In a Slurm job of the submitit launcher, the one-line exit wrote no result for submitit to read: on a cluster
+    without accounting the sweep's command waited for ever. Raised, submitit pickles it as the job's error."""
+    from gridface.utils.errors import SubmittedJobError
+
+    def stage() -> None:
+        raise FileNotFoundError("dataset.root = '/data/x' does not exist")
+
+    monkeypatch.setenv("SUBMITIT_FOLDER", "/tmp/submitit-job")
+    with pytest.raises(SubmittedJobError, match=r"^gridface.train: error: dataset.root = '/data/x' does not exist$"):
+        user_errors("train")(stage)()
+    assert capsys.readouterr().err.strip() == "gridface.train: error: dataset.root = '/data/x' does not exist"
+    monkeypatch.delenv("SUBMITIT_FOLDER")
+    with pytest.raises(SystemExit) as exit_:  # elsewhere: the one line and exit status 2, as before
+        user_errors("train")(stage)()
+    assert exit_.value.code == 2

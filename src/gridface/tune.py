@@ -9,6 +9,7 @@ through ``tune.storage``; Optuna does the coordination.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import logging
 import shlex
@@ -42,7 +43,13 @@ def make_storage(spec: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if spec.startswith("sqlite:///"):
-        Path(spec.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        db = Path(spec.removeprefix("sqlite:///")).expanduser()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # workers started together each created the schema at once: one failed ("UNIQUE constraint failed:
+        # alembic_version.version_num"); one at a time, the later ones find it made
+        with open(db.with_name(f"{db.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return optuna.storages.RDBStorage(spec)
     return spec
 
 

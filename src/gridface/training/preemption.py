@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """Saves ``preempted.ckpt`` at the first step boundary after SIGUSR2, then calls the handler that was there
-    before (submitit's: requeue on rank 0, then exit); in a plain sbatch job rank 0 requeues it with scontrol.
-    Saving at a boundary, not inside the signal handler, keeps the optimizer step whole.
+    """Saves ``preempted.ckpt`` at the first step boundary after SIGUSR2 (at an epoch's last batch, or one validation
+    follows, once that validation is done), then calls the handler that was there before (submitit's: requeue on
+    rank 0, then exit); in a plain sbatch job rank 0 requeues it with scontrol. Saving at a boundary, not inside the
+    signal handler, keeps the optimizer step whole.
 
     The save is Lightning's public ``trainer.save_checkpoint`` (rank 0 writes through the CheckpointIO plugin,
     atomic here; every rank takes part and meets at a barrier), so under DDP every rank must save at the same
@@ -42,11 +43,24 @@ class PreemptionCheckpoint(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        self._previous = signal.getsignal(self.signum)
+        previous = signal.getsignal(self.signum)
+        # an earlier run's handler in this process (Lightning's signal connector puts back the handlers it found at
+        # the start of its run, ours among them): hand over to what that one would have, not to it
+        while isinstance(getattr(previous, "__self__", None), PreemptionCheckpoint):
+            previous = previous.__self__._previous
+        self._previous = previous
         signal.signal(self.signum, self._note)
         self._installed = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Lightning skips ``teardown`` when a run ends in an exception (the hand-over's exit among them): the handler
+        this run installed would stay and catch the next run's signal in this process."""
+        self._restore()
+
+    def _restore(self) -> None:
         if self._installed:
             signal.signal(self.signum, self._previous)
             self._installed = False
@@ -54,12 +68,35 @@ class PreemptionCheckpoint(pl.Callback):
     def _note(self, signum: int, frame: Any) -> None:
         self._pending = (signum, frame)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+    def _signalled(self, trainer: pl.Trainer) -> bool:
+        """Whether any rank got the signal (every rank calls this at the same points: one all-reduce)."""
         signalled = self._pending is not None
         if trainer.world_size > 1:
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
-        if not signalled:
-            return
+        return signalled
+
+    @staticmethod
+    def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
+        """This batch ends the epoch, or validation runs right after it (``val_check_interval``). Saved here, a
+        resume skipped that validation, and after a second such resume trained the epoch again (Lightning counts the
+        epoch as not started yet): the save waits for the epoch's end, or for the next batch."""
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return True
+        every = trainer.val_check_batch
+        return isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._signalled(trainer) and not self.validation_follows(trainer, batch_idx):
+            self._save_and_hand_over(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A signal at an epoch's last batch: saved here, after the epoch's validation (a whole epoch, as Lightning's
+        own epoch-end checkpoints are)."""
+        if self._signalled(trainer):
+            self._save_and_hand_over(trainer)
+
+    def _save_and_hand_over(self, trainer: pl.Trainer) -> None:
         signum, frame = self._pending or (self.signum, None)  # (another rank got it first)
         self._pending = None
         trainer.save_checkpoint(self.path)
@@ -67,6 +104,7 @@ class PreemptionCheckpoint(pl.Callback):
             log.warning("%s received: saved %s at global step %d", signal.Signals(signum).name, self.path,
                         trainer.global_step)
         previous = self._previous
+        self._restore()  # a later signal goes to the handler that was there before
         if callable(previous):
             previous(signum, frame)  # submitit: requeue (rank 0) and exit; other ranks carry on until stopped
             return

@@ -58,6 +58,11 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class SubmittedJobError(RuntimeError):
+    """A user's mistake inside a submitit job, raised (not an exit) so that submitit records it as the job's result
+    and the command that submitted the job reports it."""
+
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
 
 
@@ -112,6 +117,11 @@ def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
                 mistake = user_error(e)
                 if mistake is None or _full_error():
                     raise
+                if os.environ.get("SUBMITIT_FOLDER"):  # a Slurm job of Hydra's submitit launcher
+                    # an exit writes no result for submitit to read, and without Slurm accounting the launcher
+                    # waited for one for ever: the error is the job's result, and the sweep's command says it
+                    print(f"{name}: error: {mistake}", file=sys.stderr)
+                    raise SubmittedJobError(f"{name}: error: {mistake}") from None
                 report(stage, mistake, name)
         return wrapper  # type: ignore[return-value]
     return wrap
