@@ -89,25 +89,20 @@ def pruned_copy(checkpoint: str | None, ratio: float, out: Path) -> str:
 
 def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: str) -> dict[str, str]:
     """FP32 ONNX and INT8 QDQ ONNX of the checkpoint (or of an untrained net) at the bench size."""
-    import torch
-
-    from gridface.contract import deployment_metadata, metadata_path
+    from gridface.contract import metadata_path
     from gridface.data.sources import synthetic
     from gridface.export.onnx_export import export_onnx
     from gridface.export.quantize import quantize_int8
-    from gridface.model import GridBoxNet
     from gridface.module import GridBoxModule
     from gridface.stages.export import model_metadata
     from gridface.utils.io import write_json
 
-    module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else None
-    net = module.net.eval() if module is not None else GridBoxNet().eval()
-    fp32 = export_onnx(net, out / f"{name}.onnx", hw)
+    module = GridBoxModule.from_checkpoint(checkpoint) if checkpoint else GridBoxModule()  # (untrained)
+    fp32 = export_onnx(module.net.eval(), out / f"{name}.onnx", hw)
     calib = [s.image for s in synthetic(str(out / "calib"), num_images=32, seed=7, width=hw[1], height=hw[0])]
     int8 = quantize_int8(fp32, out / f"{name}_int8.onnx", calib, hw)
     for path, fmt in ((fp32, "onnx_fp32"), (int8, "onnx_int8")):  # what load_backend reads beside a model
-        meta = (model_metadata(module, checkpoint, fmt) if module is not None else  # an untrained net: no checkpoint
-                deployment_metadata(fmt, hw, ["face"], net.stride, {}, "", None, {"torch": torch.__version__}))
+        meta = model_metadata(module, checkpoint or "untrained", fmt)
         write_json(metadata_path(path), {**meta, "input_hw": list(hw)})
     return {"torch": checkpoint or "", "onnx_fp32": str(fp32), "onnx_int8": str(int8)}
 

@@ -97,7 +97,7 @@ def test_preemption_checkpoint_saves_through_the_public_trainer_api(tmp_path, wo
     trainer = PublicTrainer(world_size)
     callback = PreemptionCheckpoint(str(tmp_path))
     try:
-        callback.setup(trainer, None, "fit")
+        callback.on_train_start(trainer, None)
         callback.on_train_batch_end(trainer, None, None, None, 0)
         assert trainer.saved == [] and handed_over == []  # nothing yet (DDP: flag only, that rank not signalled)
         if signal_here:

@@ -40,24 +40,17 @@ class PreemptionCheckpoint(pl.Callback):
         self._pending: tuple[int, Any] | None = None
         self._installed = False
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Installed once Lightning has registered its own handlers: it notes every handler it finds then and puts
+        them back when the run ends, exception or not. Installed earlier (at ``setup``), ours was among them and
+        outlived the run: the next run in the process (tune's trials, a notebook) handed over to it, never exiting."""
+        if threading.current_thread() is not threading.main_thread():
             return
-        previous = signal.getsignal(self.signum)
-        # an earlier run's handler in this process (Lightning's signal connector puts back the handlers it found at
-        # the start of its run, ours among them): hand over to what that one would have, not to it
-        while isinstance(getattr(previous, "__self__", None), PreemptionCheckpoint):
-            previous = previous.__self__._previous
-        self._previous = previous
+        self._previous = signal.getsignal(self.signum)
         signal.signal(self.signum, self._note)
         self._installed = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """Lightning skips ``teardown`` when a run ends in an exception (the hand-over's exit among them): the handler
-        this run installed would stay and catch the next run's signal in this process."""
         self._restore()
 
     def _restore(self) -> None:
