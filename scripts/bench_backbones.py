@@ -182,7 +182,7 @@ def main() -> None:
     from gridface.model import BACKBONES
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--prune-ratio", type=float, default=0.5, help="0: no pruned rows")
     ap.add_argument("--width", type=int, default=736)

@@ -65,7 +65,7 @@ def time_ms(fns: dict, reps: int) -> dict[str, float]:
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=whole_number(1), default=30)
     ap.add_argument("--maps", type=whole_number(1), default=5, help="random maps per case (the median is reported)")
     ap.add_argument("--out", default="bench_results")

@@ -110,7 +110,7 @@ def export_models(checkpoint: str | None, hw: tuple[int, int], out: Path, name: 
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint")
     ap.add_argument("--pruned", help="a pruned checkpoint (default: prune --checkpoint at --prune-ratio)")
     ap.add_argument("--prune-ratio", type=float, default=0.7,

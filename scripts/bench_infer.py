@@ -99,7 +99,7 @@ def make_video(files: list[Path], path: Path) -> Path:
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--images", type=whole_number(1), default=120)
     ap.add_argument("--threads", type=int, default=2)

@@ -24,7 +24,7 @@ from gridface.utils.machine import machine_line, machine_record
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for a in ("--checkpoint", "--qat", "--retrained", "--out"):
         ap.add_argument(a, required=True)
     ap.add_argument("--threads", type=int, default=2)

@@ -47,7 +47,7 @@ def part_machine(data: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="bench_results")
     ap.add_argument("--start", action="store_true",
                     help="remove the parts and record of an earlier run (make bench does, first): a part that then "

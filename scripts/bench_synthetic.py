@@ -46,7 +46,7 @@ def render_ms(spec: SyntheticSpec, n: int) -> float:
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=whole_number(1), default=2000,
                     help="images of the 1024x700 set written per process count")
     ap.add_argument("--processes", type=whole_number(1), nargs="+", default=[1, 2])

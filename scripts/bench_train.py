@@ -40,7 +40,7 @@ def timed(fn, repeat: int) -> list[float]:
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=736)
     ap.add_argument("--height", type=int, default=416)
     ap.add_argument("--batch", type=whole_number(1), default=8)

@@ -22,7 +22,7 @@ DATA = ROOT.parent / "shared" / "data" / "widerface"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preds", default=str(DATA / "preds_yolov7face"))
     ap.add_argument("--gt", default=str(DATA / "val_gt"))
     ap.add_argument("--skip-reference", action="store_true")

@@ -39,7 +39,7 @@ def relative_errors(fp32: list[np.ndarray], int8_path: Path, images: np.ndarray)
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--calibration-images", type=whole_number(1), default=64)
     ap.add_argument("--val-images", type=whole_number(1), default=48)

@@ -60,7 +60,7 @@ def profile(model: str, width: int | None, height: int | None, runs: int, thread
 def main() -> None:
     from gridface.utils.validate import whole_number
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+")
     ap.add_argument("--width", type=int, default=None, help="only for a model whose input width is dynamic")
     ap.add_argument("--height", type=int, default=None, help="only for a model whose input height is dynamic")

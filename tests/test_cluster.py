@@ -286,6 +286,35 @@ def test_slurm_launcher_config_gives_one_task_per_device_on_each_node(tmp_path, 
     assert "srun" in text and "submitit.core._submit" in text
 
 
+@pytest.mark.parametrize("slurm_here", [True, False])
+def test_a_sweep_its_slurm_launcher_cannot_submit_is_one_line_before_any_job(capsys, monkeypatch, slurm_here):
+    """-m hydra/launcher=slurm with trainer.devices=auto ended in OmegaConf's traceback from inside the launcher
+    (tasks_per_node is a number); without Slurm, in submitit's ('Could not detect "srun"')."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from gridface.training import launch
+    from gridface.utils.hydra import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=cpu", "trainer.devices=auto"],
+                      return_hydra_config=True)
+        fine = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_cpu"], return_hydra_config=True)
+    assert cfg.hydra.callbacks.launcher_check._target_ == "gridface.training.launch.LauncherCheck"
+    monkeypatch.setattr(launch.shutil, "which", lambda name: f"/usr/bin/{name}" if slurm_here else None)
+    with pytest.raises(SystemExit) as e:
+        launch.LauncherCheck().on_multirun_start(cfg)
+    assert e.value.code == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    if slurm_here:
+        assert line.startswith("gridface.train: error: hydra.launcher.tasks_per_node: ") and "'auto'" in line
+        assert "trainer.devices and trainer.num_nodes must be numbers" in line
+        launch.LauncherCheck().on_multirun_start(fine)  # a launcher that can submit goes on
+    else:
+        assert line.startswith("gridface.train: error: hydra/launcher=slurm: no Slurm on this machine (srun and "
+                               "sbatch not on PATH)")
+
+
 def test_cpu_ddp_launcher_config_asks_for_no_gpus(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir

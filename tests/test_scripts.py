@@ -41,3 +41,10 @@ def test_a_scripts_mistake_is_one_line_naming_the_script(tmp_path):
     assert missing.stderr.splitlines()[0] == f"bench_infer.py: error: --model {tmp_path / 'nope.onnx'}: no such file"
     zero = run_script("bench_infer", "--model", "m.onnx", "--images", "0")
     assert zero.returncode == 2 and "argument --images: '0': must be a whole number >= 1" in zero.stderr
+
+
+def test_a_scripts_help_shows_its_whole_description_with_the_command_to_run():
+    """bench_int8 and bench_qat's --help showed only their docstring's first line, not how to call them."""
+    shown = run_script("bench_qat", "--help")
+    assert shown.returncode == 0
+    assert "\n    PYTHONPATH=src .venv/bin/python scripts/bench_qat.py --checkpoint <.ckpt> --qat" in shown.stdout

@@ -195,19 +195,20 @@ def test_pipeline_on_slurm_without_slurm(capsys, monkeypatch):
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from gridface.training import launch
     from gridface.workflow import submit
 
     launcher = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"})
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.RUN, launcher=launcher)))
-    monkeypatch.setattr(submit.shutil, "which", lambda name: None)
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
     with pytest.raises(SystemExit) as e:
         user_errors("pipeline")(submit.launcher_cluster)()
     assert e.value.code == 2
     line = capsys.readouterr().err.splitlines()[0]
-    assert line.startswith("gridface.pipeline: error: hydra/launcher=slurm: no Slurm on this machine (srun is not on "
-                           "PATH)")
-    monkeypatch.setattr(submit.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert line.startswith("gridface.pipeline: error: hydra/launcher=slurm: no Slurm on this machine (srun and sbatch "
+                           "not on PATH)")
+    monkeypatch.setattr(launch.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert submit.launcher_cluster() == ("slurm", {})
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible: the GPU recipe runs")

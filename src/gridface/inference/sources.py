@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from gridface.data.images import IMAGE_SUFFIXES, ImageReadError, read_image_bgr, read_image_rgb
+from gridface.utils.validate import check_number
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -93,8 +94,7 @@ class Source:
         self.spec = spec
         self.prepare = prepare
         self.bgr = color.upper() == "BGR"
-        if isinstance(frame_stride, bool) or not float(frame_stride).is_integer() or frame_stride < 1:
-            raise ValueError(f"frame_stride = {frame_stride!r}: must be a whole number >= 1")
+        check_number("frame_stride", frame_stride, 1, integer=True)
         self.frame_stride = int(frame_stride)
         self.prefetch, self.workers = prefetch, workers
         self.fps: float | None = None

@@ -4,12 +4,16 @@ themselves.
 Slurm starts one task per device (``hydra/launcher=slurm``) and Lightning's ``SLURMEnvironment`` reads the ranks.
 submitit owns requeueing, so Lightning's own auto-requeue is switched off (it would never fire under submitit and
 its log lines would say otherwise). Locally, Lightning starts the extra DDP ranks itself, which a ``-m`` sweep
-cannot survive: :func:`check_ddp_launch` stops that with a message.
+cannot survive: :func:`check_ddp_launch` stops that with a message. A sweep submitted to Slurm is checked before
+its first job (:class:`LauncherCheck`), where the launcher's own answer would be a traceback.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 
 def cluster_plugins() -> list[Any]:
@@ -40,3 +44,49 @@ def check_ddp_launch(trainer_cfg: Any, multirun: bool) -> None:
             "start every extra rank by re-running the whole sweep. Submit the sweep to Slurm "
             "(hydra/launcher=slurm: one task per device), use trainer.strategy=ddp_spawn, or run the jobs one at "
             "a time without -m")
+
+
+def slurm_missing() -> str | None:
+    """Why Slurm jobs cannot be submitted from here (submitit needs ``srun`` and ``sbatch``), or None."""
+    missing = [tool for tool in ("srun", "sbatch") if shutil.which(tool) is None]
+    return f"no Slurm on this machine ({' and '.join(missing)} not on PATH)" if missing else None
+
+
+def launcher_problem(config: Any) -> str | None:
+    """What stops a submitit launcher (``hydra/launcher=slurm|local``) of ``config`` before it submits anything:
+    no Slurm here, or a ``hydra.launcher`` value that does not resolve (``tasks_per_node: ${trainer.devices}``
+    with ``trainer.devices=auto``); None if nothing does, or another launcher runs the jobs."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    launcher = OmegaConf.select(config, "hydra.launcher")
+    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    if "submitit" not in target:
+        return None
+    if target.endswith("SlurmLauncher") and (why := slurm_missing()):
+        return (f"hydra/launcher=slurm: {why}: submit from a Slurm login node, or leave hydra/launcher=slurm out to "
+                "run the jobs here")
+    try:
+        OmegaConf.to_container(launcher, resolve=True)
+    except OmegaConfBaseException as e:
+        key = str(getattr(e, "full_key", None) or "hydra.launcher")
+        reason = str(getattr(e, "msg", e)).splitlines()[0]
+        hint = (" The slurm launcher starts one task per device on each node, so trainer.devices and "
+                "trainer.num_nodes must be numbers (e.g. trainer.devices=4)."
+                if key.endswith(("tasks_per_node", "nodes", "gpus_per_node")) else "")
+        return f"{key}: {reason}.{hint}"
+    return None
+
+
+class LauncherCheck(Callback):
+    """Hydra callback (``configs/hydra/default.yaml``): a sweep whose submitit launcher cannot submit is one line
+    (:func:`launcher_problem`) before any job, not submitit's or OmegaConf's traceback from inside the launcher."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from gridface.utils.errors import full_error, report
+
+        why = None if full_error() else launcher_problem(config)
+        if why:
+            report(OmegaConf.select(config, "task_name", default=None) or "run", why)

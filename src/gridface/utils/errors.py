@@ -75,7 +75,7 @@ def optional_import(module: str, needed_for: str, install: str) -> Any:
                                 f"here: {install}") from e
 
 
-def _full_error() -> bool:
+def full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
@@ -108,14 +108,14 @@ def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except KeyboardInterrupt as e:  # Ctrl-C: what was written stays (each stage writes atomically)
-                if _full_error():
+                if full_error():
                     raise
                 terminated = isinstance(e, Terminated)
                 print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
                 sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
             except Exception as e:
                 mistake = user_error(e)
-                if mistake is None or _full_error():
+                if mistake is None or full_error():
                     raise
                 if os.environ.get("SUBMITIT_FOLDER"):  # a Slurm job of Hydra's submitit launcher
                     # an exit writes no result for submitit to read, and without Slurm accounting the launcher
@@ -160,7 +160,7 @@ class RunDirCheck(Callback):
         from omegaconf import OmegaConf
 
         folder = OmegaConf.select(config, f"hydra.{key}.dir", throw_on_resolution_failure=False)
-        why = unwritable_folder(folder) if folder and not _full_error() else None
+        why = unwritable_folder(folder) if folder and not full_error() else None
         if why:
             stage = OmegaConf.select(config, "task_name", default=None) or "run"
             report(stage, f"hydra.{key}.dir = '{folder}': this run folder cannot be created ({why}); give a "

@@ -10,12 +10,12 @@ The executor is built the way hydra-submitit-launcher builds it, so every ``hydr
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from gridface.training.launch import slurm_missing
 from gridface.utils.errors import optional_import
 from gridface.utils.validate import ConfigError
 
@@ -37,9 +37,9 @@ def launcher_cluster() -> tuple[str, dict[str, Any]] | None:
     if hc.mode == RunMode.MULTIRUN or "submitit" not in target:
         return None
     cluster = "slurm" if target.endswith("SlurmLauncher") else "local"
-    if cluster == "slurm" and shutil.which("srun") is None:  # submitit's own answer is a traceback, after the checks
-        raise ConfigError("hydra/launcher=slurm: no Slurm on this machine (srun is not on PATH): run the pipeline on "
-                          "a Slurm login node, or without hydra/launcher=slurm to run its stages here")
+    if cluster == "slurm" and (why := slurm_missing()):  # submitit's own answer is a traceback, after the checks
+        raise ConfigError(f"hydra/launcher=slurm: {why}: run the pipeline on a Slurm login node, or without "
+                          "hydra/launcher=slurm to run its stages here")
     params = OmegaConf.to_container(hc.launcher, resolve=True)
     params.pop("_target_", None)
     return cluster, params
