@@ -221,7 +221,7 @@ def test_preemptions_at_epoch_ends_resume_to_the_uninterrupted_weights(tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize(("every", "stop", "ckpt", "step"), [
     (0, {"fail_at": 8}, "last.ckpt", 6),  # killed in epoch 2: the newest is last.ckpt, from epoch 1's validation
-    (3, {"fail_in_validation_at": 6}, "step.ckpt", 6),  # killed in epoch 1's validation, after step.ckpt at its end
+    (3, {"fail_at": 7}, "step.ckpt", 6),  # killed in epoch 1: step.ckpt of step 6, saved after epoch 0's validation
 ], ids=["last.ckpt-at-validation", "step.ckpt-at-an-epoch-end"])
 def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epoch_in_its_order(tmp_path, cache, uninterrupted,
                                                                                every, stop, ckpt, step):
@@ -235,6 +235,42 @@ def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epoch_in_its_order(
     assert torch.load(ckpts / ckpt, weights_only=False)["global_step"] == step
     resumed = run(config(tmp_path, cache, [f"checkpoint_every_n_steps={every}"]), callbacks=[Probe(str(probe))])
     assert resumed["resumed_from"] == str(ckpts / ckpt) and resumed["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
+@pytest.mark.slow
+def test_kills_in_epoch_end_validations_after_step_checkpoints_resume_to_the_uninterrupted_weights(tmp_path, cache,
+                                                                                                   uninterrupted):
+    """step.ckpt every 3 steps of 6-step epochs, and the run killed in the validation after step 6, then after
+    step 12. step.ckpt was saved at each epoch's last batch, before its validation: the resume skipped that
+    validation, and the second one trained epoch 1 again (24 steps for 18). A step a validation follows is now saved
+    after it: each kill resumes from step 3's (then 9's) and validates that epoch."""
+    probe, validated = tmp_path / "probe", tmp_path / "validated.txt"
+    ckpts = tmp_path / "out" / "checkpoints"
+    for step in (6, 12):
+        with pytest.raises(Interrupted):
+            run(config(tmp_path, cache, ["checkpoint_every_n_steps=3"]),
+                callbacks=[Probe(str(probe), fail_in_validation_at=step), ValidatedEpochs(validated)])
+        assert torch.load(ckpts / "step.ckpt", weights_only=False)["global_step"] == step - 3
+    resumed = run(config(tmp_path, cache, ["checkpoint_every_n_steps=3"]),
+                  callbacks=[Probe(str(probe)), ValidatedEpochs(validated)])
+    assert resumed["resumed_from"] == str(ckpts / "step.ckpt") and resumed["global_step"] == 18
+    assert validated.read_text().split() == ["0", "1", "2"]
+    assert_trained_alike(uninterrupted, probe, images=24)
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_before_a_mid_epoch_validation_is_saved_after_it(tmp_path, cache, uninterrupted):
+    """val_check_interval=3 (a validation after steps 3 and 6 of each epoch) with step.ckpt every 3 steps: the
+    save waits for the validation and comes at the next step; killed after step 4, the run resumes from it."""
+    probe = tmp_path / "probe"
+    extra = ["checkpoint_every_n_steps=3", "trainer.val_check_interval=3"]
+    with pytest.raises(Interrupted):
+        run(config(tmp_path, cache, extra), callbacks=[Probe(str(probe), fail_at=4)])
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert torch.load(ckpts / "step.ckpt", weights_only=False)["global_step"] == 4  # step 3's, after validation
+    resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"] == str(ckpts / "step.ckpt") and resumed["global_step"] == 18
     assert_trained_alike(uninterrupted, probe, images=24)
 
 

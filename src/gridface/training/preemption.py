@@ -19,6 +19,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from gridface.training.resume import validation_follows
+
 log = logging.getLogger(__name__)
 
 
@@ -68,19 +70,9 @@ class PreemptionCheckpoint(pl.Callback):
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
         return signalled
 
-    @staticmethod
-    def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
-        """This batch ends the epoch, or validation runs right after it (``val_check_interval``). Saved here, a
-        resume skipped that validation, and after a second such resume trained the epoch again (Lightning counts the
-        epoch as not started yet): the save waits for the epoch's end, or for the next batch."""
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return True
-        every = trainer.val_check_batch
-        return isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._signalled(trainer) and not self.validation_follows(trainer, batch_idx):
+        if self._signalled(trainer) and not validation_follows(trainer, batch_idx):
             self._save_and_hand_over(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,6 +1,7 @@
 """Where a training run resumes from: ``ckpt_path=auto`` takes the newest resumable checkpoint of the run folder,
 so a requeued or restarted job (same folder) goes on from where it stopped (a requeued job given an explicit
-``ckpt_path`` too); :class:`LastCheckpoint` keeps ``last.ckpt`` at the newest epoch."""
+``ckpt_path`` too); :class:`LastCheckpoint` keeps ``last.ckpt`` at the newest epoch, :class:`StepCheckpoint`
+``step.ckpt`` every N steps."""
 
 from __future__ import annotations
 
@@ -271,6 +272,48 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with saved_as_mid_epoch(trainer):
             super().on_train_epoch_end(trainer, pl_module)
+
+
+def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """This batch ends the epoch, or a validation runs right after it (``val_check_interval``). A checkpoint saved
+    here resumes wrongly: Lightning counts that epoch as done without its validation, and enters the next one
+    without counting it as started, so a resume from a checkpoint of that epoch trained it a second time."""
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return True
+    every = trainer.val_check_batch
+    return isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``checkpoints/step.ckpt`` every ``every_n_train_steps`` steps (one file, overwritten). A step that a
+    validation follows (:func:`validation_follows`) is saved after that validation: at the epoch's end, or at the
+    next batch. Saved before it, a resume skipped the validation, and a run killed twice after such saves trained an
+    epoch twice (24 steps for 18)."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int, **kwargs: Any) -> None:
+        super().__init__(dirpath=dirpath, filename="step", every_n_train_steps=every_n_train_steps, save_top_k=1,
+                         enable_version_counter=False, **kwargs)
+        self._deferred = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._deferred:  # after a mid-epoch validation
+            self._save_deferred(trainer)
+        every = self._every_n_train_steps
+        if every > 0 and trainer.global_step % every == 0 and validation_follows(trainer, batch_idx):
+            self._deferred = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._deferred:
+            self._save_deferred(trainer)
+
+    def _save_deferred(self, trainer: pl.Trainer) -> None:
+        self._deferred = False
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def follow_a_moved_run(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
