@@ -4,7 +4,7 @@
 It records, per rank and optimizer step (at the start of its batch), the samples and a checksum of their augmented
 images (``<folder>/seen.rank<r>.jsonl``; a resumed run appends, and its lines for a step replace the killed run's),
 saves the final weights and buffers (``<folder>/final.pt``, rank 0), and can stop a run at the start of the batch after
-step N, once that step's checkpoints are written: ``stall_at`` sleeps (for the test to SIGKILL the process),
+step N, once that step's checkpoints are written: ``stall_at`` sleeps (for the test to signal the process),
 ``fail_at`` raises :class:`Interrupted` (a kill simulated in-process); ``fail_in_validation_at`` raises when the
 validation after step N starts (after that step's checkpoints, before validation's own)."""
 
@@ -38,7 +38,9 @@ class Probe(pl.Callback):
                              batch_idx: int) -> None:
         if trainer.global_step == self.stall_at:
             (self.folder / "stalled").write_text(str(trainer.global_step))
-            time.sleep(600)
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and not trainer.received_sigterm:  # SIGKILL, Ctrl-C or SIGTERM ends it
+                time.sleep(0.05)
         if trainer.global_step == self.fail_at:
             raise Interrupted(f"simulated kill at the start of the batch after step {self.fail_at}")
         # recorded before the step, not after: the preemption callback may end the run in on_train_batch_end

@@ -163,6 +163,31 @@ def test_sigkill_after_step_checkpoint_resumes_to_the_uninterrupted_weights(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"),
+                                                        (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
+def test_a_training_run_stopped_by_a_signal_says_so_and_exits_with_its_status(tmp_path, cache, signum, status, word):
+    """Lightning ends fit on SIGTERM with its SIGTERMException, a SystemExit without a code: the terminated run
+    exited 0 without a word, as a finished one does (a scheduler or script saw success). Ctrl-C exited 1."""
+    out, probe = tmp_path / "out", tmp_path / "probe"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "gridface.train", *OVER, f"hydra.run.dir={out}", f"paths.cache_dir={cache}",
+           "+callbacks.probe._target_=tests.resume_probe.Probe", f"+callbacks.probe.folder={probe}",
+           "+callbacks.probe.stall_at=2"]
+    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (probe / "stalled").is_file():
+        assert job.poll() is None, job.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.2)
+    job.send_signal(signum)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == status, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == f"gridface.train: {word}"
+    assert not (out / "result.json").exists()  # the run did not finish
+
+
+@pytest.mark.slow
 def test_sigusr2_preemption_resumes_to_the_uninterrupted_weights(tmp_path, cache, uninterrupted):
     """SIGUSR2 during step 9 (mid-epoch 2): preempted.ckpt at step 10, the job exits (submitit's handler), and
     the same run folder resumes from it."""

@@ -99,7 +99,8 @@ def report(stage: str, message: Any, prog: str | None = None) -> None:
 
 def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
     """``fn`` with a user's mistake as one line ``<prog>: error: ...`` (exit 2) and Ctrl-C / SIGTERM as one line
-    (exit 130 / 143); ``prog`` is ``gridface.<stage>`` unless given (a script's name)."""
+    (exit 130 / 143), also when Lightning caught them first; ``prog`` is ``gridface.<stage>`` unless given (a
+    script's name)."""
     name = prog or f"gridface.{stage}"
 
     def wrap(fn: F) -> F:
@@ -110,9 +111,12 @@ def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
             except KeyboardInterrupt as e:  # Ctrl-C: what was written stays (each stage writes atomically)
                 if full_error():
                     raise
-                terminated = isinstance(e, Terminated)
-                print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-                sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+                stopped_by_signal(name, terminated=isinstance(e, Terminated))
+            except SystemExit as e:
+                terminated = type(e).__name__ == "SIGTERMException"
+                if not (terminated or lightning_interrupt(e)) or full_error() or os.environ.get("SUBMITIT_FOLDER"):
+                    raise
+                stopped_by_signal(name, terminated)
             except Exception as e:
                 mistake = user_error(e)
                 if mistake is None or full_error():
@@ -125,6 +129,19 @@ def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
                 report(stage, mistake, name)
         return wrapper  # type: ignore[return-value]
     return wrap
+
+
+def lightning_interrupt(stop: SystemExit) -> bool:
+    """Lightning's ``trainer.fit`` answers Ctrl-C with ``sys.exit(1)`` inside its ``except KeyboardInterrupt``."""
+    return stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt)
+
+
+def stopped_by_signal(name: str, terminated: bool) -> None:
+    """One line and the shell's status for a stop by a signal: 130 for Ctrl-C, 143 for SIGTERM. Lightning raises its
+    ``SIGTERMException`` at the next step after SIGTERM, a SystemExit without a code: a terminated training run
+    exited 0, as if it had finished."""
+    print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 def script_errors(main: Callable[[], Any]) -> Any:
