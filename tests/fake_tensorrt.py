@@ -65,12 +65,19 @@ class FakeCudaRuntime(types.ModuleType):
         return (CudaError.cudaSuccess,)
 
 
+PROFILE = ((1, 3), (8, 3), (32, 3))  # the engines' batch profile (min, opt, max), as gridface builds them
+
+
 class FakeContext:
     def __init__(self, cudart: FakeCudaRuntime) -> None:
-        self.cudart, self.shapes, self.addresses = cudart, {}, {}
+        self.cudart, self.shapes, self.addresses, self.batches = cudart, {}, {}, []
 
     def set_input_shape(self, name: str, shape: tuple) -> bool:
+        """TensorRT answers a shape outside the profile with False (and an error in its log), not an exception."""
+        if not PROFILE[0][0] <= shape[0] <= PROFILE[2][0]:
+            return False
         self.shapes[name] = tuple(shape)
+        self.batches.append(shape[0])
         return True
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
@@ -195,7 +202,14 @@ def install(version: str = "10.99") -> FakeCudaRuntime:
 
     class Engine:
         def create_execution_context(self) -> FakeContext:
-            return FakeContext(cudart)
+            self.context = FakeContext(cudart)
+            return self.context
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            return (-1, 3, -1, -1)
+
+        def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple]:
+            return [(batch, channels, 0, 0) for batch, channels in PROFILE]
 
     class Runtime:
         def __init__(self, logger) -> None:  # noqa: ANN001

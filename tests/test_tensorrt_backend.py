@@ -65,6 +65,33 @@ def test_engine_that_does_not_deserialize_names_the_file(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+def test_a_batch_larger_than_the_engines_profile_runs_in_batches_it_takes(tmp_path, monkeypatch):
+    """gridface's engines take batches of 1 to 32 (their optimization profile); evaluate batch_size=64 set a shape
+    TensorRT refuses (set_input_shape answers False) and went on with the previous call's output shapes."""
+    import numpy as np
+
+    from tests import fake_tensorrt
+
+    for name in ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    fake_tensorrt.install()
+    from gridface.inference.backends import load_backend
+
+    try:
+        backend = load_backend(fake_engine(tmp_path))
+        x = np.random.default_rng(0).random((70, 3, 64, 96), dtype=np.float32)
+        cov, bbox = backend.run(x)
+        assert backend.context.batches == [32, 32, 6]
+        np.testing.assert_array_equal(cov, x[:, :1, ::16, ::16])
+        np.testing.assert_array_equal(bbox, x[:, [0, 1, 2, 0], ::16, ::16])
+        with pytest.raises(RuntimeError, match=r"model\.engine: TensorRT refused the input shape \(0, 3, 64, 96\) "
+                                               r"\(the engine takes batches of 1 to 32 at 64x96\)"):
+            backend.run(x[:0])
+    finally:
+        for name in ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime"):
+            sys.modules.pop(name, None)
+
+
 def test_missing_tensorrt_or_cuda_python_is_a_clear_message(monkeypatch):
     from gridface.inference import tensorrt_backend
 

@@ -23,7 +23,7 @@ from gridface.contract import (
     read_metadata,
     unreadable_onnx,
 )
-from gridface.inference.base import ModelBackend
+from gridface.inference.base import ModelBackend, run_in_batches
 
 
 class TorchBackend(ModelBackend):
@@ -71,17 +71,12 @@ class OnnxBackend(ModelBackend):
                          dict(meta.get("postprocess") or {}), "onnx", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.ascontiguousarray(images, np.float32)
-        n, size = len(images), self.fixed_batch
-        if size is None or n == size:
-            cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images})
-            return cov, bbox
-        # a fixed-batch model (ONNX Runtime refuses any other N): chunks of its size, the last one zero-padded
-        padded = np.zeros((-(-n // size) * size, *images.shape[1:]), np.float32)
-        padded[:n] = images
-        outs = [self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: padded[i:i + size]})
-                for i in range(0, len(padded), size)]
-        return np.concatenate([o[0] for o in outs])[:n], np.concatenate([o[1] for o in outs])[:n]
+        # a fixed-batch model (ONNX Runtime refuses any other N): batches of its size, the last one zero-padded
+        return run_in_batches(np.ascontiguousarray(images, np.float32), self._run, self.fixed_batch, pad=True)
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cov, bbox = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images})
+        return cov, bbox
 
 
 def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True

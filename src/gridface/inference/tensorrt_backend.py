@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gridface.contract import ONNX_INPUT, ONNX_OUTPUTS, read_metadata
-from gridface.inference.base import ModelBackend
+from gridface.inference.base import ModelBackend, run_in_batches
 from gridface.utils.errors import MissingDependency
 
 TENSORRT_HINT = (
@@ -98,14 +98,25 @@ class TensorRTBackend(ModelBackend):
             raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (built with another "
                                "TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
+        # the largest batch the engine takes: its input's fixed N, or its optimization profile's max (gridface
+        # builds 1/8/32, export.batch); a larger batch (evaluate batch_size=64) runs in batches of that size
+        first = int(tuple(self.engine.get_tensor_shape(ONNX_INPUT))[0])
+        self.fixed_batch = first if first > 0 else None
+        self.max_batch = first if first > 0 else int(
+            tuple(self.engine.get_tensor_profile_shape(ONNX_INPUT, 0)[2])[0])
         self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
         self.buffers = {name: DeviceBuffer(self.cudart) for name in (ONNX_INPUT, *ONNX_OUTPUTS)}
         super().__init__(path, tuple(meta["input_hw"]), list(meta["class_names"]), int(meta["stride"]),
                          dict(meta.get("postprocess") or {}), "tensorrt", meta.get("data"))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(images, np.float32)
-        self.context.set_input_shape(ONNX_INPUT, tuple(x.shape))
+        return run_in_batches(np.ascontiguousarray(images, np.float32), self._run, self.max_batch,
+                              pad=self.fixed_batch is not None)
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.context.set_input_shape(ONNX_INPUT, tuple(x.shape)):
+            raise RuntimeError(f"{self.path}: TensorRT refused the input shape {tuple(x.shape)} (the engine takes "
+                               f"batches of 1 to {self.max_batch} at {self.input_hw[0]}x{self.input_hw[1]})")
         self.context.set_tensor_address(ONNX_INPUT, self.buffers[ONNX_INPUT].upload(x, self.stream))
         outs = {}
         for name in ONNX_OUTPUTS:
