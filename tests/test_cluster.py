@@ -186,6 +186,28 @@ def test_a_retrain_folder_resumed_from_another_pruned_model_is_refused_naming_it
     assert resolve_ckpt_path("auto", tmp_path / "run", settings["a"]) == str(ckpts / "last.ckpt")
 
 
+def test_a_quantization_aware_run_resumed_without_its_quantizers_is_refused_saying_how_to_resume_it(tmp_path):
+    """A QAT run folder rerun without callbacks/quantize=qat was told to "continue that run under the new settings
+    with ckpt_path=<its last.ckpt>", which then stopped in torch's load_state_dict with 40 unexpected quantizer
+    keys: the fake quantizers are part of the network a checkpoint holds."""
+    import torch
+
+    from gridface.training.resume import SETTINGS_KEY, training_settings
+
+    qat, float_run = (training_settings(compose_train(tmp_path, extra)) for extra in (["callbacks/quantize=qat"], []))
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"global_step": 3, SETTINGS_KEY: qat}, ckpts / "last.ckpt")
+    assert resolve_ckpt_path("auto", tmp_path / "run", qat) == str(ckpts / "last.ckpt")
+    for given in ("auto", str(ckpts / "last.ckpt")):
+        with pytest.raises(ValueError, match=r"callbacks\.quantize\._target_: gridface\.training\.qat\."
+                                             r"QuantizeCallback -> <unset>.*resume it with the quantization it was "
+                                             r"trained with "
+                                             r"\(experiment=qat, or callbacks/quantize=qat") as refused:
+            resolve_ckpt_path(given, tmp_path / "run", float_run)
+        assert "ckpt_path=" not in str(refused.value).split("QuantizeCallback")[-1]
+
+
 def test_a_requeued_job_given_ckpt_path_goes_on_from_its_own_newest_checkpoint(tmp_path, monkeypatch):
     """``sbatch train.sbatch ckpt_path=<other run>/last.ckpt`` (or a submitit job) is requeued with the same
     command: taking that checkpoint again threw away all the job had trained before its preemption, at every

@@ -9,16 +9,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed (pip install -e '.[qat]')")
+from gridface.contract import ONNX_INPUT
+from gridface.module import GridBoxModule
+from gridface.stages.export import run as export_run
+from gridface.stages.prune import run as prune_run
+from gridface.train import run as train_run
+from gridface.training.qat import STATE_KEY, check_tensorrt_int8, is_quantized
 
-from gridface.contract import ONNX_INPUT  # noqa: E402
-from gridface.module import GridBoxModule  # noqa: E402
-from gridface.stages.export import run as export_run  # noqa: E402
-from gridface.stages.prune import run as prune_run  # noqa: E402
-from gridface.train import run as train_run  # noqa: E402
-from gridface.training.qat import STATE_KEY, is_quantized  # noqa: E402
-
-from .helpers import TINY, compose_config, compose_train  # noqa: E402
+from .helpers import TINY, compose_config, compose_train
 
 FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none"]
 
@@ -26,6 +24,8 @@ FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.l
 @pytest.fixture(scope="module")
 def qat_ckpt(module_tmp):
     """A float checkpoint of a few steps, then experiment=qat from it (calibrated on one batch, two steps)."""
+    pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed (pip install -e "
+                                                              "'.[qat]')")
     tmp = module_tmp("qat")
     float_ckpt = train_run(compose_train(tmp / "float", [*TINY, *FEW_STEPS]))["last_checkpoint"]
     cfg = compose_train(tmp / "qat", [*TINY, *FEW_STEPS, "experiment=qat", f"model={float_ckpt}",
@@ -105,3 +105,47 @@ def test_qat_export_is_tensorrts_int8_qdq_and_matches_pytorch(qat_ckpt, tmp_path
     assert np.abs(got[1] - ref["bbox"].numpy()).max() < 0.05 and np.abs(got[0] - ref["cov"].numpy()).max() < 0.05
     with pytest.raises(ValueError, match="quantization-aware training checkpoint: its INT8 model is TensorRT's"):
         export_run(compose_config("export", tmp_path / "u8", tmp / "cache", [f"model={ckpt}", "export=onnx_int8"]))
+    # its FP32 ONNX quantized again: calibrated afresh, silently without the trained ranges
+    for fmt in ("onnx_int8_trt", "onnx_int8"):
+        with pytest.raises(ValueError, match=r"last\.onnx is the FP32 model of a quantization-aware training "
+                                             r"checkpoint \(.*last\.ckpt\): its INT8 model is written from that"):
+            export_run(compose_config("export", tmp_path / fmt, tmp / "cache", [f"model={out / 'last.onnx'}",
+                                                                                f"export={fmt}"]))
+
+
+def quant_cfg(weight: dict, inputs: dict, algorithm: object = "max") -> dict:
+    """Model Optimizer's config layout (0.47): a list of quantizer-name patterns and their settings."""
+    return {"quant_cfg": [{"quantizer_name": "*", "enable": False}, {"quantizer_name": "*weight_quantizer", **weight},
+                          {"quantizer_name": "*input_quantizer", **inputs}], "algorithm": algorithm}
+
+
+INT8_WEIGHT, INT8_INPUT = {"cfg": {"num_bits": 8, "axis": 0}}, {"cfg": {"num_bits": 8, "axis": None}}
+
+
+@pytest.mark.parametrize(("name", "cfg"), [
+    ("FP8_DEFAULT_CFG", quant_cfg({"cfg": {"num_bits": (4, 3), "axis": None}}, {"cfg": {"num_bits": (4, 3)}})),
+    ("INT8_WEIGHT_ONLY_CFG", quant_cfg(INT8_WEIGHT, {"enable": False})),
+    ("INT8_SMOOTHQUANT_CFG", quant_cfg(INT8_WEIGHT, INT8_INPUT, "smoothquant")),
+    ("MXINT8_DEFAULT_CFG", quant_cfg({"cfg": {"num_bits": 8, "block_sizes": {-1: 32}}},
+                                     {"cfg": {"num_bits": 8, "block_sizes": {-1: 32}}}, None)),
+])
+def test_a_quantization_base_the_int8_export_cannot_write_is_refused_before_training(name, cfg):
+    """callbacks.quantize.base=FP8_DEFAULT_CFG trained to the end, and its export then stopped in ONNX Runtime
+    (TRT_FP8QuantizeLinear is not a registered op). The configs above are Model Optimizer 0.47's, as written there."""
+    check_tensorrt_int8("INT8_DEFAULT_CFG", quant_cfg(INT8_WEIGHT, INT8_INPUT))
+    with pytest.raises(ValueError, match=rf"callbacks\.quantize\.base={name}: gridface's QAT exports TensorRT's int8 "
+                                         r"Q/DQ scheme .*use INT8_DEFAULT_CFG"):
+        check_tensorrt_int8(name, cfg)
+
+
+def test_qat_with_an_export_callback_of_onnx_runtimes_uint8_scheme_is_refused_before_training(tmp_path):
+    """experiment=qat callbacks/export=onnx_int8 trained to the end and was refused by the export then (no
+    result.json): a QAT model exports only TensorRT's symmetric int8 graph."""
+    from gridface.stages.checks import check_stage_config
+    from gridface.utils.validate import ConfigError
+
+    with pytest.raises(ConfigError, match=r"callbacks/export=onnx_int8 \(export\.activation_type=uint8\) with "
+                                          r"quantization-aware training .*use callbacks/export=onnx_int8_trt"):
+        check_stage_config(compose_train(tmp_path, ["callbacks/quantize=qat", "callbacks/export=onnx_int8"]))
+    for fine in (["callbacks/quantize=qat", "callbacks/export=onnx_int8_trt"], ["callbacks/export=onnx_int8"]):
+        check_stage_config(compose_train(tmp_path, fine))

@@ -116,6 +116,14 @@ def check_training(cfg: DictConfig) -> None:
     if opt is not None:
         check_number("optimizer.max_lr", opt.get("max_lr"), 0, low_open=True)
         check_number("optimizer.min_lr", opt.get("min_lr"), 0)
+    callbacks = cfg.get("callbacks") or {}
+    export = (callbacks.get("export") or {}).get("export") or {}
+    if callbacks.get("quantize") is not None and export.get("precision") == "int8" and \
+            export.get("activation_type") != "int8":  # refused by the export at the end, after the whole training
+        raise ConfigError(f"callbacks/export={export.get('format')} (export.activation_type="
+                          f"{export.get('activation_type')}) with quantization-aware training (callbacks.quantize): "
+                          "a QAT model's INT8 model is TensorRT's symmetric int8 Q/DQ graph; use "
+                          "callbacks/export=onnx_int8_trt (or tensorrt_int8)")
 
 
 def check_stage_config(cfg: DictConfig) -> None:

@@ -84,6 +84,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if is_int8(meta):
             check_int8_source(cfg, source, meta)
             int8 = False  # a TensorRT-bound INT8 model goes to TensorRT as it is
+        elif int8 and meta.get("float_of_qat"):  # calibrated afresh, its trained ranges would be thrown away
+            raise ValueError(f"model={source} is the FP32 model of a quantization-aware training checkpoint "
+                             f"({meta.get('source_checkpoint')}): its INT8 model is written from that checkpoint "
+                             "with its trained ranges: model=<that .ckpt> export=onnx_int8_trt (or tensorrt_int8); "
+                             "calibrated again here, they would be thrown away")
     else:
         onnx_path, meta, images, data = fp32_from_checkpoint(cfg, source, out_dir, splits)
         result = {"onnx": str(onnx_path), "onnx_max_abs_diff": meta["verify_max_abs_diff"]}
@@ -240,8 +245,9 @@ def fp32_onnx(cfg: DictConfig, module: GridBoxModule, checkpoint: Path, onnx_pat
     with staged_model(onnx_path) as staging:
         export_onnx(net, staging, hw, opset=ex.opset, exporter=ex.exporter, simplify=ex.simplify)
         diffs = verify_onnx(staging, net, images, ex.atol)
+        qat = {} if module.qat_record is None else {"float_of_qat": module.qat_record}  # its INT8 is the checkpoint's
         meta = model_metadata(module, checkpoint, "onnx_fp32", precision="fp32", exporter=ex.exporter,
-                              opset=ex.opset, verify_max_abs_diff=diffs)
+                              opset=ex.opset, verify_max_abs_diff=diffs, **qat)
         write_model_metadata(staging, meta)
     print(f"ONNX FP32 {onnx_path}: max |ORT - PyTorch| cov {diffs['cov']:.2e}, bbox {diffs['bbox']:.2e} "
           f"on {len(images)} images (tolerance {ex.atol})")

@@ -48,8 +48,32 @@ def quant_config(base: str, float_modules: Sequence[str]) -> dict[str, Any]:
     if not hasattr(mtq, base):
         raise ValueError(f"callbacks.quantize.base: modelopt has no config '{base}' (e.g. INT8_DEFAULT_CFG)")
     cfg = copy.deepcopy(getattr(mtq, base))
+    check_tensorrt_int8(base, cfg)
     cfg["quant_cfg"] = list(cfg["quant_cfg"]) + [{"quantizer_name": p, "enable": False} for p in float_modules]
     return cfg
+
+
+def check_tensorrt_int8(base: str, cfg: dict[str, Any]) -> None:
+    """``cfg`` must fake-quantize in the scheme the QAT export writes (int8 weights per output channel, int8
+    activations per tensor, max ranges): any other (FP8, MX block scales, weight-only, SmoothQuant) trained to the
+    end and then failed in the export's ONNX Runtime check (an FP8 QuantizeLinear it has no kernel for)."""
+    entries = cfg.get("quant_cfg") or []
+    if isinstance(entries, dict):  # Model Optimizer's older form: {quantizer name: settings}
+        entries = [{"quantizer_name": k, **({"cfg": v} if "num_bits" in v else v)} for k, v in entries.items()]
+    named = {e.get("quantizer_name"): e for e in entries if isinstance(e, dict)}
+
+    def int8(name: str, axis: int | None) -> bool:
+        entry = named.get(name) or {}
+        settings = entry.get("cfg") or {}
+        return (entry.get("enable", True) is not False and settings.get("num_bits") == 8
+                and settings.get("axis") == axis and not settings.get("block_sizes"))
+
+    algorithm = cfg.get("algorithm")
+    method = algorithm.get("method") if isinstance(algorithm, dict) else algorithm
+    if not (int8("*weight_quantizer", 0) and int8("*input_quantizer", None) and method == "max"):
+        raise ValueError(f"callbacks.quantize.base={base}: gridface's QAT exports TensorRT's int8 Q/DQ scheme (int8 "
+                         "weights per output channel, int8 activations per tensor, max calibration), which this "
+                         "Model Optimizer config does not fake-quantize: use INT8_DEFAULT_CFG")
 
 
 def quantize_net(net: nn.Module, base: str, float_modules: Sequence[str], batches: Sequence[torch.Tensor]) -> nn.Module:
@@ -119,7 +143,7 @@ class QuantizeCallback(pl.Callback):
         self.base, self.float_modules = base, list(float_modules)
         self.calibration_batches = int(calibration_batches)
         self.record: dict[str, Any] = {}
-        require_modelopt()  # at config time, not after the data is built
+        quant_config(self.base, self.float_modules)  # at config time, not after the data is built (or the training)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Before a resumed run's checkpoint is loaded (which then sets the calibrated ranges again)."""

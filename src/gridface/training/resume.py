@@ -45,7 +45,9 @@ NOT_COMPARED_NODES = ("module.evaluation", "module.postprocess")
 RESTORED_WITH_THE_RUN = ("module.optimizer",)
 # the network's shape: a checkpoint of another cannot be loaded at all
 WIDTHS_KEY = "module.model.widths"  # a pruned start's widths (from model=, not the config): see started_widths
-SHAPE = ("module.model.backbone", WIDTHS_KEY, "module.class_names")
+# (fake quantizers are part of it: a QAT checkpoint's state holds their ranges, a float one has none to load)
+QUANTIZE = "callbacks.quantize"
+SHAPE = ("module.model.backbone", WIDTHS_KEY, "module.class_names", QUANTIZE)
 RECORDED_SINCE = (WIDTHS_KEY,)  # keys older checkpoints do not record: not a change when absent from them
 A_PATH = "<a path>"
 
@@ -123,6 +125,15 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any], shown: int = 4,
     return "; ".join(lines) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
+def resume_as_trained(shape_changes: str) -> str:
+    """How to resume a checkpoint whose network this run's settings cannot load (``shape_changes``, from
+    :func:`changed_settings` under :data:`SHAPE`)."""
+    if QUANTIZE in shape_changes:
+        return ("resume it with the quantization it was trained with (experiment=qat, or callbacks/quantize=qat, and "
+                "the same callbacks.quantize.* values; a float run without them)")
+    return "resume it with the settings it was trained with (network=, model=, dataset.class_names=)"
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
                       settings: dict[str, Any] | None = None) -> str | None:
     """``auto``: the newest readable of the run folder's resumable checkpoints, or None for a fresh run. A damaged
@@ -145,8 +156,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path,
     shape = changed_settings(saved, settings, under=SHAPE) if saved and settings else ""
     if shape:
         raise ValueError(f"ckpt_path={ckpt_path}: {shape}: the checkpoint holds another network, which this run "
-                         "cannot load; resume it with the settings it was trained with (network=, model=, "
-                         "dataset.class_names=), or start from its weights with model= where the network is the same")
+                         f"cannot load; {resume_as_trained(shape)}, or start from its weights with model= where the "
+                         "network is the same")
     restored = changed_settings(saved, settings, under=RESTORED_WITH_THE_RUN) if saved and settings else ""
     if restored:
         raise ValueError(
@@ -185,7 +196,9 @@ def _newest_of_run(output_dir: str | Path, settings: dict[str, Any] | None, quie
         changed = changed_settings(saved, settings) if saved is not None and settings is not None else ""
         if changed:
             restored = changed_settings(saved, settings, under=RESTORED_WITH_THE_RUN)
-            go_on = (f"start from its weights with model={path} (a resume keeps its optimizer and schedule)"
+            shape = changed_settings(saved, settings, under=SHAPE)
+            go_on = (resume_as_trained(shape) if shape else
+                     f"start from its weights with model={path} (a resume keeps its optimizer and schedule)"
                      if restored else f"continue that run under the new settings with ckpt_path={path}")
             raise ValueError(
                 f"ckpt_path=auto: {Path(output_dir)} holds a run trained with other settings ({changed}), and "
