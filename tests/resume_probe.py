@@ -39,7 +39,8 @@ class Probe(pl.Callback):
         if trainer.global_step == self.stall_at:
             (self.folder / "stalled").write_text(str(trainer.global_step))
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and not trainer.received_sigterm:  # SIGKILL, Ctrl-C or SIGTERM ends it
+            go_on = self.folder / "go_on"  # the test's word to go on (after sending a signal that is only noted)
+            while time.monotonic() < deadline and not trainer.received_sigterm and not go_on.exists():
                 time.sleep(0.05)
         if trainer.global_step == self.fail_at:
             raise Interrupted(f"simulated kill at the start of the batch after step {self.fail_at}")

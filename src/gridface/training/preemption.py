@@ -5,6 +5,10 @@ On the pre-timeout or preemption signal (SIGUSR2: Slurm's ``--signal``, ``scance
 signal to submitit, which requeues the job and exits. The requeued job reloads the same pickled config, so it runs
 in the same folder, where ``ckpt_path=auto`` (the default, :mod:`gridface.training.resume`) finds the newest
 checkpoint and resumes from it, mid-epoch included (the training loader's position is in the checkpoint).
+
+Outside Slurm, SIGTERM (``docker stop``, Kubernetes' eviction, ``kill``, systemd) is handled the same way: the
+checkpoint at the next step boundary, then Lightning's own handler, which ends the run (exit 143). Under Slurm,
+SIGTERM stays Lightning's and submitit's (it is what ends a cancelled or requeued job; the warning is SIGUSR2).
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ class PreemptionCheckpoint(pl.Callback):
     step: the ranks agree each step whether any of them got the signal (one all-reduce of a flag, beside the one
     Lightning makes for SIGTERM), then all save and hand over together."""
 
-    def __init__(self, dirpath: str, signal_name: str = "USR2") -> None:
+    def __init__(self, dirpath: str, signal_name: str = "USR2", sigterm: bool = True) -> None:
         self.path = Path(dirpath) / "preempted.ckpt"
         self.signum = getattr(signal, f"SIG{signal_name.upper().removeprefix('SIG')}")
-        self._previous: Any = None
+        self.sigterm = sigterm  # SIGTERM too, outside Slurm
+        self._previous: dict[int, Any] = {}
         self._pending: tuple[int, Any] | None = None
-        self._installed = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Installed once Lightning has registered its own handlers: it notes every handler it finds then and puts
@@ -48,17 +52,20 @@ class PreemptionCheckpoint(pl.Callback):
         outlived the run: the next run in the process (tune's trials, a notebook) handed over to it, never exiting."""
         if threading.current_thread() is not threading.main_thread():
             return
-        self._previous = signal.getsignal(self.signum)
-        signal.signal(self.signum, self._note)
-        self._installed = True
+        signums = [self.signum]
+        if self.sigterm and self.signum != signal.SIGTERM and not os.environ.get("SLURM_JOB_ID"):
+            signums.append(signal.SIGTERM)
+        for signum in signums:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._note)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
 
     def _restore(self) -> None:
-        if self._installed:
-            signal.signal(self.signum, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _note(self, signum: int, frame: Any) -> None:
         self._pending = (signum, frame)
@@ -88,10 +95,12 @@ class PreemptionCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             log.warning("%s received: saved %s at global step %d", signal.Signals(signum).name, self.path,
                         trainer.global_step)
-        previous = self._previous
+        previous = self._previous.get(signum)
         self._restore()  # a later signal goes to the handler that was there before
         if callable(previous):
-            previous(signum, frame)  # submitit: requeue (rank 0) and exit; other ranks carry on until stopped
+            # submitit's (SIGUSR2): requeue (rank 0) and exit, other ranks carry on until stopped; Lightning's
+            # (SIGTERM): the run ends at its next check, at once here (SIGTERMException: exit 143)
+            previous(signum, frame)
             return
         job = os.environ.get("SLURM_JOB_ID")
         if job and trainer.is_global_zero:  # a plain sbatch job (scripts/slurm/train.sbatch): Slurm requeues it
