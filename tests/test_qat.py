@@ -149,3 +149,20 @@ def test_qat_with_an_export_callback_of_onnx_runtimes_uint8_scheme_is_refused_be
         check_stage_config(compose_train(tmp_path, ["callbacks/quantize=qat", "callbacks/export=onnx_int8"]))
     for fine in (["callbacks/quantize=qat", "callbacks/export=onnx_int8_trt"], ["callbacks/export=onnx_int8"]):
         check_stage_config(compose_train(tmp_path, fine))
+
+
+def test_a_qat_checkpoint_where_model_optimizer_is_missing_says_what_it_is_and_what_runs_without_it(tmp_path):
+    """evaluate or infer on a QAT checkpoint without nvidia-modelopt said only that quantization-aware training
+    needs it, as if the user had asked to train."""
+    import importlib.util
+
+    if importlib.util.find_spec("modelopt") is not None:
+        pytest.skip("nvidia-modelopt is installed: the checkpoint loads")
+    module = GridBoxModule(input_size=(64, 96))
+    path = tmp_path / "qat.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                STATE_KEY: {"modelopt_state_dict": []}}, path)
+    with pytest.raises(ImportError, match=r"qat\.ckpt is a quantization-aware training checkpoint \(fake-quantized\): "
+                                          r"running it in PyTorch needs NVIDIA Model Optimizer \(pip install -e "
+                                          r"'\.\[qat\]'\); its exported ONNX model .* runs without it"):
+        GridBoxModule.from_checkpoint(path)

@@ -135,7 +135,12 @@ class GridBoxModule(pl.LightningModule):
         if ckpt.get(QAT_STATE_KEY):  # a quantization-aware training checkpoint: re-insert its fake quantizers
             from gridface.training.qat import restore_quantized
 
-            module.net = restore_quantized(module.net, ckpt[QAT_STATE_KEY])
+            try:
+                module.net = restore_quantized(module.net, ckpt[QAT_STATE_KEY])
+            except ImportError:
+                raise ImportError(f"{path} is a quantization-aware training checkpoint (fake-quantized): running it "
+                                  "in PyTorch needs NVIDIA Model Optimizer (pip install -e '.[qat]'); its exported "
+                                  "ONNX model (gridface.export export=onnx_int8_trt) runs without it") from None
             module.qat_record = dict(ckpt.get(QAT_RECORD_KEY) or {"method": "qat"})
         module.load_state_dict(ckpt["state_dict"])
         return module

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from gridface.data.datamodule import training_batches
@@ -136,10 +136,14 @@ class QuantizeCallback(pl.Callback):
     def __init__(self, base: str = "INT8_DEFAULT_CFG", float_modules: Sequence[str] = (),
                  calibration_batches: int = 8, require_model: bool = False, model: str | None = None) -> None:
         if require_model and not model:
-            raise ValueError("experiment=qat fine-tunes a trained model: give model=<trained .ckpt>. To train with "
-                             "fake quantization from the start, add callbacks/quantize=qat to a full training run")
+            raise ValueError("experiment=qat fine-tunes a trained model: give model=<trained .ckpt> (train one "
+                             "first: QAT calibrates its int8 ranges once, on the weights it starts from)")
         if calibration_batches < 1:
             raise ValueError(f"callbacks.quantize.calibration_batches must be >= 1, got {calibration_batches}")
+        if not model:
+            rank_zero_warn("callbacks.quantize without model=<trained .ckpt>: the int8 ranges are calibrated once, "
+                           "before the first step, on the weights the run starts from; from untrained weights they "
+                           "will not fit the trained network (experiment=qat model=<.ckpt> fine-tunes a trained one)")
         self.base, self.float_modules = base, list(float_modules)
         self.calibration_batches = int(calibration_batches)
         self.record: dict[str, Any] = {}
