@@ -78,6 +78,7 @@ def test_qat_export_is_tensorrts_int8_qdq_and_matches_pytorch(qat_ckpt, tmp_path
     assert result["onnx_int8"] == str(int8)  # the stage ran gridface.export.trt_check on it
     meta = json.loads((out / "last_int8_trt.onnx.json").read_text())
     assert meta["qat"]["method"] == "qat" and "calibration" not in meta and meta["quantization"]["target"] == "tensorrt"
+    assert meta["exporter"] == "torchscript" and "float_of_qat" not in meta  # what wrote it; not a float model
     assert json.loads((out / "last.onnx.json").read_text())["precision"] == "fp32"
     ds = (out / "last_int8_trt_nvinfer.txt").read_text()
     assert "network-mode=1" in ds and "int8-calib-file" not in ds and "onnx-file=last_int8_trt.onnx" in ds

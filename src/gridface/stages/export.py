@@ -184,7 +184,9 @@ def qat_int8_from_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, o
         export_onnx(module.net, staging, tuple(meta["input_hw"]), opset=ex.opset, exporter="torchscript")
         diffs = verify_onnx(staging, module.net, images, ex.qat_atol)
         deploy_meta = {**meta, "format": "onnx_int8", "precision": "int8", "quantization": scheme("int8"),
-                       "fp32_onnx": onnx_path.name, "qat": module.qat_record, "verify_max_abs_diff": diffs}
+                       "fp32_onnx": onnx_path.name, "qat": module.qat_record, "verify_max_abs_diff": diffs,
+                       "exporter": "torchscript"}  # Model Optimizer's Q/DQ export, whatever export.exporter says
+        deploy_meta.pop("float_of_qat", None)
         write_model_metadata(staging, deploy_meta)
         check_tensorrt_onnx(staging)
     print(f"ONNX INT8 (QAT, tensorrt) {int8_path}: max |ORT - PyTorch QAT| cov {diffs['cov']:.2e}, "
