@@ -337,6 +337,32 @@ def test_a_sweep_its_slurm_launcher_cannot_submit_is_one_line_before_any_job(cap
                                "sbatch not on PATH)")
 
 
+def test_a_sweep_to_a_partition_slurm_does_not_have_is_one_line_naming_those_it_has(tmp_path, capsys, monkeypatch):
+    """hydra.launcher.partition=<a typo>: sbatch's 'invalid partition specified' came as the last line of submitit's
+    traceback from inside the launcher. Checked first against sinfo (here a stand-in printing two partitions)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from gridface.training import launch
+    from gridface.utils.hydra import config_dir
+
+    for tool, script in (("sinfo", "printf 'debug\\ngpu\\n'"), ("srun", "exit 0"), ("sbatch", "exit 0")):
+        (tmp_path / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        typo, listed, several = (
+            compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_cpu", f"hydra.launcher.partition={p}"],
+                    return_hydra_config=True) for p in ("gpus", "gpu", "'debug,gpu'"))
+    with pytest.raises(SystemExit) as e:
+        launch.LauncherCheck().on_multirun_start(typo)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == ("gridface.train: error: hydra.launcher.partition=gpus: Slurm "
+                                                       "has no partition gpus (sinfo lists debug, gpu)")
+    for fine in (listed, several):
+        launch.LauncherCheck().on_multirun_start(fine)
+
+
 def test_cpu_ddp_launcher_config_asks_for_no_gpus(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir

@@ -168,3 +168,13 @@ def test_pipeline_sends_each_stage_that_must_run_to_slurm_as_its_own_job(tmp_pat
     again = subprocess.run(cmd, cwd=tmp_path, env=slurm_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to do" in again.stdout and "submitted" not in again.stdout
     print(f"\nslurm pipeline: train and prune as two Slurm jobs, {wall:.1f} s from command to results")
+
+
+def test_a_sweep_to_a_partition_slurm_does_not_have_is_one_line_before_any_job(tmp_path):
+    """A typo in hydra.launcher.partition ended in submitit's traceback, sbatch's message as its last line."""
+    out = gridface("train", [*TINY, "hydra.launcher.partition=nope", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                   tmp_path, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.splitlines()[0] == ("gridface.train: error: hydra.launcher.partition=nope: Slurm has no "
+                                          "partition nope (sinfo lists debug)")
+    assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted

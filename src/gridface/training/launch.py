@@ -11,6 +11,7 @@ its first job (:class:`LauncherCheck`), where the launcher's own answer would be
 from __future__ import annotations
 
 import shutil
+import subprocess
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -67,7 +68,7 @@ def launcher_problem(config: Any) -> str | None:
         return (f"hydra/launcher=slurm: {why}: submit from a Slurm login node, or leave hydra/launcher=slurm out to "
                 "run the jobs here")
     try:
-        OmegaConf.to_container(launcher, resolve=True)
+        params = OmegaConf.to_container(launcher, resolve=True)
     except OmegaConfBaseException as e:
         key = str(getattr(e, "full_key", None) or "hydra.launcher")
         reason = str(getattr(e, "msg", e)).splitlines()[0]
@@ -75,7 +76,28 @@ def launcher_problem(config: Any) -> str | None:
                 "trainer.num_nodes must be numbers (e.g. trainer.devices=4)."
                 if key.endswith(("tasks_per_node", "nodes", "gpus_per_node")) else "")
         return f"{key}: {reason}.{hint}"
-    return None
+    return unknown_partition(params.get("partition")) if target.endswith("SlurmLauncher") else None
+
+
+def unknown_partition(partition: str | None) -> str | None:
+    """A ``hydra.launcher.partition`` (one, or sbatch's comma-separated list) Slurm does not know, named with those
+    it does; None when it knows them all or ``sinfo`` cannot say. sbatch's own answer came as the last line of
+    submitit's traceback, from inside the launcher."""
+    if not partition:
+        return None
+    try:  # --all: hidden partitions too; %R: the name alone (%P marks the default with '*')
+        listed = subprocess.run(["sinfo", "--all", "--noheader", "--format=%R"], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    known = sorted({line.strip() for line in listed.stdout.splitlines() if line.strip()})
+    if listed.returncode != 0 or not known:
+        return None
+    missing = [p.strip() for p in str(partition).split(",") if p.strip() and p.strip() not in known]
+    if not missing:
+        return None
+    return (f"hydra.launcher.partition={partition}: Slurm has no partition {', '.join(missing)} (sinfo lists "
+            f"{', '.join(known)})")
 
 
 class LauncherCheck(Callback):

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from gridface.training.launch import slurm_missing
+from gridface.training.launch import slurm_missing, unknown_partition
 from gridface.utils.errors import optional_import
 from gridface.utils.validate import ConfigError
 
@@ -42,6 +42,8 @@ def launcher_cluster() -> tuple[str, dict[str, Any]] | None:
                           "hydra/launcher=slurm to run its stages here")
     params = OmegaConf.to_container(hc.launcher, resolve=True)
     params.pop("_target_", None)
+    if cluster == "slurm" and (why := unknown_partition(params.get("partition"))):
+        raise ConfigError(why)
     return cluster, params
 
 
