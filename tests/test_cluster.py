@@ -206,6 +206,14 @@ def test_a_quantization_aware_run_resumed_without_its_quantizers_is_refused_sayi
                                              r"\(experiment=qat, or callbacks/quantize=qat") as refused:
             resolve_ckpt_path(given, tmp_path / "run", float_run)
         assert "ckpt_path=" not in str(refused.value).split("QuantizeCallback")[-1]
+    # what does not decide the network is not compared: the first calibration's batch count, the model= it began from
+    changed = {**qat, "callbacks.quantize.calibration_batches": 2, "callbacks.quantize.model": None}
+    assert resolve_ckpt_path(str(ckpts / "last.ckpt"), tmp_path / "run", changed) == str(ckpts / "last.ckpt")
+    # a float run's checkpoint from before callbacks.quantize was recorded resumes as a float run
+    torch.save({"global_step": 3, SETTINGS_KEY: {k: v for k, v in float_run.items() if not k.startswith(
+        "callbacks.quantize")}}, ckpts / "last.ckpt")
+    for given in ("auto", str(ckpts / "last.ckpt")):
+        assert resolve_ckpt_path(given, tmp_path / "run", float_run) == str(ckpts / "last.ckpt")
 
 
 def test_a_requeued_job_given_ckpt_path_goes_on_from_its_own_newest_checkpoint(tmp_path, monkeypatch):

@@ -282,6 +282,7 @@ def test_kills_in_epoch_end_validations_after_step_checkpoints_resume_to_the_uni
     after it: each kill resumes from step 3's (then 9's) and validates that epoch."""
     probe, validated = tmp_path / "probe", tmp_path / "validated.txt"
     ckpts = tmp_path / "out" / "checkpoints"
+    sigterm = signal.getsignal(signal.SIGTERM)
     for step in (6, 12):
         with pytest.raises(Interrupted):
             run(config(tmp_path, cache, ["checkpoint_every_n_steps=3"]),
@@ -292,6 +293,8 @@ def test_kills_in_epoch_end_validations_after_step_checkpoints_resume_to_the_uni
     assert resumed["resumed_from"] == str(ckpts / "step.ckpt") and resumed["global_step"] == 18
     assert validated.read_text().split() == ["0", "1", "2"]
     assert_trained_alike(uninterrupted, probe, images=24)
+    # the runs' SIGTERM handlers are gone with them (a finished trainer's, left behind, swallowed a later SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == sigterm
 
 
 @pytest.mark.slow

@@ -53,7 +53,10 @@ class PreemptionCheckpoint(pl.Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         signums = [self.signum]
-        if self.sigterm and self.signum != signal.SIGTERM and not os.environ.get("SLURM_JOB_ID"):
+        # SIGTERM in a single process only: under DDP, Lightning's handler signals the other ranks and meets them
+        # in a broadcast from inside the handler, which a deferred hand-over would leave waiting
+        if self.sigterm and self.signum != signal.SIGTERM and trainer.world_size == 1 and \
+                not os.environ.get("SLURM_JOB_ID"):
             signums.append(signal.SIGTERM)
         for signum in signums:
             self._previous[signum] = signal.getsignal(signum)
@@ -63,8 +66,12 @@ class PreemptionCheckpoint(pl.Callback):
         self._restore()
 
     def _restore(self) -> None:
+        """Puts back what was there before ours, where ours still is: at a run's end Lightning has already put back
+        what it found before the run (its own SIGTERM handler, bound to the finished trainer, was ours' previous:
+        restored, it swallowed every later SIGTERM in the process)."""
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            if signal.getsignal(signum) == self._note:
+                signal.signal(signum, previous)
         self._previous = {}
 
     def _note(self, signum: int, frame: Any) -> None:

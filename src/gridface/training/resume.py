@@ -40,15 +40,21 @@ COMPARED = ("module", "datamodule", "seed", "trainer.accumulate_grad_batches", "
 NOT_COMPARED = ("root", "num_workers", "decode", "prefetch", "compile", "channels_last", "pretrained", "init_from")
 # ...nor how validation measures and clusters (AP's IoU, the WIDER ground truth, DBSCAN/NMS): they never reach the
 # weights, and a resume may add the WIDER .mat folder (dataset.eval_gt) or change the clustering
-NOT_COMPARED_NODES = ("module.evaluation", "module.postprocess")
+NOT_COMPARED_NODES = ("module.evaluation", "module.postprocess",
+                      # how a QAT run starts (its ranges' first calibration, the model= it starts from): a resume
+                      # takes the quantizers and their ranges from its checkpoint
+                      "callbacks.quantize.calibration_batches", "callbacks.quantize.require_model",
+                      "callbacks.quantize.model")
 # what a resume restores from the checkpoint whatever the config says: changed, they would silently not apply
 RESTORED_WITH_THE_RUN = ("module.optimizer",)
 # the network's shape: a checkpoint of another cannot be loaded at all
 WIDTHS_KEY = "module.model.widths"  # a pruned start's widths (from model=, not the config): see started_widths
 # (fake quantizers are part of it: a QAT checkpoint's state holds their ranges, a float one has none to load)
 QUANTIZE = "callbacks.quantize"
-SHAPE = ("module.model.backbone", WIDTHS_KEY, "module.class_names", QUANTIZE)
-RECORDED_SINCE = (WIDTHS_KEY,)  # keys older checkpoints do not record: not a change when absent from them
+SHAPE = ("module.model.backbone", WIDTHS_KEY, "module.class_names", f"{QUANTIZE}._target_", f"{QUANTIZE}.base",
+         f"{QUANTIZE}.float_modules")
+# keys older checkpoints do not record: not a change when absent from them (a float run's callbacks.quantize: null)
+RECORDED_SINCE = (WIDTHS_KEY, QUANTIZE)
 A_PATH = "<a path>"
 
 
@@ -291,10 +297,15 @@ def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
     """This batch ends the epoch, or a validation runs right after it (``val_check_interval``). A checkpoint saved
     here resumes wrongly: Lightning counts that epoch as done without its validation, and enters the next one
     without counting it as started, so a resume from a checkpoint of that epoch trained it a second time."""
-    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch:
         return True
     every = trainer.val_check_batch
-    return isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
+    if not (isinstance(every, int) and every > 0):
+        return False
+    # as Lightning counts: across epochs when validation is by steps alone (check_val_every_n_epoch=null)
+    index = loop.total_batch_idx if getattr(trainer, "check_val_every_n_epoch", 1) is None else batch_idx
+    return (index + 1) % every == 0
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -306,25 +317,25 @@ class StepCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, every_n_train_steps: int, **kwargs: Any) -> None:
         super().__init__(dirpath=dirpath, filename="step", every_n_train_steps=every_n_train_steps, save_top_k=1,
                          enable_version_counter=False, **kwargs)
-        self._deferred = False
+        self._deferred: int | None = None  # the global step whose save waits for a validation
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._deferred:  # after a mid-epoch validation
-            self._save_deferred(trainer)
+        if self._deferred is not None and trainer.global_step > self._deferred:  # the first optimizer step after a
+            self._save_deferred(trainer)  # mid-epoch validation (not a batch inside a gradient accumulation)
         every = self._every_n_train_steps
         if every > 0 and trainer.global_step % every == 0 and validation_follows(trainer, batch_idx):
-            self._deferred = True
+            self._deferred = trainer.global_step
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._deferred:
+        if self._deferred is not None:
             self._save_deferred(trainer)
 
     def _save_deferred(self, trainer: pl.Trainer) -> None:
-        self._deferred = False
+        self._deferred = None
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
