@@ -45,6 +45,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.sigterm = sigterm  # SIGTERM too, outside Slurm
         self._previous: dict[int, Any] = {}
         self._pending: tuple[int, Any] | None = None
+        self._trainer: pl.Trainer | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Installed once Lightning has registered its own handlers: it notes every handler it finds then and puts
@@ -58,6 +59,7 @@ class PreemptionCheckpoint(pl.Callback):
         if self.sigterm and self.signum != signal.SIGTERM and trainer.world_size == 1 and \
                 not os.environ.get("SLURM_JOB_ID"):
             signums.append(signal.SIGTERM)
+        self._trainer = trainer
         for signum in signums:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._note)
@@ -72,10 +74,21 @@ class PreemptionCheckpoint(pl.Callback):
         for signum, previous in self._previous.items():
             if signal.getsignal(signum) == self._note:
                 signal.signal(signum, previous)
-        self._previous = {}
+        self._previous, self._trainer = {}, None
 
     def _note(self, signum: int, frame: Any) -> None:
+        trainer = self._trainer
+        if signum == signal.SIGTERM and trainer is not None and (trainer.validating or trainer.sanity_checking):
+            # a validation's end may lie beyond the grace period before SIGKILL (docker: 10 s, Kubernetes: 30 s):
+            # Lightning stops it at its next batch, and the run resumes from its newest checkpoint
+            self._hand_over(signum, frame)
+            return
         self._pending = (signum, frame)
+
+    def _hand_over(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
 
     def _signalled(self, trainer: pl.Trainer) -> bool:
         """Whether any rank got the signal (every rank calls this at the same points: one all-reduce)."""
@@ -86,8 +99,14 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._signalled(trainer) and not validation_follows(trainer, batch_idx):
+        if not self._signalled(trainer):
+            return
+        if not validation_follows(trainer, batch_idx):
             self._save_and_hand_over(trainer)
+        elif self._pending and self._pending[0] == signal.SIGTERM:  # no time for the validation: as in _note
+            signum, frame = self._pending
+            self._pending = None
+            self._hand_over(signum, frame)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A signal at an epoch's last batch: saved here, after the epoch's validation (a whole epoch, as Lightning's
