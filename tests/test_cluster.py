@@ -369,6 +369,7 @@ def test_a_sweep_to_a_partition_slurm_does_not_have_is_one_line_naming_those_it_
                                                        "has no partition gpus (sinfo lists debug, gpu)")
     for fine in (listed, several):
         launch.LauncherCheck().on_multirun_start(fine)
+    assert launch.unknown_partition({"partition": "gpus", "additional_parameters": {"clusters": "other"}}) is None
 
 
 def test_cpu_ddp_launcher_config_asks_for_no_gpus(tmp_path):

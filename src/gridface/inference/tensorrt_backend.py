@@ -116,7 +116,7 @@ class TensorRTBackend(ModelBackend):
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.context.set_input_shape(ONNX_INPUT, tuple(x.shape)):
             raise RuntimeError(f"{self.path}: TensorRT refused the input shape {tuple(x.shape)} (the engine takes "
-                               f"batches of 1 to {self.max_batch} at {self.input_hw[0]}x{self.input_hw[1]})")
+                               f"batches of at most {self.max_batch} at {self.input_hw[0]}x{self.input_hw[1]})")
         self.context.set_tensor_address(ONNX_INPUT, self.buffers[ONNX_INPUT].upload(x, self.stream))
         outs = {}
         for name in ONNX_OUTPUTS:

@@ -76,15 +76,16 @@ def launcher_problem(config: Any) -> str | None:
                 "trainer.num_nodes must be numbers (e.g. trainer.devices=4)."
                 if key.endswith(("tasks_per_node", "nodes", "gpus_per_node")) else "")
         return f"{key}: {reason}.{hint}"
-    return unknown_partition(params.get("partition")) if target.endswith("SlurmLauncher") else None
+    return unknown_partition(params) if target.endswith("SlurmLauncher") else None
 
 
-def unknown_partition(partition: str | None) -> str | None:
-    """A ``hydra.launcher.partition`` (one, or sbatch's comma-separated list) Slurm does not know, named with those
-    it does; None when it knows them all or ``sinfo`` cannot say. sbatch's own answer came as the last line of
-    submitit's traceback, from inside the launcher."""
-    if not partition:
-        return None
+def unknown_partition(params: dict[str, Any]) -> str | None:
+    """The Slurm launcher's ``partition`` (one, or sbatch's comma-separated list) where Slurm does not know it, named
+    with those it does; None when it knows them all or ``sinfo`` cannot say. sbatch's own answer came as the last
+    line of submitit's traceback, from inside the launcher."""
+    partition = params.get("partition")
+    if not partition or set(params.get("additional_parameters") or {}) & {"clusters", "M"}:
+        return None  # (another cluster of a federation: this machine's sinfo does not list its partitions)
     try:  # --all: hidden partitions too; %R: the name alone (%P marks the default with '*')
         listed = subprocess.run(["sinfo", "--all", "--noheader", "--format=%R"], capture_output=True, text=True,
                                 timeout=30)

@@ -114,8 +114,8 @@ def user_errors(stage: str, prog: str | None = None) -> Callable[[F], F]:
                 stopped_by_signal(name, terminated=isinstance(e, Terminated))
             except SystemExit as e:
                 terminated = type(e).__name__ == "SIGTERMException"
-                if not (terminated or lightning_interrupt(e)) or full_error() or os.environ.get("SUBMITIT_FOLDER"):
-                    raise
+                if not (terminated or lightning_interrupt(e)) or os.environ.get("SUBMITIT_FOLDER"):
+                    raise  # (HYDRA_FULL_ERROR=1 has no traceback to show here: the status still says the signal)
                 stopped_by_signal(name, terminated)
             except Exception as e:
                 mistake = user_error(e)

@@ -42,7 +42,7 @@ def launcher_cluster() -> tuple[str, dict[str, Any]] | None:
                           "hydra/launcher=slurm to run its stages here")
     params = OmegaConf.to_container(hc.launcher, resolve=True)
     params.pop("_target_", None)
-    if cluster == "slurm" and (why := unknown_partition(params.get("partition"))):
+    if cluster == "slurm" and (why := unknown_partition(params)):
         raise ConfigError(why)
     return cluster, params
 
