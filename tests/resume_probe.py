@@ -4,10 +4,9 @@
 It records, per rank and optimizer step (at the start of its batch), the samples and a checksum of their augmented
 images (``<folder>/seen.rank<r>.jsonl``; a resumed run appends, and its lines for a step replace the killed run's),
 saves the final weights and buffers (``<folder>/final.pt``, rank 0), and can stop a run at the start of the batch after
-step N, once that step's checkpoints are written: ``stall_at`` sleeps (for the test to signal the process),
-``fail_at`` raises :class:`Interrupted` (a kill simulated in-process); ``fail_in_validation_at`` raises (and
-``stall_in_validation_at`` sleeps) when the validation after step N starts (after that step's checkpoints, before
-validation's own)."""
+step N, once that step's checkpoints are written: ``stall_at`` sleeps (for the test to SIGKILL the process),
+``fail_at`` raises :class:`Interrupted` (a kill simulated in-process); ``fail_in_validation_at`` raises when the
+validation after step N starts (after that step's checkpoints, before validation's own)."""
 
 from __future__ import annotations
 
@@ -26,29 +25,20 @@ class Interrupted(RuntimeError):
 
 class Probe(pl.Callback):
     def __init__(self, folder: str, stall_at: int | None = None, fail_at: int | None = None,
-                 fail_in_validation_at: int | None = None, stall_in_validation_at: int | None = None) -> None:
+                 fail_in_validation_at: int | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stall_at, self.fail_at, self.fail_in_validation_at = stall_at, fail_at, fail_in_validation_at
-        self.stall_in_validation_at = stall_in_validation_at
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.global_step == self.fail_in_validation_at:
             raise Interrupted(f"simulated kill in the validation after step {self.fail_in_validation_at}")
-        if not trainer.sanity_checking and trainer.global_step == self.stall_in_validation_at:
-            self.stall(trainer)
-
-    def stall(self, trainer: pl.Trainer) -> None:
-        (self.folder / "stalled").write_text(str(trainer.global_step))
-        deadline = time.monotonic() + 600
-        go_on = self.folder / "go_on"  # the test's word to go on (after sending a signal that is only noted)
-        while time.monotonic() < deadline and not trainer.received_sigterm and not go_on.exists():
-            time.sleep(0.05)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if trainer.global_step == self.stall_at:
-            self.stall(trainer)
+            (self.folder / "stalled").write_text(str(trainer.global_step))
+            time.sleep(600)
         if trainer.global_step == self.fail_at:
             raise Interrupted(f"simulated kill at the start of the batch after step {self.fail_at}")
         # recorded before the step, not after: the preemption callback may end the run in on_train_batch_end

@@ -170,11 +170,13 @@ def test_pipeline_sends_each_stage_that_must_run_to_slurm_as_its_own_job(tmp_pat
     print(f"\nslurm pipeline: train and prune as two Slurm jobs, {wall:.1f} s from command to results")
 
 
-def test_a_sweep_to_a_partition_slurm_does_not_have_is_one_line_before_any_job(tmp_path):
-    """A typo in hydra.launcher.partition ended in submitit's traceback, sbatch's message as its last line."""
-    out = gridface("train", [*TINY, "hydra.launcher.partition=nope", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                   tmp_path, timeout=120)
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert out.stderr.splitlines()[0] == ("gridface.train: error: hydra.launcher.partition=nope: Slurm has no "
-                                          "partition nope (sinfo lists debug)")
-    assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
+def test_a_partition_slurm_does_not_have_is_named_with_those_it_has(monkeypatch):
+    """A typo in hydra.launcher.partition ended in submitit's traceback, sbatch's message as its last line: the
+    launcher check reads this cluster's sinfo (the sweep's one line: tests/test_cluster.py)."""
+    from gridface.training.launch import unknown_partition
+
+    for key, value in slurm_env().items():
+        monkeypatch.setenv(key, value)
+    assert unknown_partition({"partition": "nope"}) == ("hydra.launcher.partition=nope: Slurm has no partition nope "
+                                                        "(sinfo lists debug)")
+    assert unknown_partition({"partition": "debug"}) is None
