@@ -387,18 +387,21 @@ def test_sigterm_stops_a_video_run_as_ctrl_c_does(tmp_path, model):
     vw.release()
     out = tmp_path / "out"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gridface.infer", f"model={model[1]}", f"source={clip}",
-                             f"output_dir={out}", "batch_size=1", "model_workers=1", f"hydra.run.dir={tmp_path}/run"],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "infer.log"  # a file, not a pipe: the progress bar would fill an unread pipe and stall the run
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "gridface.infer", f"model={model[1]}", f"source={clip}",
+                                 f"output_dir={out}", "batch_size=1", "model_workers=1",
+                                 f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, env=env, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
         while not (out / "labels" / "frame_000005.txt").exists() and proc.poll() is None:
             assert time.monotonic() < deadline, "no frame written in 120 s"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         proc.kill()
+    err = log.read_text()
     assert proc.returncode == 143 and err.strip().endswith("gridface.infer: terminated"), err[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["video"] == str(out / "clip_annotated.partial.mp4")

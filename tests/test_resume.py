@@ -139,12 +139,16 @@ def test_sigkill_after_step_checkpoint_resumes_to_the_uninterrupted_weights(tmp_
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "gridface.train", *OVER, f"hydra.run.dir={out}", f"paths.cache_dir={cache}",
            "+callbacks.probe._target_=tests.resume_probe.Probe", f"+callbacks.probe.folder={probe}"]
-    job = subprocess.Popen([*cmd, "+callbacks.probe.stall_at=8"], cwd=ROOT, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file: a pipe nobody reads while the run goes on fills and stalls it, and reading one to its end
+    # waits for every process holding it (the loader worker too)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as err:
+        job = subprocess.Popen([*cmd, "+callbacks.probe.stall_at=8"], cwd=ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 300
         while not (probe / "stalled").is_file():
-            assert job.poll() is None, job.stderr.read()[-3000:]
+            assert job.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never reached step 8"
             time.sleep(0.2)
     finally:
