@@ -190,6 +190,9 @@ def stopped_by(signum: int, cfg, capsys, **when) -> str:  # noqa: ANN001
 
     status, word = {signal.SIGTERM: (143, "terminated"), signal.SIGINT: (130, "interrupted")}[signum]
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    # Ctrl-C as a terminal's python has it: a process started in the background of a script (`make test &`, some CI
+    # runners) inherits SIGINT ignored, and the run never saw the signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit) as stop:
             user_errors("train")(run)(cfg, callbacks=[SendSignal(signum, **when)])
