@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,12 +47,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def pytest_report_header(config) -> str:
+def pytest_report_header(config) -> list[str]:
     """The free space where the tests write: a full run keeps ~1 GB at a time, and a disk that fills mid-run fails
     tests with ``No space left on device`` far from their cause."""
     folder = Path(config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
     folder = next(p for p in (folder, *folder.absolute().parents) if p.exists())
-    return f"gridface: {shutil.disk_usage(folder).free / 2**30:.1f} GiB free in {folder}"
+    return [f"gridface: {shutil.disk_usage(folder).free / 2**30:.1f} GiB free in {folder}", inherited_signals()]
+
+
+def inherited_signals() -> str:
+    """Signals this process started with ignored or blocked: a test process started in a script's background has
+    SIGINT ignored, and a runner may block or ignore others; the signal tests' behaviour depends on them."""
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2, signal.SIGALRM)
+    ignored = [s.name for s in watched if signal.getsignal(s) == signal.SIG_IGN]
+    blocked = sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    return f"gridface: signals ignored: {', '.join(ignored) or 'none'}; blocked: {', '.join(blocked) or 'none'}"
 
 
 @pytest.fixture(scope="module")
