@@ -348,6 +348,22 @@ def test_a_step_checkpoint_before_a_mid_epoch_validation_is_saved_after_it(tmp_p
     assert resolve_ckpt_path("auto", tmp_path / "out") == str(ckpts / "step.ckpt")
 
 
+
+@pytest.mark.slow
+def test_a_step_checkpoint_put_off_to_an_epochs_last_batch_waits_for_the_epochs_end(tmp_path, cache, uninterrupted):
+    """val_check_interval=5 and step.ckpt every 5 steps of 6-step epochs: step 5's save, put off past its
+    validation, came at step 6, the epoch's last batch, before the epoch's end; killed after steps 8 and 11, the
+    runs trained 23 steps for 18. It now waits for the epoch's end, as a save at that batch does."""
+    probe, ckpts = tmp_path / "probe", tmp_path / "out" / "checkpoints"
+    extra = ["checkpoint_every_n_steps=5", "trainer.val_check_interval=5"]
+    for step, saved in ((8, 6), (11, 10)):
+        with pytest.raises(Interrupted):
+            run(config(tmp_path, cache, extra), callbacks=[Probe(str(probe), fail_at=step)])
+        assert torch.load(ckpts / "step.ckpt", weights_only=False)["global_step"] == saved
+    resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(probe))])
+    assert resumed["global_step"] == 18
+    assert_trained_alike(uninterrupted, probe, images=24)
+
 class StopAtStep(pl.Callback):
     """What ``trainer.max_time`` does when its time is up (Lightning's Timer): ``should_stop`` after step N."""
 

@@ -311,8 +311,8 @@ def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
 class StepCheckpoint(ModelCheckpoint):
     """``checkpoints/step.ckpt`` every ``every_n_train_steps`` steps (one file, overwritten). A step that a
     validation follows (:func:`validation_follows`) is saved after that validation: at the epoch's end, or at the
-    next batch. Saved before it, a resume skipped the validation, and a run killed twice after such saves trained an
-    epoch twice (24 steps for 18)."""
+    next optimizer step that no validation follows. Saved before it, a resume skipped the validation, and a run
+    killed twice after such saves trained an epoch twice (24 steps for 18)."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int, **kwargs: Any) -> None:
         super().__init__(dirpath=dirpath, filename="step", every_n_train_steps=every_n_train_steps, save_top_k=1,
@@ -321,12 +321,16 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._deferred is not None and trainer.global_step > self._deferred:  # the first optimizer step after a
-            self._save_deferred(trainer)  # mid-epoch validation (not a batch inside a gradient accumulation)
+        follows = validation_follows(trainer, batch_idx)
+        # the first optimizer step after a mid-epoch validation (not a batch inside a gradient accumulation) saves
+        # the deferred step, unless a validation follows it too (the epoch's last batch): then after that one
+        due = self._deferred is not None and trainer.global_step > self._deferred
         every = self._every_n_train_steps
-        if every > 0 and trainer.global_step % every == 0 and validation_follows(trainer, batch_idx):
+        if follows and (due or (every > 0 and trainer.global_step % every == 0)):
             self._deferred = trainer.global_step
             return
+        if due:
+            self._save_deferred(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
