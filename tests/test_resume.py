@@ -364,6 +364,33 @@ def test_a_step_checkpoint_put_off_to_an_epochs_last_batch_waits_for_the_epochs_
     assert resumed["global_step"] == 18
     assert_trained_alike(uninterrupted, probe, images=24)
 
+
+class FailAtBatch(pl.Callback):
+    """Stops a run (:class:`Interrupted`) at the start of batch ``batch_idx`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            raise Interrupted(f"simulated kill at the start of batch {batch_idx} of epoch {self.epoch}")
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_put_off_past_a_validation_is_never_saved_inside_a_gradient_accumulation(tmp_path, cache):
+    """accumulate_grad_batches=2 (3 optimizer steps an epoch), a validation every 4 batches, step.ckpt every 2
+    steps: step 2's save, put off past the validation after batch 4, came at batch 5, the first half of an
+    accumulation whose gradient no checkpoint holds. Killed before batch 6, the resumed run stepped on batch 6's
+    gradient alone. It now waits for the epoch's end, and the resumed run ends with the uninterrupted weights."""
+    extra = ["checkpoint_every_n_steps=2", "trainer.val_check_interval=4", "trainer.accumulate_grad_batches=2"]
+    reference = run(config(tmp_path / "ref", cache, extra), callbacks=[Probe(str(tmp_path / "ref_probe"))])
+    with pytest.raises(Interrupted):
+        run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe")), FailAtBatch(0, 5)])
+    resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe"))])
+    assert resumed["global_step"] == reference["global_step"] == 9
+    final = [torch.load(folder / "final.pt") for folder in (tmp_path / "ref_probe", tmp_path / "probe")]
+    assert max_difference(*final) <= TOLERANCE
+
 class StopAtStep(pl.Callback):
     """What ``trainer.max_time`` does when its time is up (Lightning's Timer): ``should_stop`` after step N."""
 

@@ -325,6 +325,8 @@ class StepCheckpoint(ModelCheckpoint):
         # the first optimizer step after a mid-epoch validation (not a batch inside a gradient accumulation) saves
         # the deferred step, unless a validation follows it too (the epoch's last batch): then after that one
         due = self._deferred is not None and trainer.global_step > self._deferred
+        if self._deferred is not None and not due:  # the rest of the put-off step's gradient accumulation
+            return
         every = self._every_n_train_steps
         if follows and (due or (every > 0 and trainer.global_step % every == 0)):
             self._deferred = trainer.global_step
