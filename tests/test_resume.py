@@ -377,19 +377,27 @@ class FailAtBatch(pl.Callback):
 
 
 @pytest.mark.slow
-def test_a_step_checkpoint_put_off_past_a_validation_is_never_saved_inside_a_gradient_accumulation(tmp_path, cache):
-    """accumulate_grad_batches=2 (3 optimizer steps an epoch), a validation every 4 batches, step.ckpt every 2
-    steps: step 2's save, put off past the validation after batch 4, came at batch 5, the first half of an
-    accumulation whose gradient no checkpoint holds. Killed before batch 6, the resumed run stepped on batch 6's
-    gradient alone. It now waits for the epoch's end, and the resumed run ends with the uninterrupted weights."""
-    extra = ["checkpoint_every_n_steps=2", "trainer.val_check_interval=4", "trainer.accumulate_grad_batches=2"]
+@pytest.mark.parametrize(("extra", "kills"), [
+    # step 8's save, put off past the validation after batch 4 of epoch 2, came at batch 5, inside an accumulation
+    (["trainer.val_check_interval=4"], [(2, 5)]),
+    # a run resumed at step 2 (saved after batch 4) saved it again after batch 5, inside an accumulation
+    ([], [(0, 4), (0, 5)]),
+], ids=["put-off-past-a-validation", "after-a-resume"])
+def test_a_step_checkpoint_is_never_saved_inside_a_gradient_accumulation(tmp_path, cache, extra, kills):
+    """accumulate_grad_batches=2 (3 optimizer steps an epoch), step.ckpt every 2 steps. A step.ckpt saved after the
+    first batch of an accumulation holds none of its gradient: the run killed before the second and resumed from it
+    stepped on the second batch's gradient alone. Each killed run here resumes from a checkpoint and ends with the
+    uninterrupted run's weights."""
+    extra = ["checkpoint_every_n_steps=2", "trainer.accumulate_grad_batches=2", *extra]
     reference = run(config(tmp_path / "ref", cache, extra), callbacks=[Probe(str(tmp_path / "ref_probe"))])
-    with pytest.raises(Interrupted):
-        run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe")), FailAtBatch(0, 5)])
+    for epoch, batch in kills:
+        with pytest.raises(Interrupted):
+            run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe")), FailAtBatch(epoch, batch)])
     resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe"))])
-    assert resumed["global_step"] == reference["global_step"] == 9
+    assert resumed["resumed_from"] and resumed["global_step"] == reference["global_step"] == 9
     final = [torch.load(folder / "final.pt") for folder in (tmp_path / "ref_probe", tmp_path / "probe")]
     assert max_difference(*final) <= TOLERANCE
+
 
 class StopAtStep(pl.Callback):
     """What ``trainer.max_time`` does when its time is up (Lightning's Timer): ``should_stop`` after step N."""
@@ -403,15 +411,22 @@ class StopAtStep(pl.Callback):
 
 
 @pytest.mark.slow
-def test_a_run_stopped_inside_an_epoch_by_its_time_limit_resumes_inside_that_epoch(tmp_path, cache, uninterrupted):
+@pytest.mark.parametrize(("extra", "newest"), [
+    (["checkpoint_every_n_steps=0"], "last.ckpt"),
+    # step 8's step.ckpt, put off past the validation after it, is saved at the cut-short epoch's end
+    (["checkpoint_every_n_steps=2", "trainer.val_check_interval=2"], "step.ckpt"),
+], ids=["last.ckpt", "put-off-step.ckpt"])
+def test_a_run_stopped_inside_an_epoch_by_its_time_limit_resumes_inside_that_epoch(tmp_path, cache, uninterrupted,
+                                                                                    extra, newest):
     """max_time (or max_steps) ends an epoch at step 8 of 6-step epochs: Lightning runs that epoch's end hooks as
-    if it were whole, and a resume from its last.ckpt went on with epoch 3: 4 steps and epoch 2's validation
-    fewer than the uninterrupted run. It now finishes epoch 2 and ends with the uninterrupted run's weights."""
+    if it were whole, and a resume from its last.ckpt (or from a step.ckpt put off to that end) went on with epoch
+    3: 4 steps and epoch 2's validation fewer than the uninterrupted run. It now finishes epoch 2 and ends with the
+    uninterrupted run's weights."""
     probe = tmp_path / "probe"
-    stopped = run(config(tmp_path, cache, ["checkpoint_every_n_steps=0"]), callbacks=[StopAtStep(8), Probe(str(probe))])
+    stopped = run(config(tmp_path, cache, extra), callbacks=[StopAtStep(8), Probe(str(probe))])
     assert stopped["global_step"] == 8
-    resumed = run(config(tmp_path, cache, ["checkpoint_every_n_steps=0"]), callbacks=[Probe(str(probe))])
-    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["global_step"] == 18
+    resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(probe))])
+    assert resumed["resumed_from"].endswith(newest) and resumed["global_step"] == 18
     assert_trained_alike(uninterrupted, probe, images=24)
 
 

@@ -335,10 +335,17 @@ class StepCheckpoint(ModelCheckpoint):
             self._save_deferred(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A resumed run's step is saved already (Lightning's count of saved steps starts again at 0): its first
+        batch, inside the restored step's gradient accumulation, saved it again there."""
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._deferred is not None:
-            self._save_deferred(trainer)
+            with saved_as_mid_epoch(trainer):  # an epoch cut short by max_steps or max_time: resumed inside it
+                self._save_deferred(trainer)
 
     def _save_deferred(self, trainer: pl.Trainer) -> None:
         self._deferred = None
