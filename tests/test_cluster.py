@@ -98,12 +98,14 @@ def test_preemption_checkpoint_saves_through_the_public_trainer_api(tmp_path, wo
     callback = PreemptionCheckpoint(str(tmp_path))
     try:
         callback.on_train_start(trainer, None)
+        trainer.global_step += 1  # each batch ends with an optimizer step (no gradient accumulation)
         callback.on_train_batch_end(trainer, None, None, None, 0)
         assert trainer.saved == [] and handed_over == []  # nothing yet (DDP: flag only, that rank not signalled)
         if signal_here:
             os.kill(os.getpid(), signal.SIGUSR2)
         else:
             trainer.others_signalled = True
+        trainer.global_step += 1
         callback.on_train_batch_end(trainer, None, None, None, 1)
         callback.teardown(trainer, None, "fit")
     finally:

@@ -399,6 +399,31 @@ def test_a_step_checkpoint_is_never_saved_inside_a_gradient_accumulation(tmp_pat
     assert max_difference(*final) <= TOLERANCE
 
 
+@pytest.mark.slow
+def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, cache):
+    """accumulate_grad_batches=2: SIGUSR2 during batch 5, the first half of an accumulation, saved preempted.ckpt
+    after it, without its gradient; the resumed run stepped on batch 6's alone. The save now waits for the
+    accumulation's end, and the resumed run ends with the uninterrupted run's weights."""
+    from .test_cluster import submitit_stand_in
+
+    class SignalAtBatch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            if (trainer.current_epoch, batch_idx) == (0, 4):
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    extra = ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]
+    reference = run(config(tmp_path / "ref", cache, extra), callbacks=[Probe(str(tmp_path / "ref_probe"))])
+    previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
+    try:
+        with pytest.raises(SystemExit):
+            run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe")), SignalAtBatch()])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe"))])
+    assert resumed["resumed_from"].endswith("preempted.ckpt") and resumed["global_step"] == reference["global_step"]
+    final = [torch.load(folder / "final.pt") for folder in (tmp_path / "ref_probe", tmp_path / "probe")]
+    assert max_difference(*final) <= TOLERANCE
+
 class StopAtStep(pl.Callback):
     """What ``trainer.max_time`` does when its time is up (Lightning's Timer): ``should_stop`` after step N."""
 

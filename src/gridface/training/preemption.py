@@ -46,6 +46,7 @@ class PreemptionCheckpoint(pl.Callback):
         self._previous: dict[int, Any] = {}
         self._pending: tuple[int, Any] | None = None
         self._trainer: pl.Trainer | None = None
+        self._stepped_to = 0  # the global step at the last batch end: a batch that leaves it is inside an accumulation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Installed once Lightning has registered its own handlers: it notes every handler it finds then and puts
@@ -60,6 +61,7 @@ class PreemptionCheckpoint(pl.Callback):
                 not os.environ.get("SLURM_JOB_ID"):
             signums.append(signal.SIGTERM)
         self._trainer = trainer
+        self._stepped_to = trainer.global_step
         for signum in signums:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._note)
@@ -99,6 +101,9 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if trainer.global_step == self._stepped_to:  # inside a gradient accumulation: its gradient is in no checkpoint
+            return
+        self._stepped_to = trainer.global_step
         if not self._signalled(trainer):
             return
         if not validation_follows(trainer, batch_idx):
