@@ -26,14 +26,16 @@ train: $(STAMP) ## train on the built-in synthetic faces (ARGS="key=value ..." t
 pipeline: $(STAMP) ## train -> prune -> retrain -> export -> evaluate -> infer -> report on the built-in data (outputs/pipeline/synthetic_cpu/report/report.md; ARGS to override)
 	$(PY) -m gridface.pipeline experiment=pipeline_cpu $(ARGS)
 
-# make test's pytest processes (pytest-xdist; each test file runs whole in one of them; TEST_WORKERS=0: one process)
+# make test's pytest processes (pytest-xdist; each test file runs whole in one of them; TEST_WORKERS=0: one process).
+# A worker that ends (a test stuck in C code: tests/conftest.py) is replaced once; a second such end stops the run.
 TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile --max-worker-restart 1
 
 test: $(STAMP) ## run the whole test suite (fast and slow)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 test-fast: $(STAMP) ## run only the fast unit tests
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 test-gpu: $(STAMP) ## run the GPU tests (bf16/fp16 steps, channels_last, CUDA inference, NCCL DDP, the device data path); skipped without CUDA
 	$(PY) -m pytest -m gpu $(ARGS)

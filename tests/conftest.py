@@ -1,3 +1,4 @@
+import faulthandler
 import os
 import shutil
 import signal
@@ -37,6 +38,31 @@ def lightning_rank_restored():
     rank = getattr(rank_zero_only, "rank", 0)
     yield
     rank_zero_only.rank = rank
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the terminal's stderr, kept before pytest captures fd 2 around each test (a dump into the capture is lost with
+    # the process); an xdist worker's is its controller's, so the stacks reach the run's output
+    config.stash[STDERR_FD] = os.dup(2)
+
+
+STDERR_FD = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A test still running 60 s after pytest-timeout's limit (``timeout``) is stuck in C code, where its SIGALRM
+    never reaches Python (a deadlock, a wait on a process): faulthandler prints every thread's stack and ends the
+    process. Under xdist the test is reported as its worker's crash and a new worker goes on (``make test`` allows
+    one restart), so CI ends with the test named instead of sitting at its time limit (it held CI for 90 minutes
+    once, naming nothing)."""
+    limit = float(item.config.getini("timeout") or 0)
+    if limit > 0:
+        faulthandler.dump_traceback_later(limit + 60, exit=True, file=item.config.stash[STDERR_FD])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,18 @@ def uninterrupted(module_tmp, cache) -> Path:
     return folder / "probe"
 
 
+@pytest.fixture(scope="module")
+def accumulated(module_tmp, cache) -> Path:
+    """The reference of the gradient-accumulation tests: accumulate_grad_batches=2 (3 optimizer steps an epoch, 9 in
+    all), never stopped. Its probe folder (validation and checkpoint settings do not change the weights it ends
+    with: the uninterrupted run is the reference of runs that validate and save otherwise too)."""
+    folder = module_tmp("accumulated")
+    result = run(config(folder, cache, ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]),
+                 callbacks=[Probe(str(folder / "probe"))])
+    assert result["global_step"] == 9
+    return folder / "probe"
+
+
 def assert_trained_alike(reference: Path, resumed: Path, images: int, ranks: int = 1) -> float:
     """Same samples at every step with the same augmented pixels, each sample once an epoch, and the same final
     weights and buffers. Returns the largest weight difference."""
@@ -348,7 +360,6 @@ def test_a_step_checkpoint_before_a_mid_epoch_validation_is_saved_after_it(tmp_p
     assert resolve_ckpt_path("auto", tmp_path / "out") == str(ckpts / "step.ckpt")
 
 
-
 @pytest.mark.slow
 def test_a_step_checkpoint_put_off_to_an_epochs_last_batch_waits_for_the_epochs_end(tmp_path, cache, uninterrupted):
     """val_check_interval=5 and step.ckpt every 5 steps of 6-step epochs: step 5's save, put off past its
@@ -383,24 +394,23 @@ class FailAtBatch(pl.Callback):
     # a run resumed at step 2 (saved after batch 4) saved it again after batch 5, inside an accumulation
     ([], [(0, 4), (0, 5)]),
 ], ids=["put-off-past-a-validation", "after-a-resume"])
-def test_a_step_checkpoint_is_never_saved_inside_a_gradient_accumulation(tmp_path, cache, extra, kills):
+def test_a_step_checkpoint_is_never_saved_inside_a_gradient_accumulation(tmp_path, cache, accumulated, extra, kills):
     """accumulate_grad_batches=2 (3 optimizer steps an epoch), step.ckpt every 2 steps. A step.ckpt saved after the
     first batch of an accumulation holds none of its gradient: the run killed before the second and resumed from it
     stepped on the second batch's gradient alone. Each killed run here resumes from a checkpoint and ends with the
     uninterrupted run's weights."""
     extra = ["checkpoint_every_n_steps=2", "trainer.accumulate_grad_batches=2", *extra]
-    reference = run(config(tmp_path / "ref", cache, extra), callbacks=[Probe(str(tmp_path / "ref_probe"))])
     for epoch, batch in kills:
         with pytest.raises(Interrupted):
             run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe")), FailAtBatch(epoch, batch)])
     resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe"))])
-    assert resumed["resumed_from"] and resumed["global_step"] == reference["global_step"] == 9
-    final = [torch.load(folder / "final.pt") for folder in (tmp_path / "ref_probe", tmp_path / "probe")]
+    assert resumed["resumed_from"] and resumed["global_step"] == 9
+    final = [torch.load(folder / "final.pt") for folder in (accumulated, tmp_path / "probe")]
     assert max_difference(*final) <= TOLERANCE
 
 
 @pytest.mark.slow
-def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, cache):
+def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, cache, accumulated):
     """accumulate_grad_batches=2: SIGUSR2 during batch 5, the first half of an accumulation, saved preempted.ckpt
     after it, without its gradient; the resumed run stepped on batch 6's alone. The save now waits for the
     accumulation's end, and the resumed run ends with the uninterrupted run's weights."""
@@ -412,7 +422,6 @@ def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, 
                 os.kill(os.getpid(), signal.SIGUSR2)
 
     extra = ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]
-    reference = run(config(tmp_path / "ref", cache, extra), callbacks=[Probe(str(tmp_path / "ref_probe"))])
     previous = signal.signal(signal.SIGUSR2, submitit_stand_in)
     try:
         with pytest.raises(SystemExit):
@@ -420,9 +429,10 @@ def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, 
     finally:
         signal.signal(signal.SIGUSR2, previous)
     resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe"))])
-    assert resumed["resumed_from"].endswith("preempted.ckpt") and resumed["global_step"] == reference["global_step"]
-    final = [torch.load(folder / "final.pt") for folder in (tmp_path / "ref_probe", tmp_path / "probe")]
+    assert resumed["resumed_from"].endswith("preempted.ckpt") and resumed["global_step"] == 9
+    final = [torch.load(folder / "final.pt") for folder in (accumulated, tmp_path / "probe")]
     assert max_difference(*final) <= TOLERANCE
+
 
 class StopAtStep(pl.Callback):
     """What ``trainer.max_time`` does when its time is up (Lightning's Timer): ``should_stop`` after step N."""
