@@ -2,8 +2,10 @@ import faulthandler
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,29 +42,57 @@ def lightning_rank_restored():
     rank_zero_only.rank = rank
 
 
+STDERR_FD = pytest.StashKey[int]()
+TIMEOUT = pytest.StashKey[float]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # the terminal's stderr, kept before pytest captures fd 2 around each test (a dump into the capture is lost with
     # the process); an xdist worker's is its controller's, so the stacks reach the run's output
     config.stash[STDERR_FD] = os.dup(2)
 
 
-STDERR_FD = pytest.StashKey[int]()
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:  # noqa: ANN001
+    """pytest-timeout's limit for this test as it resolved it (``--timeout``, ``PYTEST_TIMEOUT``, the ini, a marker);
+    returning None leaves its own timer to it."""
+    item.stash[TIMEOUT] = float(settings.timeout)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
-    """A test still running 60 s after pytest-timeout's limit (``timeout``) is stuck in C code, where its SIGALRM
-    never reaches Python (a deadlock, a wait on a process): faulthandler prints every thread's stack and ends the
-    process. Under xdist the test is reported as its worker's crash and a new worker goes on (``make test`` allows
-    one restart), so CI ends with the test named instead of sitting at its time limit (it held CI for 90 minutes
-    once, naming nothing)."""
-    limit = float(item.config.getini("timeout") or 0)
-    if limit > 0:
+@contextmanager
+def stuck_test_watchdog(item: pytest.Item) -> Iterator[None]:
+    """A test phase still running 60 s after pytest-timeout's limit is stuck in C code, where the SIGALRM never
+    reaches Python (or pytest-timeout's timer is gone: a failed phase cancels it): faulthandler prints every thread's
+    stack and ends the process. Under xdist the test is reported as its worker's crash and a new worker goes on
+    (``make test`` allows one), so CI ends naming the test instead of sitting at its limit (it held CI for 90 minutes
+    once, naming nothing). Not armed without a limit or under a debugger (a trace function is set)."""
+    limit = item.stash.get(TIMEOUT, 0.0)
+    armed = limit > 0 and sys.gettrace() is None
+    if armed:
         faulthandler.dump_traceback_later(limit + 60, exit=True, file=item.config.stash[STDERR_FD])
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with stuck_test_watchdog(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with stuck_test_watchdog(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with stuck_test_watchdog(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,12 @@ def accumulated(module_tmp, cache) -> Path:
     all), never stopped. Its probe folder (validation and checkpoint settings do not change the weights it ends
     with: the uninterrupted run is the reference of runs that validate and save otherwise too)."""
     folder = module_tmp("accumulated")
-    result = run(config(folder, cache, ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]),
-                 callbacks=[Probe(str(folder / "probe"))])
+    threads = torch.get_num_threads()
+    try:
+        result = run(config(folder, cache, ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]),
+                     callbacks=[Probe(str(folder / "probe"))])
+    finally:
+        torch.set_num_threads(threads)
     assert result["global_step"] == 9
     return folder / "probe"
 
@@ -195,9 +199,9 @@ class SendSignal(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def stopped_by(signum: int, cfg, capsys, **when) -> str:  # noqa: ANN001
-    """The train stage as ``python -m gridface.train`` runs it (:func:`user_errors` around ``run``), sent ``signum``:
-    checks the exit status and the last line, returns the stage's stderr."""
+def stopped_by(signum: int, cfg, capsys, also: list[pl.Callback] | None = None, **when) -> str:  # noqa: ANN001
+    """The train stage as ``python -m gridface.train`` runs it (:func:`user_errors` around ``run``, with ``also``'s
+    callbacks), sent ``signum``: checks the exit status and the last line, returns the stage's stderr."""
     from gridface.utils.errors import user_errors
 
     status, word = {signal.SIGTERM: (143, "terminated"), signal.SIGINT: (130, "interrupted")}[signum]
@@ -207,7 +211,7 @@ def stopped_by(signum: int, cfg, capsys, **when) -> str:  # noqa: ANN001
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit) as stop:
-            user_errors("train")(run)(cfg, callbacks=[SendSignal(signum, **when)])
+            user_errors("train")(run)(cfg, callbacks=[SendSignal(signum, **when), *(also or [])])
     finally:  # Lightning ignores SIGINT once it has caught a Ctrl-C
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
@@ -244,6 +248,28 @@ def test_sigterm_during_a_validation_stops_it_at_once(tmp_path, cache, capsys):
     stopped_by(signal.SIGTERM, cfg, capsys, in_validation_at=6)
     assert not (out / "checkpoints" / "preempted.ckpt").exists()
     assert resolve_ckpt_path("auto", out) == str(out / "checkpoints" / "step.ckpt")
+
+
+class CountValidationBatches(pl.Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_validation_batch_end(self, *args) -> None:  # noqa: ANN002
+        self.batches += 1
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_gradient_accumulation_before_a_validation_stops_that_validation_at_once(tmp_path, cache,
+                                                                                              capsys):
+    """accumulate_grad_batches=2 and val_check_interval=5: Lightning validates after batch 4, the first half of an
+    accumulation. A SIGTERM during that batch waited for the accumulation's end, past the whole validation (2
+    batches); it now stops it at its next batch, as after a step."""
+    cfg = config(tmp_path, cache, ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5",
+                                   "trainer.limit_val_batches=2"])
+    validated = CountValidationBatches()
+    stopped_by(signal.SIGTERM, cfg, capsys, also=[validated], step=2)  # step 2 ends at batch 3: sent at batch 4
+    assert validated.batches == 1
+    assert not (tmp_path / "out" / "checkpoints" / "preempted.ckpt").exists()
 
 
 @pytest.mark.slow

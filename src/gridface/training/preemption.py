@@ -101,17 +101,18 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.global_step == self._stepped_to:  # inside a gradient accumulation: its gradient is in no checkpoint
-            return
-        self._stepped_to = trainer.global_step
-        if not self._signalled(trainer):
-            return
-        if not validation_follows(trainer, batch_idx):
-            self._save_and_hand_over(trainer)
-        elif self._pending and self._pending[0] == signal.SIGTERM:  # no time for the validation: as in _note
+        stepped, self._stepped_to = trainer.global_step != self._stepped_to, trainer.global_step
+        if self._pending and self._pending[0] == signal.SIGTERM and validation_follows(trainer, batch_idx):
+            # no time for the validation (as in _note), also after a batch inside a gradient accumulation (Lightning
+            # validates by batch count): the run resumes from its newest checkpoint (single process: no all-reduce)
             signum, frame = self._pending
             self._pending = None
             self._hand_over(signum, frame)
+            return
+        if not stepped:  # inside a gradient accumulation: its gradient is in no checkpoint
+            return
+        if self._signalled(trainer) and not validation_follows(trainer, batch_idx):
+            self._save_and_hand_over(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A signal at an epoch's last batch: saved here, after the epoch's validation (a whole epoch, as Lightning's
