@@ -436,15 +436,17 @@ def test_a_step_checkpoint_is_never_saved_inside_a_gradient_accumulation(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, cache, accumulated):
-    """accumulate_grad_batches=2: SIGUSR2 during batch 5, the first half of an accumulation, saved preempted.ckpt
-    after it, without its gradient; the resumed run stepped on batch 6's alone. The save now waits for the
-    accumulation's end, and the resumed run ends with the uninterrupted run's weights."""
+@pytest.mark.parametrize("at_batch", [2, 4], ids=["mid-epoch", "at-the-epochs-end"])
+def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, cache, accumulated, at_batch):
+    """accumulate_grad_batches=2: SIGUSR2 during batch 5 (index 4), the first half of an accumulation, saved
+    preempted.ckpt after it, without its gradient; the resumed run stepped on batch 6's alone. The save now waits
+    for the accumulation's end (after index 3: mid-epoch; after index 5: the epoch's end, after its validation),
+    and the resumed run ends with the uninterrupted run's weights."""
     from .test_cluster import submitit_stand_in
 
     class SignalAtBatch(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-            if (trainer.current_epoch, batch_idx) == (0, 4):
+            if (trainer.current_epoch, batch_idx) == (0, at_batch):
                 os.kill(os.getpid(), signal.SIGUSR2)
 
     extra = ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]
@@ -454,6 +456,8 @@ def test_a_preemption_inside_a_gradient_accumulation_saves_at_its_end(tmp_path, 
             run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe")), SignalAtBatch()])
     finally:
         signal.signal(signal.SIGUSR2, previous)
+    saved = torch.load(tmp_path / "out" / "checkpoints" / "preempted.ckpt", weights_only=False)
+    assert saved["global_step"] == {2: 2, 4: 3}[at_batch]  # the step its accumulation ends with
     resumed = run(config(tmp_path, cache, extra), callbacks=[Probe(str(tmp_path / "probe"))])
     assert resumed["resumed_from"].endswith("preempted.ckpt") and resumed["global_step"] == 9
     final = [torch.load(folder / "final.pt") for folder in (accumulated, tmp_path / "probe")]
