@@ -46,16 +46,21 @@ def config(folder: Path, cache: Path, extra: list[str] | None = None):
     return compose_config("train", folder / "out", cache, [*OVER, *(extra or [])])
 
 
+def reference_run(folder: Path, cache: Path, extra: list[str] | None = None) -> dict:
+    """A module fixture's never-stopped run, probed into ``folder/probe``. It leaves torch's thread count as it found
+    it (``threads=1`` sets it; the function-scoped restore comes after module fixtures)."""
+    threads = torch.get_num_threads()
+    try:
+        return run(config(folder, cache, extra), callbacks=[Probe(str(folder / "probe"))])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(module_tmp, cache) -> Path:
     """The reference: the same run, never stopped (in this process). Its probe folder."""
     folder = module_tmp("uninterrupted")
-    threads = torch.get_num_threads()
-    try:
-        result = run(config(folder, cache), callbacks=[Probe(str(folder / "probe"))])
-    finally:
-        torch.set_num_threads(threads)
-    assert result["global_step"] == 18
+    assert reference_run(folder, cache)["global_step"] == 18
     return folder / "probe"
 
 
@@ -65,13 +70,8 @@ def accumulated(module_tmp, cache) -> Path:
     all), never stopped. Its probe folder (validation and checkpoint settings do not change the weights it ends
     with: the uninterrupted run is the reference of runs that validate and save otherwise too)."""
     folder = module_tmp("accumulated")
-    threads = torch.get_num_threads()
-    try:
-        result = run(config(folder, cache, ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]),
-                     callbacks=[Probe(str(folder / "probe"))])
-    finally:
-        torch.set_num_threads(threads)
-    assert result["global_step"] == 9
+    extra = ["checkpoint_every_n_steps=0", "trainer.accumulate_grad_batches=2"]
+    assert reference_run(folder, cache, extra)["global_step"] == 9
     return folder / "probe"
 
 
